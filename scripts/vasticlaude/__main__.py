@@ -1,0 +1,5 @@
+import sys
+
+from vasticlaude.cli import main
+
+sys.exit(main())

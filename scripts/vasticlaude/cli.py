@@ -1,0 +1,42 @@
+"""vasticlaude: run experiments on rented Vast.ai GPUs, or on the local sandbox.
+
+Usage: vasticlaude COMMAND [ARGS...]   (vasticlaude COMMAND --help for each)
+
+Commands:
+  sim      the local Vast.ai sandbox: serve, start, stop, status, env, fault
+  demo     a round trip on a throwaway sandbox: offers, rent, ssh, rsync, destroy, bill
+
+Exit codes: 0 ok · 1 failed or refused · 2 usage · 3 Vast/sandbox API failure ·
+4 something may still be billing (do what the message says).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Subcommands are imported only when called, so a command that needs no API call
+# never pays for importing `vastai` (about a second).
+COMMANDS = {
+    "sim": "vasticlaude.sim.cli",
+    "demo": "vasticlaude.demo",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(__doc__.strip())
+        return 0
+    if args[0] == "--version":
+        from importlib.metadata import version
+        print(version("vasticlaude"))
+        return 0
+    module_name = COMMANDS.get(args[0])
+    if module_name is None:
+        print(f"vasticlaude: unknown command {args[0]!r}. Run 'vasticlaude --help' for the list.", file=sys.stderr)
+        return 2
+    return importlib.import_module(module_name).main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""How commands speak: one JSON envelope (`--json`) or short human text on stdout;
+progress and logs on stderr. The envelope is `{"v": 1, "ok": bool, "data": …, "error": …}`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Callable
+
+from .errors import Error
+
+ENVELOPE_VERSION = 1
+
+
+def emit(data: object, as_json: bool, human: Callable[[object], str]) -> None:
+    if as_json:
+        print(json.dumps({"v": ENVELOPE_VERSION, "ok": True, "data": data, "error": None},
+                         separators=(",", ":"), sort_keys=True))
+    else:
+        text = human(data)
+        if text:
+            print(text)
+
+
+def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
+    if as_json:
+        print(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": err.as_dict()},
+                         separators=(",", ":"), sort_keys=True))
+    hint = f" {err.hint}" if err.hint else ""
+    print(f"{prog}: {err.message}.{hint}".replace("..", "."), file=sys.stderr)
+    return err.exit_code
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,322 @@
+"""vasticlaude sim: a local Vast.ai for rehearsals and tests.
+
+The official `vastai` CLI and SDK talk to it through VAST_URL; its instances are
+real SSH endpoints on 127.0.0.1 that run commands in a per-instance home
+directory. No root, no network, no money.
+
+Usage:
+  vasticlaude sim serve [--port N] [--state DIR] [--seed S] [--time-scale X] [--api-key KEY]
+                        [--market FILE] [--machines N] [--balance USD]
+  vasticlaude sim start [same flags; state defaults to $VASTICLAUDE_HOME/sim]
+  vasticlaude sim stop | status | env
+  vasticlaude sim fault KIND [--instance I | --offer O | --machine M] [options]
+  vasticlaude sim fault clear
+
+Fault kinds:
+  offer-vanish    the offer is gone when rented (404 no_such_ask); --when now hides it at once
+  offer-busy      the offer cannot schedule: 410 with cancel_unavail, else a stopped instance
+  stuck-loading   instances never leave `loading`
+  fail-start      instances end `exited` (or `created` with --mode created) with an OCI error
+  preempt         an interruptible instance is outbid: stopped, processes killed, data kept;
+                  it resumes when its bid reaches --bid (default 1.5x) or after --seconds
+  host-down       the host goes offline: SSH gone, processes killed, billing paused
+  container-exit  the container dies: `exited`
+  ssh-drop        current SSH connections drop; --refuse N new ones are refused too
+  http            the next --count requests (or a --rate share) matching --path/--method get
+                  --status (429, 500, 502, 503, 504…), with --retry-after S; --ghost lets the
+                  request take effect anyway (an ambiguous create)
+  slow            the next --count matching requests wait --delay seconds
+  balance         --set USD or --add USD (zero balance stops instances)
+
+Exit codes: 0 ok · 1 failed · 2 usage · 3 the sandbox is not running or refused the call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .. import paths
+from ..errors import API, FAILED, Error
+from ..output import emit, fail, progress
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Error as err:
+        return fail(err, getattr(args, "json", False), "vasticlaude sim")
+
+
+# ----- serve / start / stop ----------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Settings, serve  # aiohttp and asyncssh load only for the server itself
+    serve(_settings(args, args.state or paths.sim_dir()))
+    return 0
+
+
+def _settings(args: argparse.Namespace, state: Path):
+    from .server import Settings
+    return Settings(state_dir=Path(state).resolve(), port=args.port, seed=args.seed,
+                    time_scale=args.time_scale, api_key=args.api_key,
+                    market_file=Path(args.market).resolve() if args.market else None,
+                    machines=args.machines, balance=args.balance)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    state = Path(args.state or paths.sim_dir()).resolve()
+    info = running_info(state)
+    if info is None:
+        info = start_background(state, _serve_flags(args))
+    emit(info_view(info), args.json, _env_text)
+    return 0
+
+
+def start_background(state: Path, flags: list[str]) -> dict:
+    """Start `sim serve` detached with its log in the state dir; wait until it answers."""
+    paths.ensure_private_dir(state)
+    (state / "sim.json").unlink(missing_ok=True)
+    log = open(state / "sim.log", "ab")
+    cmd = [sys.executable, "-m", "vasticlaude", "sim", "serve", "--state", str(state), *flags]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        info = running_info(state)
+        if info is not None:
+            return info
+        if proc.poll() is not None:
+            raise Error("sim_failed", f"the sandbox exited at start (code {proc.returncode})",
+                        f"See {state / 'sim.log'}.", API)
+        time.sleep(0.05)
+    proc.terminate()
+    raise Error("sim_timeout", f"the sandbox did not answer within {START_TIMEOUT:.0f} s", f"See {state / 'sim.log'}.", API)
+
+
+def _serve_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--port", str(args.port), "--seed", str(args.seed), "--time-scale", str(args.time_scale),
+             "--machines", str(args.machines), "--balance", str(args.balance)]
+    if args.api_key:
+        flags += ["--api-key", args.api_key]
+    if args.market:
+        flags += ["--market", str(Path(args.market).resolve())]
+    return flags
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    state = Path(args.state or paths.sim_dir()).resolve()
+    info = _read_info(state)
+    stopped = stop_background(state)
+    emit({"stopped": stopped, "pid": info.get("pid") if info else None}, args.json,
+         lambda d: "sandbox stopped." if d["stopped"] else "no sandbox was running.")
+    return 0
+
+
+def stop_background(state: Path) -> bool:
+    """SIGTERM the sandbox (it stops its containers), SIGKILL if it will not go."""
+    info = _read_info(state)
+    if not info or not _alive(info["pid"]):
+        return False
+    os.kill(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(info["pid"]):
+        os.kill(info["pid"], signal.SIGKILL)
+        kill_containers(info.get("marker", ""))
+    (state / "sim.json").unlink(missing_ok=True)
+    return True
+
+
+def kill_containers(marker: str) -> int:
+    """Kill every process carrying this sandbox's container marker (the last resort)."""
+    import psutil
+    killed = 0
+    for proc in psutil.process_iter():
+        try:
+            if marker and proc.environ().get("VAST_SIM_CONTAINER", "").startswith(marker + ":"):
+                proc.kill()
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not a running sandbox
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+# ----- status / env ----------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    state = Path(args.state or paths.sim_dir()).resolve()
+    info = running_info(state)
+    if info is None:
+        raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
+    data = {**info_view(info), "state": admin_call(info, "GET", "/sim/state")}
+    emit(data, args.json, _status_text)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    state = Path(args.state or paths.sim_dir()).resolve()
+    info = running_info(state)
+    if info is None:
+        raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
+    emit(info_view(info), args.json, _env_text)
+    return 0
+
+
+def running_info(state: Path) -> dict | None:
+    """`sim.json` of a sandbox that is up and answering, else None."""
+    info = _read_info(state)
+    if not info or not _alive(info["pid"]):
+        return None
+    try:
+        with urllib.request.urlopen(info["url"] + "/sim/health", timeout=2) as resp:
+            return info if resp.status == 200 else None
+    except OSError:
+        return None
+
+
+def _read_info(state: Path) -> dict | None:
+    try:
+        return json.loads((state / "sim.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def info_view(info: dict) -> dict:
+    return {"url": info["url"], "api_key": info["api_key"], "pid": info["pid"], "time_scale": info["time_scale"]}
+
+
+def _env_text(data: dict) -> str:
+    # The sandbox key opens only this local sandbox; printing it is the point of `env`.
+    return (f"export VAST_URL={data['url']}\nexport VAST_API_KEY={data['api_key']}\n"
+            "export VASTAI_NO_UPDATE_CHECK=1")
+
+
+def _status_text(data: dict) -> str:
+    state = data["state"]
+    lines = [f"sandbox {data['url']} (pid {data['pid']}, time scale {data['time_scale']}): "
+             f"balance ${state['balance']:.2f}, spent ${state['spent']:.4f}, {len(state['instances'])} instance(s)"]
+    lines += [f"  {i['id']} {i['actual_status']:<8} {i['gpu_name']} ${i['dph_total']:.3f}/h {i['label'] or ''}"
+              for i in state["instances"]]
+    lines += [f"  fault: {f}" for f in state["faults"]]
+    return "\n".join(lines)
+
+
+# ----- faults ----------------------------------------------------------------------------------
+def cmd_fault(args: argparse.Namespace) -> int:
+    state = Path(args.state or paths.sim_dir()).resolve()
+    info = running_info(state)
+    if info is None:
+        raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
+    if args.kind == "clear":
+        result = admin_call(info, "DELETE", "/sim/faults")
+    else:
+        result = admin_call(info, "POST", "/sim/faults", _fault_spec(args))
+    emit(result, args.json, lambda d: json.dumps(d, sort_keys=True))
+    return 0
+
+
+_FAULT_FIELDS = ("instance", "offer", "machine", "mode", "status", "count", "rate", "retry_after", "path",
+                 "method", "ghost", "delay", "seconds", "bid", "refuse", "set", "add", "when")
+
+
+def _fault_spec(args: argparse.Namespace) -> dict:
+    spec = {"kind": args.kind}
+    for name in _FAULT_FIELDS:
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            spec[name] = value
+    if args.unlimited:
+        spec["count"] = None
+    return spec
+
+
+def admin_call(info: dict, method: str, path: str, body: dict | None = None) -> dict:
+    """One call to the sandbox's /sim/ routes with its own key."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {info['api_key']}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        msg = json.loads(err.read() or b"{}").get("msg", str(err))
+        raise Error("sim_refused", f"the sandbox refused: {msg}", "", API) from None
+    except OSError as err:
+        raise Error("sim_down", f"the sandbox did not answer ({err})", "Is it running? 'vasticlaude sim status'.", API) from None
+
+
+# ----- argument parsing ------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vasticlaude sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (("serve", cmd_serve, "run in the foreground"),
+                                  ("start", cmd_start, "run in the background and print its env")):
+        p = sub.add_parser(name, help=help_text)
+        _server_flags(p)
+        p.set_defaults(func=func)
+    for name, func, help_text in (("stop", cmd_stop, "stop the background sandbox and its instances"),
+                                  ("status", cmd_status, "show the sandbox, balance and instances"),
+                                  ("env", cmd_env, "print export lines for VAST_URL and VAST_API_KEY")):
+        p = sub.add_parser(name, help=help_text)
+        _common(p)
+        p.set_defaults(func=func)
+    fault = sub.add_parser("fault", help="inject a fault (see the kinds above), or 'clear'")
+    _common(fault)
+    _fault_flags(fault)
+    fault.set_defaults(func=cmd_fault)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", help="sandbox state dir (default $VASTICLAUDE_HOME/sim)")
+    p.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (0 = any free one)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the generated market")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiplies Vast-like delays (boot, image pull); 0 = no artificial delay")
+    p.add_argument("--api-key", help="the account's API key (default: generated, kept in the state)")
+    p.add_argument("--market", help="JSON file of offers to use instead of the generated market")
+    p.add_argument("--machines", type=int, default=60, help="size of the generated market")
+    p.add_argument("--balance", type=float, default=100.0, help="starting credit in USD")
+
+
+def _fault_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", help="fault kind, or 'clear'")
+    for flag in ("--instance", "--offer", "--machine", "--count", "--refuse", "--status"):
+        p.add_argument(flag, type=int)
+    for flag in ("--rate", "--retry-after", "--delay", "--seconds", "--bid", "--set", "--add"):
+        p.add_argument(flag, type=float)
+    p.add_argument("--mode", choices=("exited", "created"))
+    p.add_argument("--when", choices=("on-rent", "now"))
+    p.add_argument("--path", help="regex on the request path (e.g. 'asks' for creates)")
+    p.add_argument("--method", help="HTTP method to match")
+    p.add_argument("--ghost", action="store_true", help="the failing request still takes effect")
+    p.add_argument("--unlimited", action="store_true", help="fire on every match until cleared")

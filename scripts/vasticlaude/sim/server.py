@@ -1,0 +1,90 @@
+"""Run the sandbox: world + engine + HTTP API in one asyncio process.
+
+`serve()` blocks until SIGTERM/SIGINT, then stops every container (no process may
+outlive the sandbox) and saves the world. It writes `sim.json` (url, pid, api key;
+mode 0600) into the state dir so `vasticlaude sim status|stop|fault` in other
+processes find it.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import Sandbox, build_app
+from .faults import FaultBook
+from .lifecycle import Engine
+from .store import write_json_atomic
+from .world import World
+
+log = logging.getLogger("vasticlaude.sim")
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    port: int = 0
+    seed: int = 1
+    time_scale: float = 1.0
+    api_key: str | None = None
+    market_file: Path | None = None
+    machines: int = 60
+    balance: float = 100.0
+    host: str = "127.0.0.1"
+
+
+def serve(settings: Settings) -> None:
+    """Run the sandbox in the foreground until signalled."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sim %(levelname)s %(message)s")
+    asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> None:
+    world = World.open(settings.state_dir, seed=settings.seed, api_key=settings.api_key,
+                       market_file=settings.market_file, machines=settings.machines, balance=settings.balance)
+    runner, port = await _start_http(settings, world)
+    url = f"http://{settings.host}:{port}"
+    engine = Engine(world, settings.state_dir, url, settings.time_scale, marker_for(settings.state_dir))
+    runner.app["sandbox"].engine = engine
+    await engine.recover()
+    write_json_atomic(settings.state_dir / "sim.json", {
+        "url": url, "port": port, "pid": os.getpid(), "api_key": world.data["api_key"],
+        "time_scale": settings.time_scale, "started_at": time.time(), "marker": engine.marker})
+    log.info("sandbox listening on %s (state %s, time scale %s)", url, settings.state_dir, settings.time_scale)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ticker = asyncio.create_task(engine.run())
+    await stop.wait()
+    ticker.cancel()
+    await engine.shutdown()
+    await runner.cleanup()
+    (settings.state_dir / "sim.json").unlink(missing_ok=True)
+    log.info("sandbox stopped")
+
+
+async def _start_http(settings: Settings, world: World) -> tuple[web.AppRunner, int]:
+    sandbox = Sandbox(world, None, FaultBook(settings.seed))  # engine attached once the url is known
+    app = build_app(sandbox)
+    app["sandbox"] = sandbox
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public getter for port 0
+    return runner, port
+
+
+def marker_for(state_dir: Path) -> str:
+    """The prefix that tags every process of this sandbox's containers."""
+    digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return f"vcsim-{digest}"
