@@ -76,7 +76,7 @@ def wait_ssh(sim: Sim, iid: int, timeout: float = 60) -> dict:
 
 def many_instances(sim: Sim, count: int, calls: int) -> dict:
     sdk = sim.sdk()
-    offers = sdk.search_offers(query="rentable=true", order="dph", limit=count)
+    offers = sdk.search_offers(query="rentable=true verified=any", order="dph", limit=count)
     t0 = time.perf_counter()
     ids = [sdk.create_instance(id=o["id"], image="vastai/base:0.0.2", disk=4, ssh=True, direct=True)["new_contract"]
            for o in offers[:count]]
@@ -107,7 +107,7 @@ def main() -> int:
         sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "home")
         sim.home.mkdir()
         try:
-            sim.start("--time-scale", "0", "--machines", str(args.instances + 20))
+            sim.start("--time-scale", "0", "--machines", str(args.instances * 2))
             report = {"api": api_latency(sim, args.calls),
                       "create_to_ssh_ready": create_to_ssh_ready(sim, args.ready_runs),
                       "concurrent": many_instances(sim, args.instances, args.calls),

@@ -55,3 +55,24 @@ def test_v1_pages_of_25_with_next_token(sim):
 def sdk_destroy_all(sdk, ids):
     for iid in ids:
         sdk.destroy_instance(id=iid)
+
+
+def test_boot_goes_created_loading_running_with_scaled_delays(fresh_sim):
+    import time
+    sim = fresh_sim.start("--time-scale", "0.1")
+    sdk = sim.sdk()
+    offer = sdk.search_offers(query="num_gpus=1", order="dph", limit=1)[0]
+    t0 = time.monotonic()
+    iid = sdk.create_instance(id=offer["id"], image="pytorch/pytorch:latest", disk=4)["new_contract"]
+    seen = []
+    while time.monotonic() - t0 < 20:
+        status = sdk.show_instance(id=iid)["actual_status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == "running":
+            break
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    assert seen == ["created", "loading", "running"]
+    assert took >= 0.2 + 4.0  # 2 s created + 40 s pytorch pull, both x0.1
+    sdk.destroy_instance(id=iid)

@@ -309,9 +309,8 @@ def test_df_reports_quota(box: Box) -> None:
     assert abs(int(used) - measured) < 64 and int(avail) == 1024 * 1024 - int(used)
     human = box.ssh("df -h .").stdout.decode().splitlines()
     assert human[0].split()[1] == "Size" and human[1].split()[1] == "1.0G"
-    other = box.ssh("df -k /").stdout.decode().splitlines()
-    assert other[1].split()[0] != "overlay" or other[1].split()[-1] == "/"
-    assert other[1].split()[-1] == "/"
+    other = box.ssh("df -k /").stdout.decode().splitlines()  # outside home: the real df
+    assert other[1].split()[0] != "overlay" and other[1].split()[-1] == "/"
 
 
 def test_quota_stops_writers(make_box: Callable[..., Box]) -> None:
@@ -342,8 +341,13 @@ def test_quota_stops_writers(make_box: Callable[..., Box]) -> None:
     assert full_at is not None and out.decode().split() == ["ERR", str(errno.EFBIG)]
     assert time.monotonic() - full_at < 3
     assert (box.home / "fill.bin").stat().st_size < box.container.quota_bytes + 4 * (1 << 20)
-    # New sessions start clamped; SFTP uploads are refused too.
+    # New sessions start clamped; SFTP (scp) uploads, written by the sandbox itself, too.
     assert box.ssh("head -c 10 /dev/zero > more.bin").returncode != 0
+    small = box.home.parent / "small.txt"
+    small.write_text("x" * 100)
+    scp = subprocess.run(["scp", *SSH_OPTS, "-i", str(box.key), "-P", str(box.ports[0]),
+                          str(small), "root@127.0.0.1:small.txt"], capture_output=True, timeout=20)
+    assert scp.returncode != 0
     assert box.ssh("df -P .").stdout.decode().splitlines()[1].split()[4] == "100%"
     (box.home / "fill.bin").unlink()
     assert box.container.enforce_quota() is False
@@ -398,6 +402,11 @@ def test_onstart_and_kill_all(box: Box, loop_thread: LoopThread) -> None:
     box.ssh("setsid nohup sleep 305 >/dev/null 2>&1 </dev/null &")
     assert wait_for(lambda: box.marked("sleep", "304") and box.marked("sleep", "305"))
     assert c.init_pid is not None and Container.init_alive(c.init_pid, c.marker)
+    # A restarted sandbox builds a fresh Container and adopts the surviving init.
+    twin = Container(c.instance_id, c.home, {}, 1.0, GPU, c.marker)
+    assert not twin.adopt_init(os.getpid()) and twin.adopt_init(c.init_pid)
+    assert twin.kill_jobs() == 0 and Container.init_alive(c.init_pid, c.marker)
+    assert not box.marked("sleep", "304")
     assert c.kill_all() == 0
     assert marker_processes(c.marker) == []
     assert not Container.init_alive(c.init_pid, c.marker)

@@ -25,6 +25,8 @@ Honest limits, by design:
   file's size still works. When usage falls below the quota the limit is lifted again.
   On macOS ``psutil`` cannot change another process's limits, so only processes started
   after the quota was reached are clamped there.
+- **No isolation.** Jobs run as the sandbox's user and can see (and signal) the user's other
+  processes and files; the container is a convention, not a jail.
 - **Escaping the marker.** A process that execs with a scrubbed environment (``env -i``) is no
   longer found by :meth:`Container.processes`; jobs do not do that in practice.
 - **GPU.** There is none. ``nvidia-smi`` reports the configured GPU and shows high utilisation
@@ -96,12 +98,18 @@ class GpuSpec:
 
 
 class Container:
-    """One sandbox instance's home, environment and processes (see module docstring)."""
+    """One sandbox instance's home, environment and processes (see module docstring).
+
+    ``disk_gb`` is counted in GiB (like Docker's ``size=10G``); ``env`` is the instance's
+    variables (CONTAINER_ID, CONTAINER_API_KEY, VAST_URL, user ``-e`` values…); ``marker`` must
+    be unique to this instance, since it is how its processes are found.
+    """
 
     def __init__(self, instance_id: int, home: Path, env: dict[str, str], disk_gb: float,
                  gpu: GpuSpec, marker: str) -> None:
         self.instance_id = instance_id
-        self.home = Path(home).absolute()
+        # Resolved, so HOME, $PWD and getcwd() agree (macOS: /tmp is /private/tmp).
+        self.home = Path(home).resolve()
         # Outside home so the tools neither count against the quota nor get rsync --delete'd.
         self.tools_dir = self.home.parent / f"tools-{instance_id}"
         self.quota_bytes = int(disk_gb * GIB)
@@ -110,12 +118,14 @@ class Container:
         self.env = _build_env(env, self.home, marker, self.tools_dir)
         self.init_pid: int | None = None
         self._clamped = False
+        self._usage = (0, -1e9)  # (bytes, monotonic time) of the last enforce_quota()
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
         self._scan_cache: dict[tuple[int, float], bool] = {}
         self._cpu_prev: dict[tuple[int, float], tuple[float, float]] = {}
         self._load = _Load(busy=False, cpu=0.0, mem=0, at=0.0)
         self._stop_refresh = threading.Event()
+        self._refresher: threading.Thread | None = None
         self._reapers: set[asyncio.Task[Any]] = set()
         self._prepare_files()
 
@@ -146,11 +156,23 @@ class Container:
             stdout=devnull, stderr=devnull, cwd=self.home, env=self.env, start_new_session=True,
             preexec_fn=_preexec(clamp=False, ctty=False))
         self._reap(proc)
-        self.init_pid = proc.pid
-        self._stop_refresh.clear()
-        threading.Thread(target=self._refresh_loop, name=f"vsim-gpu-{self.instance_id}",
-                         daemon=True).start()
+        self._adopt(proc.pid)
         return proc.pid
+
+    def adopt_init(self, pid: int) -> bool:
+        """After a sandbox restart: take over a surviving init (False if it is not ours)."""
+        if not self.init_alive(pid, self.marker):
+            return False
+        self._adopt(pid)
+        return True
+
+    def _adopt(self, pid: int) -> None:
+        self.init_pid = pid
+        self._stop_refresh.clear()
+        if self._refresher is None or not self._refresher.is_alive():
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, name=f"vsim-gpu-{self.instance_id}", daemon=True)
+            self._refresher.start()
 
     @staticmethod
     def init_alive(pid: int, marker: str | None = None) -> bool:
@@ -241,7 +263,7 @@ class Container:
         members = []
         for proc in self.processes():
             try:
-                if os.getsid(proc.pid) == sid:
+                if _session_of(proc.pid) == sid:
                     members.append(proc)
             except OSError:
                 continue
@@ -297,7 +319,9 @@ class Container:
 
     def enforce_quota(self) -> bool:
         """Clamp (or release) file growth of every process; return True when full."""
-        full = self.disk_usage_bytes() >= self.quota_bytes
+        used = self.disk_usage_bytes()
+        self._usage = (used, time.monotonic())
+        full = used >= self.quota_bytes
         was = self._clamped
         self._clamped = full  # set first: sessions spawned from now on start clamped
         if full or was:
@@ -380,7 +404,9 @@ class Container:
     def stats(self) -> dict[str, float]:
         """Figures for the API's instance rows (GB are GiB, like the quota)."""
         load = self._fresh_load()
-        used = self.disk_usage_bytes()
+        used, at = self._usage  # enforce_quota() has usually just measured it
+        if time.monotonic() - at > 1.0:
+            used = self.disk_usage_bytes()
         vram = self.gpu.mem_mb * self.gpu.count / 1024
         return {
             "gpu_util": random.uniform(0.85, 0.99) if load.busy else 0.0,
@@ -465,6 +491,14 @@ def tree_usage(root: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
             total += getattr(st, "st_blocks", 0) * 512 or st.st_size
     return total
+
+
+def _session_of(pid: int) -> int:
+    """getsid, or the process group where the OS refuses getsid across sessions."""
+    try:
+        return os.getsid(pid)
+    except PermissionError:
+        return os.getpgid(pid)
 
 
 def _which(name: str, env: dict[str, str], skip: Path) -> str:

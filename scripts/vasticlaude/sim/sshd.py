@@ -30,6 +30,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,26 @@ HANGUP_DELAY_SECONDS = 0.2
 HANGUP_GRACE_SECONDS = 1.0
 CHUNK = 65536
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_SECRET_ASSIGN = re.compile(r"(\b\w*(?:KEY|TOKEN|SECRET|PASS)\w*=|--api-key[= ])(\S+)", re.I)
+
+
+class _RedactFilter(logging.Filter):
+    """asyncssh logs exec commands (INFO) and client env values (DEBUG); commands such as
+    `vastai … --api-key X` or `HF_TOKEN=… python train.py` carry secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if "Command: %s" in msg and record.args:
+            record.args = (_SECRET_ASSIGN.sub(r"\1***", str(record.args[0])),)
+        elif "Env: %s=%s" in msg and record.args:
+            record.args = (record.args[0], "***")
+        return True
+
+
+def _install_log_redaction() -> None:
+    pkg = logging.getLogger("asyncssh")
+    if not any(isinstance(f, _RedactFilter) for f in pkg.filters):
+        pkg.addFilter(_RedactFilter())
 
 
 class SshEndpoint:
@@ -52,6 +73,7 @@ class SshEndpoint:
 
     def __init__(self, container: Container, host_key_path: Path,
                  authorized_keys: Callable[[], list[str]]) -> None:
+        _install_log_redaction()
         self.container = container
         self.host_key = _load_or_create_host_key(Path(host_key_path))
         self._authorized_keys = authorized_keys
