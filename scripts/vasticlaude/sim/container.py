@@ -121,7 +121,6 @@ class Container:
         self._usage = (0, -1e9)  # (bytes, monotonic time) of the last enforce_quota()
         self._lock = threading.Lock()
         self._sample_lock = threading.Lock()
-        self._scan_cache: dict[tuple[int, float], bool] = {}
         self._cpu_prev: dict[tuple[int, float], tuple[float, float]] = {}
         self._load = _Load(busy=False, cpu=0.0, mem=0, at=0.0)
         self._stop_refresh = threading.Event()
@@ -239,24 +238,13 @@ class Container:
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
-    def processes(self) -> list[psutil.Process]:
-        """Every live (non-zombie) process carrying this container's marker."""
-        found: list[psutil.Process] = []
-        seen: set[tuple[int, float]] = set()
-        now, me = time.time(), os.getpid()
-        for proc in psutil.process_iter():
-            try:
-                key = (proc.pid, proc.create_time())
-                seen.add(key)
-                if proc.pid != me and self._is_ours(proc, key, now) \
-                        and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        with self._lock:
-            for key in set(self._scan_cache) - seen:
-                del self._scan_cache[key]
-        return found
+    def processes(self, max_age: float = 0.0) -> list[psutil.Process]:
+        """Every live (non-zombie) process carrying this container's marker.
+
+        `max_age` > 0 accepts a scan that recent (shared by every container of the
+        sandbox); killing and hang-ups pass 0 for a fresh one.
+        """
+        return _INDEX.lookup(self.marker, max_age)
 
     def session_processes(self, sid: int) -> list[psutil.Process]:
         """Our processes in session `sid` (what a session's end must take down)."""
@@ -268,22 +256,6 @@ class Container:
             except OSError:
                 continue
         return members
-
-    def _is_ours(self, proc: psutil.Process, key: tuple[int, float], now: float) -> bool:
-        """Marker check with a cache: environ reads are the cost of a scan."""
-        with self._lock:
-            cached = self._scan_cache.get(key)
-        if cached is not None:
-            return cached
-        try:
-            ours = proc.environ().get(MARKER_VAR) == self.marker
-        except psutil.AccessDenied:
-            ours = False
-        # A young negative may be a fork of the sandbox that has not exec'd with our env yet.
-        if ours or now - key[1] > _NEW_PROCESS_SECONDS:
-            with self._lock:
-                self._scan_cache[key] = ours
-        return ours
 
     def kill_all(self, sig: int = signal.SIGKILL, include_init: bool = True) -> int:
         """Signal every marked process until none is left (bounded); return how many remain."""
@@ -357,7 +329,7 @@ class Container:
         """(any job busy, cores used, resident bytes) since the previous sample."""
         busy, cpu, mem, now = False, 0.0, 0, time.time()
         samples: dict[tuple[int, float], tuple[float, float]] = {}
-        for proc in self.processes():
+        for proc in self.processes(max_age=_REFRESH_SECONDS / 2):
             try:
                 key = (proc.pid, proc.create_time())
                 times = proc.cpu_times()
@@ -417,6 +389,53 @@ class Container:
             "cpu_util": round(load.cpu / (os.cpu_count() or 1), 4),
             "mem_usage": round(load.mem / GIB, 4),
         }
+
+
+class _ProcessIndex:
+    """One scan of the process table serves every container of the sandbox.
+
+    Reading each process's environment is the cost of a scan, so the marker seen
+    for a (pid, start time) is cached; a young process without our marker may be a
+    fork that has not exec'd with its env yet, so that negative is not cached.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = -1e9
+        self._by_marker: dict[str, list[psutil.Process]] = {}
+        self._markers: dict[tuple[int, float], str | None] = {}
+
+    def lookup(self, marker: str, max_age: float) -> list[psutil.Process]:
+        with self._lock:
+            if time.monotonic() - self._at > max_age:
+                self._rescan()
+            return list(self._by_marker.get(marker, ()))
+
+    def _rescan(self) -> None:
+        by_marker: dict[str, list[psutil.Process]] = {}
+        markers: dict[tuple[int, float], str | None] = {}
+        now, me = time.time(), os.getpid()
+        for proc in psutil.process_iter():
+            try:
+                key = (proc.pid, proc.create_time())
+                marker = self._markers[key] if key in self._markers else _marker_of(proc)
+                if marker or now - key[1] > _NEW_PROCESS_SECONDS:
+                    markers[key] = marker
+                if marker and proc.pid != me and proc.status() != psutil.STATUS_ZOMBIE:
+                    by_marker.setdefault(marker, []).append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self._by_marker, self._markers, self._at = by_marker, markers, time.monotonic()
+
+
+def _marker_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(MARKER_VAR)
+    except psutil.AccessDenied:
+        return None
+
+
+_INDEX = _ProcessIndex()
 
 
 @dataclass(frozen=True)

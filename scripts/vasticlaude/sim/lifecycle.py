@@ -311,7 +311,7 @@ class Engine:
             rec["billing"]["last"] = min(rec["billing"]["last"], now)
             if rec["actual_status"] == "running" and rec.get("init_pid"):
                 container = self._container(rec)
-                if Container.init_alive(rec["init_pid"], container.marker):
+                if container.adopt_init(rec["init_pid"]):
                     await self._open_ssh(rec, container)
                     continue
             if rec["actual_status"] in ("running", "loading", "rebooting"):
