@@ -108,3 +108,12 @@ def test_the_sandbox_survives_garbage(sim):
             assert err.code < 500, (method, path, err.read())
             assert json.loads(err.read())["success"] is False
     assert sim.admin("GET", "/sim/health")["ok"] is True
+
+
+def test_paths_with_and_without_trailing_slash_and_query_key(sim):
+    for path in ("/api/v0/users/current", "/api/v0/users/current/", "/api/v1/instances", "/api/v1/instances/",
+                 "/api/v0/ssh", "/api/v0/ssh/"):
+        assert sim.admin("GET", path) is not None
+    import urllib.request
+    with urllib.request.urlopen(f"{sim.url}/api/v0/users/current?api_key={sim.api_key}", timeout=10) as resp:
+        assert json.loads(resp.read())["username"] == "sandbox"

@@ -5,6 +5,12 @@ Usage: vasticlaude COMMAND [ARGS...]   (vasticlaude COMMAND --help for each)
 Commands:
   sim      the local Vast.ai sandbox: serve, start, stop, status, env, fault
   demo     a round trip on a throwaway sandbox: offers, rent, ssh, rsync, destroy, bill
+  offers   GPU offers that fit, ranked by the estimated total for the run
+  up       rent the best offer, wait until SSH answers, fail over to the next offer
+  down     destroy instances (or stop them with --keep-disk), confirm, record the cost
+  reconcile  match instances.json with the account: adopt, mark gone, clear stale intents
+  doctor   is this machine ready: API key, target, balance, SSH key, ssh/rsync, state
+  cost     what instances, experiments and this session cost, and bill now (no API call)
 
 Exit codes: 0 ok · 1 failed or refused · 2 usage · 3 Vast/sandbox API failure ·
 4 something may still be billing (do what the message says).
@@ -19,6 +25,12 @@ import sys
 COMMANDS = {
     "sim": "vasticlaude.sim.cli",
     "demo": "vasticlaude.demo",
+    "offers": "vasticlaude.offers",
+    "up": "vasticlaude.up",
+    "down": "vasticlaude.down",
+    "reconcile": "vasticlaude.reconcile",
+    "doctor": "vasticlaude.doctor",
+    "cost": "vasticlaude.cost",
 }
 
 

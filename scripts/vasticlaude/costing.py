@@ -14,12 +14,12 @@ GONE = {"destroyed"}
 
 
 def instance_cost(rec: dict, now: float | None = None) -> dict:
-    """Seconds running and existing, and dollars of GPU, storage and total so far."""
+    """Seconds running and existing, and dollars of GPU, storage and total up to `now`."""
     now = now or time.time()
     running = exists = 0.0
     history = rec.get("history") or []
     for here, nxt in zip(history, history[1:] + [None]):
-        end = nxt["at"] if nxt else (rec.get("destroyed_at") or now)
+        end = min(nxt["at"] if nxt else (rec.get("destroyed_at") or now), now)  # clipped: budget asks "until midnight"
         span = max(0.0, end - here["at"])
         if here["status"] in GONE:
             continue

@@ -51,12 +51,16 @@ def _lock(path: Path) -> FileLock:
 
 
 def load() -> dict:
-    """A snapshot of instances.json (no lock: writers replace the file atomically)."""
-    data, _ = _read(instances_path())
+    """A snapshot of instances.json (no lock: writers replace the file atomically).
+
+    Read-only: a corrupt file reads as empty with `"corrupt": true` and stays where it
+    is, for the next transaction (reconcile) to set aside and report.
+    """
+    data, _ = _read(instances_path(), move_corrupt=False)
     return data
 
 
-def _read(path: Path) -> tuple[dict, str | None]:
+def _read(path: Path, move_corrupt: bool = True) -> tuple[dict, str | None]:
     """The file's data, and where a corrupt file was moved (None when it was fine)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -67,6 +71,8 @@ def _read(path: Path) -> tuple[dict, str | None]:
     except FileNotFoundError:
         return _empty(), None
     except (ValueError, OSError):
+        if not move_corrupt:
+            return {**_empty(), "corrupt": True}, None
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
         try:
             os.replace(path, aside)

@@ -80,8 +80,26 @@ class Vast:
     def ssh_keys(self) -> list[dict]:
         return self._read("show ssh-keys", self.sdk.show_ssh_keys)
 
-    def charges(self) -> list[dict]:
-        return self._read("show charges", lambda: self.sdk.show_invoices_v1(charges=True).get("results", []))
+    def gpu_names(self) -> list[str]:
+        """The market's GPU names (`GET gpu_names/unique`, what the CLI checks -g against; no SDK method)."""
+        def call() -> list[str]:
+            reply = self.sdk.client.get("/gpu_names/unique/")
+            reply.raise_for_status()
+            return list(reply.json().get("gpu_names") or [])
+        return self._read("gpu names", call)
+
+    def charges(self, since: float | None = None) -> list[dict]:
+        """Charge rows (`source` "instance-<id>", `amount`) since `since` (default: 7 days), every page."""
+        window = {"start_date": int(since), "end_date": int(time.time()) + 86400} if since else {}
+        rows: list[dict] = []
+        token = None
+        while True:
+            kw = {"charges": True, "limit": 100, **window, **({"next_token": token} if token else {})}
+            page = self._read("show charges", lambda: self.sdk.show_invoices_v1(**kw))
+            rows += page.get("results", [])
+            token = page.get("next_token")
+            if not token:
+                return rows
 
     # ----- changes -----------------------------------------------------------------------------
     def create(self, offer_id: int, **spec: Any) -> Created:
@@ -131,7 +149,7 @@ class Vast:
                 if pause is None or not _retryable(mapped):
                     raise mapped from None
                 wait = _retry_after(err) or pause
-                progress(f"vasticlaude: {what}: {mapped.message}; retrying in {wait:g} s ({attempt + 1}/{len(self.backoff)})")
+                progress(f"vasticlaude: {mapped.message}; retrying in {wait:g} s ({attempt + 1}/{len(self.backoff)})")
                 self.sleep(wait)
         raise AssertionError("unreachable")
 

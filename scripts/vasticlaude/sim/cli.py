@@ -44,8 +44,8 @@ import urllib.request
 from pathlib import Path
 
 from .. import paths
-from ..errors import API, FAILED, Error
-from ..output import emit, fail, progress
+from ..errors import API, Error
+from ..output import emit, fail
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
 
 # ----- serve / start / stop ----------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Settings, serve  # aiohttp and asyncssh load only for the server itself
+    from .server import serve  # aiohttp and asyncssh load only for the server itself
     serve(_settings(args, args.state or paths.sim_dir()))
     return 0
 
