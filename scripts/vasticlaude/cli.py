@@ -11,6 +11,9 @@ Commands:
   reconcile  match instances.json with the account: adopt, mark gone, clear stale intents
   doctor   is this machine ready: API key, target, balance, SSH key, ssh/rsync, state
   cost     what instances, experiments and this session cost, and bill now (no API call)
+  report   a Markdown report of an experiment: command, instances, timeline, cost, log, charts
+  push     rsync the project to the instance (ignore rules, space check), set it up, check the GPU
+  pull     bring outputs, checkpoints and run files home, resumable and verified
 
 Exit codes: 0 ok · 1 failed or refused · 2 usage · 3 Vast/sandbox API failure ·
 4 something may still be billing (do what the message says).
@@ -31,6 +34,12 @@ COMMANDS = {
     "reconcile": "vasticlaude.reconcile",
     "doctor": "vasticlaude.doctor",
     "cost": "vasticlaude.cost",
+    "report": "vasticlaude.report",
+    "push": "vasticlaude.push",
+    "pull": "vasticlaude.pull",
+    "run": "vasticlaude.run",
+    "status": "vasticlaude.status",
+    "logs": "vasticlaude.logs",
 }
 
 

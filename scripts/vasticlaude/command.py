@@ -31,7 +31,9 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
-         run: Callable[[argparse.Namespace], object], human: Callable[[object], str]) -> int:
+         run: Callable[[argparse.Namespace], object], human: Callable[[object], str],
+         exit_code: Callable[[object], int] | None = None) -> int:
+    """Parse, run, print. The exit code is `exit_code(data)` when given, else data["exit_code"] or 0."""
     args = build_parser().parse_args(argv)
     prog = build_parser().prog
     try:
@@ -44,7 +46,9 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
         log = _log_crash(prog)
         return fail(Error("bug", f"unexpected {type(err).__name__}", f"Details in {log}."), args.json, prog)
     emit(data, args.json, human)
-    return getattr(data, "exit_code", 0) if not isinstance(data, dict) else int(data.get("exit_code", 0) or 0)
+    if exit_code is not None:
+        return exit_code(data)
+    return int(data.get("exit_code", 0) or 0) if isinstance(data, dict) else 0
 
 
 def _log_crash(prog: str) -> str:
