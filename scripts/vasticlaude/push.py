@@ -1,0 +1,394 @@
+"""vasticlaude push: send the working directory to the experiment's instance, set it up, check the GPU.
+
+Usage:
+  vasticlaude push [PATH] [--experiment X | --instance ID] [--include-heavy] [--no-setup]
+                   [--setup-timeout S] [--sandbox] [--api-key KEY] [--json]
+
+PATH (default: the project root) is mirrored into ~/vasticlaude/<experiment>/code/ on the
+instance with rsync over SSH (`-az --delete`), so a second push sends only what changed.
+Checkpoints and outputs live beside code/, never inside it: a push cannot delete them.
+
+What is left out, with git's own rules wherever git is installed (`git ls-files`):
+  - .gitignore at every level, .git/info/exclude and your global excludes; in a git repo,
+    tracked files are sent even when a pattern matches them, exactly like git. Outside a
+    repo the same rules are applied through a throwaway git index; without git, rsync's
+    `:- .gitignore` dir-merge is used (no `!negation` there);
+  - .vasticlaudeignore at every level (gitignore syntax) and the config's "ignore" patterns
+    (gitignore syntax, relative to the repository root, or to PATH outside a repository);
+  - unless --include-heavy: .git, .venv/, venv/, any top-level folder holding a virtualenv
+    (pyvenv.cfg, e.g. env/), __pycache__/, .mypy_cache/, .pytest_cache/,
+    .ipynb_checkpoints/, node_modules/, *.pyc, .DS_Store;
+  - always: .vasticlaude/runs/ (what `vasticlaude pull` brought home).
+Spaces and odd characters in names are fine; symlinks are sent as symlinks.
+
+Before sending, one SSH call installs rsync on the instance when it is missing and reads
+its free disk (`df -Pk $HOME`); a dry run measures what would be sent. A push that would
+not fit with 10% headroom is refused and nothing is sent. Connection failures (rsync exit
+10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s.
+
+Then setup (skip with --no-setup) runs in code/, its output kept in run/setup.log: the
+config's "setup" command; else `python3 -m pip install -r requirements.txt` when
+requirements.txt exists; else `python3 -m pip install -e .` for a pyproject.toml/setup.py;
+the config's "pip_args" (e.g. "--no-index --find-links wheels") are added to these pip
+commands. Last, one SSH call compares `nvidia-smi` with the GPU that was rented; a
+mismatch is a warning, not a failure. experiment.json gets a "push" entry and an event.
+
+JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
+  "Total bytes sent"), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
+  "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} | null,
+  "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...], "exit_code"}
+
+Exit codes: 0 pushed (and set up) · 1 refused (does not fit, no rsync on the instance),
+rsync failed, or setup failed (the JSON still says what was sent) · 2 usage ·
+3 SSH or Vast API trouble.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import command, config, ssh, state, target
+from .errors import API, FAILED, USAGE, Error
+from .offers import poll_scale
+from .output import progress
+from .remote import Layout
+
+DEFAULT_EXCLUDES = (".git", ".venv/", "venv/", "__pycache__/", ".mypy_cache/", ".pytest_cache/",
+                    ".ipynb_checkpoints/", "node_modules/", "*.pyc", ".DS_Store")
+PULLED = "/.vasticlaude/runs/"  # results brought home by pull: never sent back, even with --include-heavy
+RSYNC_CONNECTION_CODES = frozenset({10, 12, 30, 35, 255})
+RSYNC_VANISHED = 24  # a source file disappeared while sending: not a failure
+HEADROOM = 0.10
+TRANSFER_TIMEOUT = 24 * 3600.0
+SETUP_TAIL = 5
+EXIT_MARK = "@@vasticlaude-exit="
+
+
+# ----- shared with pull ------------------------------------------------------------------------
+def backoff() -> tuple[float, ...]:
+    """ssh's 2/4/8/16 s backoff, × VASTICLAUDE_POLL_SCALE (tests shrink it)."""
+    return tuple(pause * poll_scale() for pause in ssh.BACKOFF)
+
+
+def remote(route: ssh.Route, script: str, what: str, timeout: float = 120) -> str:
+    """Run a script on the instance (retried on connection failure); its stdout as text."""
+    proc = ssh.run(route, script, timeout=timeout, backoff=backoff())
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise Error("remote_failed", f"{what} failed on instance {route.instance_id}: {err[0]}",
+                    "Check the instance with 'vasticlaude status'.", API)
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def rsync(route: ssh.Route, sources: list[str], dest: str, extra: list[str], what: str) -> str:
+    """rsync with retries on connection-type failures; its --stats output, or a clear error."""
+    argv = ssh.rsync_argv(route, sources, dest, ["--stats", *extra])
+    proc = ssh.retrying(argv, what, timeout=TRANSFER_TIMEOUT, backoff=backoff(),
+                        failed=lambda p: p.returncode in RSYNC_CONNECTION_CODES)
+    out = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode in (0, RSYNC_VANISHED):
+        return out
+    lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    detail = "; ".join(lines[-3:]) or f"exit {proc.returncode}"
+    raise Error("rsync_failed", f"{what} failed (rsync exit {proc.returncode}): {detail}",
+                "Fix what rsync says and run the command again: it resumes.", FAILED)
+
+
+def stat(text: str, label: str) -> int:
+    """One number from rsync --stats (digit grouping of any locale removed)."""
+    found = re.search(rf"^{re.escape(label)}: ([\d,.']+)", text, re.M)
+    return int(re.sub(r"\D", "", found.group(1))) if found else 0
+
+
+def file_count(text: str) -> int:
+    """Files and symlinks in the transfer (rsync counts directories too)."""
+    found = re.search(r"^Number of files: [\d,.']+ \(([^)]*)\)", text, re.M)
+    if not found:
+        return stat(text, "Number of files")
+    parts = dict(p.strip().split(": ") for p in found.group(1).split(","))
+    return sum(int(re.sub(r"\D", "", v)) for k, v in parts.items() if k != "dir")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", help="experiment id (default: the only live one)")
+    p.add_argument("--instance", type=int, metavar="ID", help="the instance (default: the experiment's)")
+    command.add_target_flags(p)
+
+
+# ----- what to send ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """rsync filter arguments that leave out what must not be pushed, and how they were made."""
+
+    args: list[str]
+    rules: str  # "git" (the repo), "git-index" (a throwaway index), "rsync" (no git)
+
+
+def default_excludes(root: Path) -> list[str]:
+    """The heavy defaults, plus top-level virtualenvs under any name (env/, myenv/ …)."""
+    venvs = [f"/{d.name}/" for d in sorted(root.iterdir()) if d.is_dir() and (d / "pyvenv.cfg").is_file()]
+    return [*DEFAULT_EXCLUDES, *venvs]
+
+
+def literal(path: str) -> str:
+    """An rsync pattern matching exactly `path` from the transfer root (wildcards escaped)."""
+    if any(c in path for c in "*?["):
+        path = re.sub(r"([*?\[\\])", r"\\\1", path)
+    return "/" + path
+
+
+def git_lines(argv: list[str], root: Path) -> list[str]:
+    proc = subprocess.run(argv, cwd=root, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
+    if proc.returncode != 0:
+        raise Error("git_failed", f"{shlex.join(argv[:4])}… failed: {proc.stderr.decode(errors='replace').strip()}",
+                    "Fix the repository, or push a folder outside it.", FAILED)
+    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+
+
+def git_ignored(git: list[str], root: Path, patterns: list[str]) -> list[str]:
+    """Paths (relative to root; folders end in /) that git's rules leave out."""
+    base = [*git, "ls-files", "-z", "--directory", "-i"]
+    ignored = git_lines([*base, "-o", "--exclude-standard"], root)
+    extra = [f"--exclude={p}" for p in patterns]
+    ignored += git_lines([*base, "-c", "-o", "--exclude-per-directory=.vasticlaudeignore", *extra], root)
+    return sorted(set(ignored))
+
+
+def git_command(root: Path, scratch: Path) -> tuple[list[str], str] | None:
+    """git for root's own repo, a throwaway index when root is in none, or None without git."""
+    if shutil.which("git") is None:
+        return None
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=60)
+    if inside.returncode == 0 and inside.stdout.strip() == b"true":
+        return ["git"], "git"
+    gitdir = scratch / "index.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(gitdir)], check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=60)
+    return ["git", f"--git-dir={gitdir}", f"--work-tree={root}"], "git-index"
+
+
+def selection(root: Path, cfg: dict, heavy: bool, scratch: Path) -> Selection:
+    """The filters for this push; `scratch` is a temp folder that must outlive the rsync calls."""
+    patterns = [str(p) for p in cfg.get("ignore") or []]
+    args = [f"--exclude={p}" for p in [PULLED, *([] if heavy else default_excludes(root))]]
+    found = git_command(root, scratch)
+    if found is None:
+        args += ["--filter=:- .gitignore", "--filter=:- .vasticlaudeignore", *[f"--exclude={p}" for p in patterns]]
+        return Selection(args, "rsync")
+    git, rules = found
+    rules_file = scratch / "excludes"
+    rules_file.write_bytes(b"".join(literal(p).encode("utf-8", "surrogateescape") + b"\0"
+                                    for p in git_ignored(git, root, patterns)))
+    return Selection([*args, "--from0", f"--exclude-from={rules_file}"], rules)
+
+
+# ----- the remote steps ----------------------------------------------------------------------
+def prepare(route: ssh.Route, layout: Layout) -> dict:
+    """One SSH call: make the folders, install rsync if missing, read the free disk."""
+    script = (
+        f"mkdir -p {shlex.quote(layout.code)} {shlex.quote(layout.run)}\n"
+        "if ! command -v rsync >/dev/null 2>&1; then\n"
+        "  (export DEBIAN_FRONTEND=noninteractive; { apt-get update -qq && apt-get install -y -qq rsync; } ||"
+        " { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq rsync; } ||"
+        " apk add --no-cache rsync || yum install -y rsync) >/dev/null 2>&1\n"
+        "fi\n"
+        "command -v rsync >/dev/null 2>&1 && echo rsync=yes || echo rsync=no\n"
+        'df -Pk "$HOME" | tail -n 1\n')
+    lines = remote(route, script, "preparing the instance", timeout=600).strip().splitlines()
+    if "rsync=yes" not in lines:
+        raise Error("no_remote_rsync", f"rsync is missing on instance {route.instance_id} and could not be installed",
+                    "Use an image with rsync (Vast's base and pytorch images have it) or install it over ssh.", FAILED)
+    fields = lines[-1].split()
+    try:
+        return {"disk_bytes": int(fields[1]) * 1024, "free_bytes": int(fields[3]) * 1024}
+    except (IndexError, ValueError):
+        raise Error("bad_df", f"could not read the free disk of instance {route.instance_id}: {lines[-1]!r}",
+                    "Check 'df -Pk $HOME' on the instance.", API) from None
+
+
+def check_fits(plan: dict, disk: dict, instance_id: int) -> None:
+    """Refuse before sending when the changed files would not fit with 10% headroom."""
+    usable = disk["free_bytes"] * (1 - HEADROOM)
+    if plan["to_send"] > usable:
+        raise Error("no_space", f"the push needs {human_bytes(plan['to_send'])} on instance {instance_id} but it has "
+                    f"{human_bytes(disk['free_bytes'])} free of {human_bytes(disk['disk_bytes'])} (10% kept free); "
+                    "nothing was sent", "Leave big data out (.vasticlaudeignore or the config's \"ignore\"), or rent a "
+                    "bigger --disk.", FAILED)
+
+
+def measure(route: ssh.Route, source: str, dest: str, filters: list[str]) -> dict:
+    """A dry run: how many files, their total size, and how much would change."""
+    out = rsync(route, [source], dest, ["-az", "--delete", "--dry-run", *filters], "measuring the push")
+    return {"files": file_count(out), "bytes_total": stat(out, "Total file size"),
+            "to_send": stat(out, "Total transferred file size")}
+
+
+def setup_command(root: Path, cfg: dict) -> str | None:
+    """The config's setup, else pip for requirements.txt or the project itself, else none."""
+    if cfg.get("setup"):
+        return str(cfg["setup"])
+    pip_args = cfg.get("pip_args") or ""
+    pip_args = " " + (pip_args if isinstance(pip_args, str) else shlex.join(map(str, pip_args))) if pip_args else ""
+    if (root / "requirements.txt").is_file():
+        return f"python3 -m pip install -r requirements.txt{pip_args}"
+    if (root / "pyproject.toml").is_file() or (root / "setup.py").is_file():
+        return f"python3 -m pip install -e .{pip_args}"
+    return None
+
+
+def run_setup(route: ssh.Route, layout: Layout, cmd: str, timeout: float) -> dict:
+    """Run setup in code/ (output in run/setup.log); exit code, seconds and the last lines.
+
+    The time limit is enforced on the instance (`timeout`, exit 124), so a slow setup is
+    reported as failed instead of being retried like a dropped connection."""
+    script = (f'log="$PWD"/{shlex.quote(layout.run)}/setup.log\n'
+              f"cd {shlex.quote(layout.code)} || {{ echo {EXIT_MARK}97; exit 0; }}\n"
+              f"limit=; command -v timeout >/dev/null 2>&1 && limit='timeout {int(timeout)}'\n"
+              f'$limit bash -c {shlex.quote(cmd)} >"$log" 2>&1 </dev/null\n'
+              'code=$?\n'
+              f'tail -n {SETUP_TAIL} "$log"\n'
+              f'echo "{EXIT_MARK}$code"\n')
+    progress(f"vasticlaude push: setup: {cmd}")
+    start = time.monotonic()
+    out = remote(route, script, "setup", timeout=timeout + 120).rstrip("\n").splitlines()
+    seconds = round(time.monotonic() - start, 2)
+    code = int(out[-1][len(EXIT_MARK):]) if out and out[-1].startswith(EXIT_MARK) else -1
+    return {"command": cmd, "exit_code": code, "seconds": seconds, "tail": out[:-1][-SETUP_TAIL:]}
+
+
+GPU_SCRIPT = ("command -v nvidia-smi >/dev/null 2>&1 || { echo @@no-nvidia-smi; exit 0; }\n"
+              "nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits\n"
+              "echo @@cuda\n"
+              "nvidia-smi 2>/dev/null | grep -o 'CUDA Version: *[0-9.]*' | head -n 1\n")
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def same_model(rented: str, reported: str) -> bool:
+    """Vast's "RTX 4090" is the driver's "NVIDIA GeForce RTX 4090"; "H100 SXM" is "NVIDIA H100 80GB
+    HBM3": the whole name, or else every part of it holding a digit, must appear."""
+    if norm(rented) in norm(reported):
+        return True
+    models = [norm(t) for t in re.split(r"[\s_-]+", rented) if re.search(r"\d", t)]
+    return bool(models) and all(m in norm(reported) for m in models)
+
+
+def check_gpu(route: ssh.Route, rented_name: str, rented_count: int) -> tuple[dict, list[str]]:
+    """One SSH call: what nvidia-smi sees, compared with what was rented."""
+    out = remote(route, GPU_SCRIPT, "the GPU check")
+    if "@@no-nvidia-smi" in out:
+        gpu = {"name": None, "count": 0, "memory_mb": None, "cuda": None, "matches": False}
+        return gpu, ["nvidia-smi is not on the instance: no GPU driver visible (is this a CUDA image?)"]
+    rows_text, _, cuda_text = out.partition("@@cuda")
+    rows = [[c.strip() for c in line.split(",")] for line in rows_text.strip().splitlines() if line.strip()]
+    names = [r[0] for r in rows]
+    memory = next((int(float(r[1])) for r in rows if len(r) > 1 and re.match(r"^[\d.]+$", r[1])), None)
+    cuda = re.search(r"([0-9][0-9.]*)", cuda_text)
+    matches = len(rows) == rented_count and bool(names) and all(same_model(rented_name, n) for n in names)
+    gpu = {"name": names[0] if names else None, "count": len(rows), "memory_mb": memory,
+           "cuda": cuda.group(1) if cuda else None, "matches": matches}
+    warnings = [] if matches else [f"the instance shows {len(rows)}x {gpu['name']} but {rented_count}x "
+                                   f"{rented_name} was rented"]
+    return gpu, warnings
+
+
+# ----- the command -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = command.parser("vasticlaude push", __doc__)
+    p.add_argument("path", nargs="?", help="folder to push (default: the project root)")
+    add_common_flags(p)
+    p.add_argument("--include-heavy", action="store_true", help="do not apply the default excludes (.git, .venv …)")
+    p.add_argument("--no-setup", action="store_true", help="skip the setup command")
+    p.add_argument("--setup-timeout", type=float, default=3600.0, metavar="S", help="seconds for setup (default 3600)")
+    return p
+
+
+def source_root(args: argparse.Namespace) -> Path:
+    root = Path(args.path).expanduser().resolve() if args.path else config.project_root()
+    if not root.is_dir():
+        raise Error("bad_path", f"{args.path} is not a folder", "Give the folder to push.", USAGE)
+    return root
+
+
+def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection) -> tuple[dict, str]:
+    """Check space, then mirror root into code/; the plan and rsync's stats."""
+    disk = prepare(route, layout)
+    source, dest = f"{root}/", f"remote:{layout.code}/"
+    plan = measure(route, source, dest, sel.args)
+    check_fits(plan, disk, route.instance_id)
+    progress(f"vasticlaude push: sending {plan['files']} files ({human_bytes(plan['bytes_total'])}, "
+             f"{human_bytes(plan['to_send'])} changed) to instance {route.instance_id}")
+    return plan, rsync(route, [source], dest, ["-az", "--delete", *sel.args], "pushing the code")
+
+
+def run(args: argparse.Namespace) -> dict:
+    start = time.monotonic()
+    root, cfg = source_root(args), config.load()
+    bound = target.bind(args)
+    route, layout = bound.route(), Layout(bound.experiment)
+    with tempfile.TemporaryDirectory(prefix="vasticlaude-push-") as scratch:
+        sel = selection(root, cfg, args.include_heavy, Path(scratch))
+        plan, stats = send(route, layout, root, sel)
+    data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "files": plan["files"],
+            "bytes_total": plan["bytes_total"], "bytes_sent": stat(stats, "Total bytes sent"),
+            "ignore_rules": sel.rules, "setup": None, "warnings": []}
+    cmd = None if args.no_setup else setup_command(root, cfg)
+    if cmd:
+        data["setup"] = run_setup(route, layout, cmd, args.setup_timeout)
+    row = bound.row or {}
+    data["gpu"], data["warnings"] = check_gpu(route, str(bound.record.get("gpu_name") or row.get("gpu_name") or ""),
+                                              int(bound.record.get("num_gpus") or row.get("num_gpus") or 1))
+    data["seconds"] = round(time.monotonic() - start, 2)
+    data["exit_code"] = FAILED if data["setup"] and data["setup"]["exit_code"] != 0 else 0
+    record(data)
+    return data
+
+
+def record(data: dict) -> None:
+    setup = data["setup"] and {k: data["setup"][k] for k in ("command", "exit_code", "seconds")}
+    entry = {"at": time.time(), "instance_id": data["instance_id"], "files": data["files"],
+             "bytes_sent": data["bytes_sent"], "bytes_total": data["bytes_total"], "setup": setup, "gpu": data["gpu"]}
+    with state.experiment(data["experiment"]) as exp:
+        exp["push"] = entry
+    state.append_event(data["experiment"], "push", instance_id=data["instance_id"], files=data["files"],
+                       bytes_sent=data["bytes_sent"], setup_exit_code=setup["exit_code"] if setup else None,
+                       gpu_matches=data["gpu"]["matches"])
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    lines = [f"pushed {data['files']} files ({human_bytes(data['bytes_total'])}, {human_bytes(data['bytes_sent'])} "
+             f"sent) to instance {data['instance_id']} for {data['experiment']} in {data['seconds']:g} s"]
+    setup = data["setup"]
+    if setup:
+        verdict = "ok" if setup["exit_code"] == 0 else f"FAILED (exit {setup['exit_code']})"
+        lines.append(f"setup {verdict} in {setup['seconds']:g} s: {setup['command']}")
+        lines += [f"  | {line}" for line in setup["tail"]]
+    gpu = data["gpu"]
+    if gpu["name"]:
+        lines.append(f"gpu: {gpu['count']}x {gpu['name']} ({gpu['memory_mb']} MiB, CUDA {gpu['cuda']})"
+                     + ("" if gpu["matches"] else " - NOT what was rented"))
+    lines += [f"warning: {w}" for w in data["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return command.main(argv, build_parser, run, human)
