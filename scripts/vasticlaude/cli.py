@@ -4,7 +4,7 @@ Usage: vasticlaude COMMAND [ARGS...]   (vasticlaude COMMAND --help for each)
 
 Commands:
   sim      the local Vast.ai sandbox: serve, start, stop, status, env, fault
-  demo     a round trip on a throwaway sandbox: offers, rent, ssh, rsync, destroy, bill
+  demo     the whole flow on a throwaway sandbox: offers, up, push, run, status, pull, report, down, cost
   offers   GPU offers that fit, ranked by the estimated total for the run
   up       rent the best offer, wait until SSH answers, fail over to the next offer
   down     destroy instances (or stop them with --keep-disk), confirm, record the cost
@@ -14,6 +14,7 @@ Commands:
   report   a Markdown report of an experiment: command, instances, timeline, cost, log, charts
   push     rsync the project to the instance (ignore rules, space check), set it up, check the GPU
   pull     bring outputs, checkpoints and run files home, resumable and verified
+  sweep    at session end: leave guarded jobs running, pull and tear down everything else, report
 
 Exit codes: 0 ok · 1 failed or refused · 2 usage · 3 Vast/sandbox API failure ·
 4 something may still be billing (do what the message says).
@@ -40,6 +41,7 @@ COMMANDS = {
     "run": "vasticlaude.run",
     "status": "vasticlaude.status",
     "logs": "vasticlaude.logs",
+    "sweep": "vasticlaude.sweep",
 }
 
 
@@ -49,14 +51,26 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     if args[0] == "--version":
-        from importlib.metadata import version
-        print(version("vasticlaude"))
+        print(_version())
         return 0
     module_name = COMMANDS.get(args[0])
     if module_name is None:
         print(f"vasticlaude: unknown command {args[0]!r}. Run 'vasticlaude --help' for the list.", file=sys.stderr)
         return 2
     return importlib.import_module(module_name).main(args[1:])
+
+
+def _version() -> str:
+    """The installed version; run from the plugin folder by scripts/vc (never installed), pyproject's."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("vasticlaude")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.exists() else None
+        return found.group(1) if found else "unknown"
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""vasticlaude demo: a round trip on a throwaway local Vast sandbox.
+"""vasticlaude demo: the whole flow, end to end, on a throwaway local Vast sandbox.
 
-Starts a sandbox, then with the unmodified official `vastai` CLI: searches offers,
-rents the cheapest matching GPU, waits until it runs, registers an SSH key, runs
-`nvidia-smi` over real SSH, sends a folder up and back with rsync, destroys the
-instance, confirms it is gone and prints what it cost. Nothing reaches the
-internet or a real account; the sandbox is stopped at the end, even on failure.
+Runs the real commands the way the vast-run skill has Claude run them, each one a
+`vasticlaude COMMAND --sandbox --json` process: offers → up → push a small project (a
+train.py that prints progress, writes checkpoints to $VASTICLAUDE_CHECKPOINT_DIR and
+results to $VASTICLAUDE_OUTPUT_DIR) → run → status a few times → status --wait → pull →
+report → down → cost, and prints where the report is. The first command starts the
+sandbox on demand, as it would for a user. Nothing reaches the internet or a real account.
+
+Everything it starts is stopped at the end, even on failure or Ctrl-C: `down --all`, then
+the sandbox and every process of its instances. The vasticlaude home (state, SSH key,
+sandbox) and HOME live in a temp folder, removed at the end unless --keep; the demo project
+with its report and pulled results is kept so the report can be opened.
 
 Usage: vasticlaude demo [--keep] [--time-scale X]
 
-Exit codes: 0 the round trip worked · 1 a step failed (the message says which).
+Exit codes: 0 the flow worked · 1 a step failed (the message says which).
 """
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import os
 import shutil
@@ -24,131 +29,161 @@ import time
 from pathlib import Path
 
 from .errors import Error
-from .output import fail, progress
-from .sim.cli import kill_containers, start_background, stop_background
+from .output import fail
+from .sim.cli import kill_containers, running_info, stop_background
 
-SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
+EXPERIMENT = "demo"
+TRAIN_PY = '''"""A stand-in training job: progress on stdout, checkpoints, resumable, results at the end."""
+import json, os, time
+
+ckpt_dir, out_dir = os.environ["VASTICLAUDE_CHECKPOINT_DIR"], os.environ["VASTICLAUDE_OUTPUT_DIR"]
+ckpt = os.path.join(ckpt_dir, "state.json")
+step = json.load(open(ckpt))["step"] if os.environ.get("VASTICLAUDE_RESUME") == "1" else 0
+total = 40
+while step < total:
+    step += 1
+    time.sleep(0.1)
+    loss, acc = 2.0 / (1 + step / 4), min(0.99, 0.5 + step / 80)
+    print(f"epoch {1 + (step - 1) // 20}/2 step {step}/{total} loss={loss:.4f} acc={acc:.3f}", flush=True)
+    if step % 10 == 0:
+        json.dump({"step": step}, open(ckpt + ".tmp", "w"))
+        os.replace(ckpt + ".tmp", ckpt)
+json.dump({"loss": round(loss, 4), "acc": round(acc, 3), "steps": total},
+          open(os.path.join(out_dir, "metrics.json"), "w"))
+print("done", flush=True)
+'''
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vasticlaude demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep", action="store_true", help="keep the demo's folder for a look afterwards")
-    parser.add_argument("--time-scale", type=float, default=0.05, help="sandbox delays (1 = Vast-like)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp vasticlaude home and HOME for a look")
+    parser.add_argument("--time-scale", type=float, default=0.05, help="sandbox delays (1 = Vast-like; default 0.05)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="vasticlaude-demo-"))
-    state = work / "sim"
+    flow = Flow(work, args.time_scale)
+    started = time.monotonic()
     try:
-        info = start_background(state, ["--time-scale", str(args.time_scale), "--seed", "3"])
-        progress(f"sandbox up at {info['url']} (state {state})")
-        Demo(work, info).run()
+        flow.run()
+        print(f"\nthe whole flow took {time.monotonic() - started:.0f} s; report: {flow.report_path}")
         return 0
     except Error as err:
         return fail(err, False, "vasticlaude demo")
+    except KeyboardInterrupt:
+        return fail(Error("interrupted", "interrupted; everything it started is being stopped"), False, "vasticlaude demo")
     finally:
-        stop_background(state)
-        if (state / "sim.json").exists():
-            kill_containers(json.loads((state / "sim.json").read_text()).get("marker", ""))
+        flow.clean_up()
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            for folder in (flow.vchome, flow.home):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
-class Demo:
-    """The steps, each with the official CLI or the real ssh/rsync."""
+class Flow:
+    """The steps, each a real `vasticlaude` command in its own process, as Claude runs them."""
 
-    def __init__(self, work: Path, info: dict):
-        self.work = work
-        self.home = work / "home"
-        self.home.mkdir()
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("VAST")},
-                    "HOME": str(self.home), "VAST_URL": info["url"], "VAST_API_KEY": info["api_key"],
-                    "VASTAI_NO_UPDATE_CHECK": "1"}
-        self.vastai = str(Path(sys.executable).with_name("vastai"))
+    def __init__(self, work: Path, time_scale: float):
+        self.vchome, self.home, self.project = work / "vasticlaude-home", work / "home", work / "project"
+        for folder in (self.home, self.project / ".vasticlaude"):
+            folder.mkdir(parents=True)
+        (self.project / "train.py").write_text(TRAIN_PY)
+        self.report_path: Path | None = None
+        self.seconds = 0.0
+        self.env = self._env(time_scale)
+
+    def _env(self, time_scale: float) -> dict:
+        """Isolated: its own homes, never a real key; `python` on the instance is this one."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "VASTICLAUDE_"))}
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env.update(HOME=str(self.home), VASTICLAUDE_HOME=str(self.vchome), VASTAI_NO_UPDATE_CHECK="1",
+                   VASTICLAUDE_SIM_TIME_SCALE=str(time_scale), VASTICLAUDE_POLL_SCALE="0.1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")])),
+                   PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+        return env
+
+    def vc(self, *args: str, ok: tuple[int, ...] = (0,)) -> dict:
+        """Run `vasticlaude ARGS --json`, echo the command, return its data (or fail the step)."""
+        args = (args[0], "--json", *args[1:])  # before any `--`: what follows it is the job's command
+        print(f"$ vasticlaude {' '.join(a if ' ' not in a else repr(a) for a in args)}", flush=True)
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "vasticlaude", *args], capture_output=True,
+                              text=True, env=self.env, cwd=self.project, timeout=300, stdin=subprocess.DEVNULL)
+        envelope = _envelope(proc.stdout)
+        if proc.returncode not in ok or envelope is None:
+            error = (envelope or {}).get("error") or {}
+            detail = error.get("message") or proc.stderr.strip()[-300:] or "no output"
+            raise Error("demo_step", f"`vasticlaude {args[0]}` failed (exit {proc.returncode}): {detail}")
+        self.seconds = time.monotonic() - started
+        return envelope["data"]
 
     def run(self) -> None:
-        offer = self.find_offer()
-        iid = self.rent(offer)
-        try:
-            row = self.wait_running(iid)
-            self.use_over_ssh(row)
-        finally:
-            self.destroy(iid)
-        self.report(iid)
+        found = self.vc("offers", "--sandbox", "--min-vram", "8", "--hours", "1", "--disk", "8", "--limit", "3")
+        best = found["candidates"][0]
+        self.say(f"{len(found['candidates'])} candidates; cheapest total: offer {best['offer_id']}, {best['gpu_name']} "
+            f"{best['vram_gb']:.0f} GB at {best['dph']:.3f} USD/h, about {best['est_total_usd']:.3f} USD for 1 h")
+        up = self.vc("up", "--sandbox", "--offer", str(best["offer_id"]), "--experiment", EXPERIMENT,
+                     "--image", "vastai/base:0.0.2", "--disk", "8", "--hours", "1", "--budget-usd", "1")
+        self.say(f"instance {up['instance_id']} ({up['gpu_name']}) answers over SSH after {up['waited_s']} s")
+        pushed = self.vc("push", "--sandbox", "--experiment", EXPERIMENT)
+        self.say(f"pushed {pushed['files']} file(s); GPU seen on the instance: {pushed['gpu']['name']}")
+        started = self.vc("run", "--sandbox", "--experiment", EXPERIMENT, "--budget-usd", "1", "--max-hours", "1",
+                          "--", "python", "train.py")
+        self.say(f"job {started['state']}, detached; a watchdog guards the budget")
+        self.watch()
+        self.retrieve_and_tear_down()
 
-    def cli(self, *args: str) -> str:
-        proc = subprocess.run([self.vastai, *args], capture_output=True, text=True, env=self.env,
-                              stdin=subprocess.DEVNULL, timeout=120)
-        if proc.returncode or '"error": true' in proc.stderr:
-            raise Error("demo_step", f"`vastai {' '.join(args[:3])}` failed: {proc.stderr.strip()[:200]}")
-        return proc.stdout
+    def watch(self) -> None:
+        for _ in range(2):
+            time.sleep(1)
+            snap = self.vc("status", "--sandbox", "--experiment", EXPERIMENT, "--lines", "1")
+            prog = snap["progress"]
+            self.say(f"{snap['job']['state']}: {prog.get('percent')}% step {prog.get('step')} {prog.get('metrics')}, "
+                f"{snap['cost']['spent_usd']:.4f} USD so far")
+        done = self.vc("status", "--sandbox", "--experiment", EXPERIMENT, "--wait", "--interval", "0.5",
+                       "--timeout", "120", "--lines", "1")
+        self.say(f"job {done['job']['state']} with exit code {done['job']['exit_code']}")
+        if done["job"]["exit_code"] != 0:
+            raise Error("demo_job", f"the job ended with {done['job']['exit_code']}")
 
-    def find_offer(self) -> dict:
-        query = "gpu_name in [RTX_4090,RTX_3090] num_gpus=1 reliability>0.95 disk_space>=20"
-        offers = json.loads(self.cli("search", "offers", query, "-o", "dph", "--limit", "3", "--raw"))
-        if not offers:
-            raise Error("demo_no_offer", "the sandbox market had no matching offer")
-        offer = offers[0]
-        print(f"offer {offer['id']}: {offer['gpu_name']} at ${offer['dph_total']:.3f}/h, "
-              f"reliability {offer['reliability']:.3f}, {offer['geolocation']}")
-        return offer
+    def retrieve_and_tear_down(self) -> None:
+        pulled = self.vc("pull", "--sandbox", "--experiment", EXPERIMENT)
+        self.say(f"pulled {pulled['files']} files ({pulled['bytes']} B), verified, into {pulled['local_path']}")
+        report = self.vc("report", "--experiment", EXPERIMENT)
+        self.report_path = Path(report["report"])
+        self.say(f"report {report['report']} with {len(report['charts'])} chart(s)")
+        down = self.vc("down", "--sandbox", "--experiment", EXPERIMENT)
+        gone = [d["id"] for d in down["destroyed"]] + down["already_gone"]
+        self.say(f"destroyed and confirmed gone: {gone}")
+        cost = self.vc("cost", "--experiment", EXPERIMENT)
+        spent = sum(e["spent_usd"] for e in cost["experiments"])
+        self.say(f"spent {spent:.5f} USD (sandbox money); billing now: {cost['billing_usd_per_hour']} USD/h")
+        if cost["billing_usd_per_hour"]:
+            raise Error("demo_billing", "something still bills after down")
+        self.vc("report", "--experiment", EXPERIMENT)
+        self.say("report rewritten with the teardown and the final cost")
 
-    def rent(self, offer: dict) -> int:
-        key = self.home / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        self.cli("create", "ssh-key", key.with_suffix(".pub").read_text().strip())
-        created = json.loads(self.cli("create", "instance", str(offer["id"]), "--image", "vastai/base:0.0.2",
-                                      "--disk", "10", "--ssh", "--direct", "--label", "vasticlaude-demo",
-                                      "--onstart-cmd", "echo demo container up", "--raw"))
-        print(f"rented instance {created['new_contract']}")
-        return int(created["new_contract"])
+    def say(self, line: str) -> None:
+        print(f"  → {line}  [{self.seconds:.1f} s]", flush=True)
 
-    def wait_running(self, iid: int, timeout: float = 120) -> dict:
-        deadline, last = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            row = json.loads(self.cli("show", "instance", str(iid), "--raw"))
-            if row.get("actual_status") != last:
-                last = row.get("actual_status")
-                progress(f"instance {iid}: {last} ({row.get('status_msg')})")
-            if last == "running":
-                return row
-            time.sleep(0.2)
-        raise Error("demo_timeout", f"instance {iid} was not running after {timeout:.0f} s")
+    def clean_up(self) -> None:
+        """Best effort and silent: destroy whatever is left, then stop the sandbox and its processes."""
+        state = self.vchome / "sim"
+        info_file = state / "sim.json"
+        if not info_file.exists():
+            return
+        if running_info(state):  # never let `--sandbox` start a new sandbox just to tear down
+            subprocess.run([sys.executable, "-m", "vasticlaude", "down", "--sandbox", "--all", "--json"],
+                           capture_output=True, env=self.env, cwd=self.project, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        marker = json.loads(info_file.read_text()).get("marker", "")
+        stop_background(state)
+        kill_containers(marker)
 
-    def use_over_ssh(self, row: dict) -> None:
-        port = row["ports"]["22/tcp"][0]["HostPort"]
-        ssh = ["ssh", *SSH_OPTS, "-i", str(self.home / "id_ed25519"), "-p", port]
-        out = subprocess.run([*ssh, f"root@{row['public_ipaddr']}", "nvidia-smi -L; echo $CONTAINER_ID"],
-                             capture_output=True, text=True, timeout=60)
-        if out.returncode:
-            raise Error("demo_ssh", f"ssh failed: {out.stderr.strip()[:200]}")
-        print("over ssh: " + " | ".join(out.stdout.split("\n")[:2]))
-        self.rsync_round_trip(" ".join(ssh), row["public_ipaddr"])
 
-    def rsync_round_trip(self, ssh: str, host: str) -> None:
-        src, back = self.work / "up", self.work / "back"
-        (src / "data").mkdir(parents=True)
-        (src / "train.py").write_text("print('hello from the sandbox')\n")
-        (src / "data" / "blob.bin").write_bytes(os.urandom(1 << 20))
-        for args in ([f"{src}/", f"root@{host}:project/"], [f"root@{host}:project/", f"{back}/"]):
-            proc = subprocess.run(["rsync", "-az", "-e", ssh, *args], capture_output=True, text=True, timeout=120)
-            if proc.returncode:
-                raise Error("demo_rsync", f"rsync failed: {proc.stderr.strip()[:200]}")
-        same = not filecmp.dircmp(src, back).diff_files and filecmp.cmp(src / "data/blob.bin", back / "data/blob.bin", False)
-        print(f"rsync up and back: {'byte-identical' if same else 'DIFFERENT'}")
-        if not same:
-            raise Error("demo_rsync", "the folder came back different")
-
-    def destroy(self, iid: int) -> None:
-        self.cli("destroy", "instance", str(iid), "-y")
-        gone = json.loads(self.cli("show", "instance", str(iid), "--raw")).get("instances", "x") is None
-        print(f"destroyed instance {iid}: {'confirmed gone' if gone else 'STILL LISTED'}")
-        if not gone:
-            raise Error("demo_destroy", f"instance {iid} is still listed after destroy")
-
-    def report(self, iid: int) -> None:
-        user = json.loads(self.cli("show", "user", "--raw"))
-        charges = json.loads(self.cli("show", "invoices-v1", "--charges", "--raw"))
-        rows = charges.get("results", []) if isinstance(charges, dict) else []
-        spent = sum(r["amount"] for r in rows)
-        print(f"charged ${spent:.4f} for instance {iid}; balance now ${user['balance']:.4f}")
+def _envelope(stdout: str) -> dict | None:
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
