@@ -6,7 +6,22 @@
    "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "disk_gb": 40, "interruptible": false,
    "hours": 2.0,
    "budget": {"experiment_usd": 10, "experiment_hours": 12, "daily_usd": 30},
+   "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
    "ignore": ["data/raw/"], "setup": "pip install -r requirements.txt"}
+
+`guard` sets the on-instance watchdog that `run` starts (README "Guards"): how long after
+the job ends it waits for `pull` (grace_s), what it does then (on_end: "destroy-if-pulled",
+"destroy" or "stop"), how often it checks (check_s) and how long a job gets between SIGTERM
+and SIGKILL when a budget is hit (kill_grace_s).
+
+"session_end" (read by `vasticlaude sweep`, which the SessionEnd hook starts): what happens
+to instances when a Claude session ends. Everything not covered below (idle, never set up,
+unreachable, a job running without a live on-instance guard) is always destroyed.
+  {"session_end": {"running": "leave-guarded" | "stop" | "destroy",   (default leave-guarded)
+                   "finished": "destroy" | "stop"}}                   (default destroy)
+  running: a job still running under a live guard — leave it (the guard ends it), or pull
+           and stop (the disk stays and bills storage) or pull and destroy;
+  finished: a job that ended — after a best-effort pull, destroy, or stop to keep the disk.
 
 Flags beat the file; the file beats the defaults below. The project root is the
 nearest folder upwards holding `.vasticlaude/` or `.git`, else the current folder.
@@ -23,6 +38,7 @@ DEFAULTS = {
     "cuda": None, "region": [], "verified": True, "max_dph": None,
     "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "disk_gb": 40, "interruptible": False,
     "hours": 1.0, "budget": {"experiment_usd": None, "experiment_hours": None, "daily_usd": None},
+    "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
     "ignore": [], "setup": None,
 }
 
@@ -47,7 +63,7 @@ def load(root: Path | None = None) -> dict:
         raise Error("bad_config", f"{path} is not valid JSON ({err})", "Fix or delete the file.") from None
     if not isinstance(data, dict):
         raise Error("bad_config", f"{path} must hold a JSON object", "Fix or delete the file.")
-    budget = {**merged["budget"], **(data.get("budget") or {})}
+    nested = {key: {**merged[key], **(data.get(key) or {})} for key in ("budget", "guard")}
     merged.update(data)
-    merged["budget"] = budget
+    merged.update(nested)
     return merged

@@ -1,0 +1,170 @@
+"""SessionStart hook: say what still bills, start background work, never call the API.
+
+Tells Claude (additionalContext) and the user (systemMessage) in a few lines, under 1.5 KB
+whatever the number of instances: what is still running or stopped-but-billing, since
+when, its $/h and what it has cost, the last sweep's summary, and what needs a decision.
+From local state only (instances.json, experiment.json, last-session-end.json): the API is
+for the background work. That work is started detached, so the session never waits:
+- `scripts/vc --prepare`, which builds the launcher's environment (so the first command
+  does not wait for it), when the launcher exists;
+- `vasticlaude sweep --reason session-start --only-orphans` when the last sweep left
+  something undone, or was killed before it finished (SessionEnd is skipped on Ctrl-C or
+  a crash, and may have met the API down).
+Nothing to say: no output. Stdlib only; exits 0 whatever happens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import hooklib
+from hooklib import money
+
+MAX_BYTES = 1500   # the whole stdout, JSON included
+MAX_LISTED = 6
+
+
+def handle(event: dict) -> str | None:
+    data, corrupt = hooklib.load_state()
+    report = hooklib.last_report()
+    export_session(event)
+    prepare(event)
+    follow_up = needs_follow_up(report) and start_orphan_sweep(event)
+    head, items, decision = instance_lines(hooklib.live(data), report)
+    if corrupt:
+        head.insert(0, "vasticlaude: instances.json is corrupt, so what bills is unknown: run "
+                       f"`{hooklib.vc_command()} reconcile` (it keeps the old file aside and rebuilds it).")
+    tail = decision + report_lines(report, follow_up)
+    if not (head or items or tail):
+        return None
+    return fit(head, items, tail)
+
+
+def export_session(event: dict) -> None:
+    """Name the session for the Bash commands that follow, so `up` records which session rented
+    what and `cost` can total this session (CLAUDE_ENV_FILE: claude-code-plugin.md §6.6)."""
+    env_file = os.environ.get("CLAUDE_ENV_FILE")
+    if env_file and event.get("session_id"):
+        with open(env_file, "a", encoding="utf-8") as handle:
+            handle.write(f"export VASTICLAUDE_SESSION={hooklib.session_id(event)}\n")
+
+
+def prepare(event: dict) -> None:
+    """Start building the launcher's environment in the background (it is quick when ready)."""
+    vc = hooklib.launcher()
+    if vc is not None:
+        hooklib.spawn([str(vc), "--prepare"], dict(os.environ), "prepare.log", cwd=hooklib.project_dir(event))
+
+
+def needs_follow_up(report: dict | None) -> bool:
+    if not report or hooklib.sweep_running(report):
+        return False
+    return bool(report.get("undone")) or not report.get("finished")
+
+
+def start_orphan_sweep(event: dict) -> int:
+    """The pid of a detached sweep of what the last one left undone."""
+    argv, env = hooklib.worker(["sweep", "--reason", "session-start", "--only-orphans",
+                                "--session", hooklib.session_id(event)])
+    return hooklib.spawn(argv, env, "sweep.log", cwd=hooklib.project_dir(event))
+
+
+def instance_lines(recs: list[dict], report: dict | None) -> tuple[list[str], list[str], list[str]]:
+    """(header, one line per live instance — the most expensive first, what needs a decision)."""
+    if not recs:
+        return [], [], []
+    guarded = hooklib.left_guarded(report)
+    total = hooklib.total_dph(recs)
+    spent = sum(hooklib.costing.instance_cost(r)["total_usd"] for r in recs)
+    head = [f"vasticlaude: {len(recs)} instance(s) still exist and bill {money(total)}/h "
+            f"({money(spent)} spent so far):"]
+    ranked = sorted(recs, key=lambda r: -hooklib.costing.billing_now(r))
+    items = [instance_line(r, guarded) for r in ranked]
+    undecided = [str(r["id"]) for r in recs if needs_decision(r, report)]
+    decision = []
+    if undecided:
+        more = f" +{len(undecided) - 8}" if len(undecided) > 8 else ""
+        decision.append(f"Needs a decision: {' '.join(undecided[:8])}{more} (no guarded job on them). "
+                        f"Keep them, or tear down with `{hooklib.vc_command()} down ID` or `down --all`; "
+                        "`cost` and `status` say more.")
+    return head, items, decision
+
+
+def instance_line(rec: dict, guarded: set[str]) -> str:
+    status = str(rec.get("status") or "?")
+    cost = hooklib.costing.instance_cost(rec)
+    note = note_for(rec, guarded)
+    return (f"- {rec.get('id')} {rec.get('experiment') or rec.get('label') or ''}: {status} since "
+            f"{hooklib.stamp(hooklib.since(rec))}, {money(hooklib.costing.billing_now(rec))}/h, "
+            f"spent {money(cost['total_usd'])}" + (f"; {note}" if note else ""))
+
+
+def note_for(rec: dict, guarded: set[str]) -> str:
+    if str(rec.get("id")) in guarded:
+        return "job left running under its guard"
+    if rec.get("status") == "stopped":
+        return "stopped, disk kept: storage bills"
+    guard = hooklib.job_in_flight(rec)
+    if guard is None:
+        return ""
+    if guard.get("watchdog") and guard.get("alive"):
+        return "job running under its guard"
+    return "job started WITHOUT a guard"
+
+
+def needs_decision(rec: dict, report: dict | None) -> bool:
+    return not hooklib.guarded(rec, report)
+
+
+def report_lines(report: dict | None, follow_up: int) -> list[str]:
+    if not report:
+        return []
+    when = hooklib.stamp(float(report.get("finished_at") or report.get("started_at") or 0))
+    if hooklib.sweep_running(report):
+        return [f"A sweep ({report.get('reason')}, started {when}, pid {report.get('pid')}) is still running; "
+                f"its report: {report.get('report')}."]
+    if not report.get("finished"):
+        head = f"The last sweep ({report.get('reason')}, {when}) did not finish"
+    else:
+        head = f"Last sweep ({report.get('reason')}, {when}): {report.get('summary') or 'done'}"
+    lines = [head + "."]
+    undone = report.get("undone") or []
+    if undone:
+        lines.append("Could not be done: " + "; ".join(f"{u.get('id') or ''} {u.get('what')}: {u.get('why')}"
+                                                       for u in undone[:3])[:300]
+                     + (f" (+{len(undone) - 3} more)" if len(undone) > 3 else "") + ".")
+    if follow_up:
+        lines.append(f"A sweep of what was left undone now runs in the background (pid {follow_up}, log "
+                     f"{hooklib.paths.home() / 'logs' / 'sweep.log'}).")
+    elif not undone:  # a clean sweep is worth a line for a day
+        return [] if time.time() - float(report.get("finished_at") or 0) > 86400 else lines
+    return lines
+
+
+def fit(head: list[str], items: list[str], tail: list[str]) -> str:
+    """The output JSON within MAX_BYTES: as many instance lines as fit, then "+N more"."""
+    keep = min(len(items), MAX_LISTED)
+    while True:
+        more = [f"- +{len(items) - keep} more (`{hooklib.vc_command()} cost` lists them)"] if keep < len(items) else []
+        out = render(head + items[:keep] + more + tail)
+        if len(out.encode()) <= MAX_BYTES or keep == 0:
+            break
+        keep -= 1
+    lines = head + items[:keep] + more + tail
+    while len(out.encode()) > MAX_BYTES and len(lines) > 1:  # long paths in the tail: drop from the end
+        lines.pop()
+        out = render(lines)
+    return out
+
+
+def render(lines: list[str]) -> str:
+    text = "\n".join(line[:300] for line in lines)
+    return json.dumps({"systemMessage": lines[0][:160],
+                       "hookSpecificOutput": {"hookEventName": "SessionStart", "additionalContext": text}},
+                      ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    sys.exit(hooklib.main(handle, "SessionStart"))

@@ -1,0 +1,541 @@
+"""vasticlaude sweep: when a Claude session ends, leave nothing billing that nobody watches.
+
+Usage: vasticlaude sweep [--reason session-end|session-start|manual] [--only-orphans] [--dry-run]
+                         [--session ID] [--sandbox] [--api-key KEY] [--json]
+
+Started detached by the SessionEnd hook (which has 1.5 s; this has minutes), and by the
+SessionStart hook with --only-orphans when the last sweep left something undone. Under a
+lock (<home>/sweep.lock: a second sweep waits, then finds the work done), it:
+
+1. reconciles instances.json with the account (adopts unrecorded `vasticlaude-*`
+   instances, marks vanished ones gone — only records rented on that account; a corrupt
+   file is set aside and rebuilt);
+2. decides for every live instance (--only-orphans: only the ones the last sweep left
+   undone, and unrecorded ones it adopts), asking `status` (one API read, one SSH probe)
+   when the instance runs:
+   - a running job with a live on-instance guard (status: job.state running and
+     guard.alive): config `session_end.running` — "leave-guarded" (default: the guard
+     stops it when done), "stop" or "destroy" (both pull first);
+   - a job that ended (exited, killed, vanished): pull (best effort), then
+     `session_end.finished` — "destroy" (default) or "stop" (the disk stays and bills);
+   - stopped on purpose (`down --keep-disk`, or a "stop" policy), or stopped (e.g. by its
+     watchdog) with a run that was never pulled: left, and reported (storage bills);
+   - being rented right now by a live `vasticlaude up` on this machine: left;
+   - everything else — idle, never set up, unreachable, not running, status unknown, a
+     job running without a guard (pulled first, best effort) — destroyed and confirmed gone;
+3. writes <home>/reports/<reason>-<time>.md and .json, and last-session-end.json: per
+   instance its id, label, state, $/h, what it cost, what was done and why; and what could
+   not be done. The JSON is written first with "finished": false and the pending ids, and
+   rewritten after each instance, so a sweep killed mid-way leaves exactly what the next
+   one (SessionStart's) must finish. Every step is idempotent.
+
+When the API cannot be reached, the listing is retried (about 40 s of backoff per try,
+three tries 15 s and 45 s apart; all × VASTICLAUDE_POLL_SCALE); if it stays down, every
+instance it could not check is reported as undone and the next SessionStart repeats it.
+The account is the one `vasticlaude` resolves (flags, env, .env, key file); records rented
+on another URL (e.g. the local sandbox started by `--sandbox`) are swept through that
+sandbox while it runs, and otherwise reported. A sweep never starts a sandbox.
+
+JSON data (also the report file): {"reason", "end_reason", "session", "pid", "dry_run",
+  "started_at", "finished_at", "finished", "policy", "instances": [{"id", "label",
+  "experiment", "status", "job", "guard", "dph", "spent_usd", "action", "why", "pull"}],
+  "pending": [id], "undone": [{"id", "label", "what", "why"}], "notes": [str],
+  "billing_usd_per_hour", "summary", "report", "exit_code"}
+action: left-guarded · left-stopped · left-busy · destroyed · stopped · already-gone ·
+  failed · would-… (with --dry-run: nothing is changed and no report file is written).
+
+Exit codes: 0 done, nothing undone · 2 usage · 4 something could not be done and may
+still bill (the report names it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+from filelock import FileLock, Timeout
+
+from . import command, config, costing, paths, reconcile, state
+from .errors import BILLING_RISK, Error
+from .offers import connect, poll_scale
+from .output import progress
+from .sim.store import write_json_atomic
+from .vast import Vast, VastError
+
+T = TypeVar("T")
+POLICY = {"running": "leave-guarded", "finished": "destroy"}
+CHOICES = {"running": ("leave-guarded", "stop", "destroy"), "finished": ("destroy", "stop")}
+LIST_PAUSES = (15.0, 45.0)      # between listing attempts (each already retried by the gateway)
+LOCK_WAIT_S = 1800.0
+RUNNING_JOB = {"running", "stale"}
+ENDED_JOB = {"exited", "killed", "vanished"}
+BUSY_S = 1200                   # an `up` older than this is not "still renting"
+LAST = "last-session-end.json"
+
+
+@dataclass
+class Decision:
+    """What to do with one instance: "leave", "destroy" or "stop"; `pull` first or not."""
+
+    verb: str
+    why: str
+    pull: bool = False
+    kind: str = ""              # the report's action when left: left-guarded, left-stopped, left-busy
+
+
+@dataclass
+class Group:
+    """Live records rented on one URL, and the flags that reach it (None: unreachable from here)."""
+
+    url: str | None
+    flags: argparse.Namespace | None
+    ids: set[str] = field(default_factory=set)
+
+
+# ----- policy ------------------------------------------------------------------------------
+def load_policy(notes: list[str]) -> tuple[dict, dict]:
+    """(policy, config): the project's `session_end` block over the defaults; a bad value is noted, not fatal."""
+    try:
+        cfg = config.load()
+    except Error as err:
+        notes.append(f"config ignored: {err.message}")
+        cfg = dict(config.DEFAULTS)
+    given = cfg.get("session_end") or {}
+    policy = dict(POLICY)
+    for key, allowed in CHOICES.items():
+        value = given.get(key, policy[key]) if isinstance(given, dict) else policy[key]
+        if value in allowed:
+            policy[key] = value
+        else:
+            notes.append(f"session_end.{key}={value!r} is not one of {', '.join(allowed)}: using {policy[key]}")
+    return policy, cfg
+
+
+# ----- which account -----------------------------------------------------------------------
+def running_sandbox_url() -> str | None:
+    from .sim.cli import running_info
+    info = running_info(paths.sim_dir())
+    return info["url"] if info else None
+
+
+def default_url(args: argparse.Namespace, cfg: dict) -> str | None:
+    """The URL `vasticlaude` would talk to, without starting a sandbox to find out."""
+    from . import credentials
+    if args.sandbox or os.environ.get("VASTICLAUDE_TARGET") == "sandbox" or cfg.get("target") == "sandbox":
+        return running_sandbox_url()
+    key, _ = credentials.find_key(args.api_key)
+    if key is None:
+        return None if os.environ.get("VAST_URL") else running_sandbox_url()
+    return os.environ.get("VAST_URL") or credentials.REAL_URL
+
+
+def plan_groups(args: argparse.Namespace, cfg: dict, live: list[dict]) -> list[Group]:
+    """Live records by the URL they were rented on; the default account is always checked (orphans)."""
+    default, sandbox = default_url(args, cfg), running_sandbox_url()
+    groups: dict[str | None, Group] = {}
+    if default:
+        groups[default] = Group(default, argparse.Namespace(api_key=args.api_key, sandbox=args.sandbox))
+    for rec in live:
+        url = rec.get("target") or default
+        if url not in groups:
+            flags = argparse.Namespace(api_key=None, sandbox=True) if url and url == sandbox else None
+            groups[url] = Group(url, flags)
+        groups[url].ids.add(str(rec["id"]))
+    return list(groups.values())
+
+
+# ----- reconcile, scoped to one account ------------------------------------------------------
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """`call()`, tried again after LIST_PAUSES when Vast cannot be reached; the last error is raised."""
+    for pause in (*LIST_PAUSES, None):
+        try:
+            return call()
+        except VastError as err:
+            if pause is None:
+                raise
+            progress(f"vasticlaude sweep: {what}: {err.message}; trying again in {pause * poll_scale():g} s")
+            time.sleep(pause * poll_scale())
+    raise AssertionError("unreachable")
+
+
+def reconcile_scoped(vast: Vast, group: Group) -> tuple[dict[int, dict], list[str], list[dict], str | None]:
+    """reconcile.reconcile, but it marks gone only the records of this account: (rows, adopted ids,
+    records found gone, where a corrupt state file went)."""
+    listed_at = time.time()
+    rows = {int(r["id"]): r for r in vast.instances()}
+    with state.transaction() as data:
+        recovered = data.pop("recovered_from", None)
+        adopted = [str(a["id"]) for a in reconcile._adopt(data, rows)]
+        for iid in adopted:
+            data["instances"][iid]["target"] = vast.target.url
+        group.ids.update(adopted)
+        view = {"instances": {k: r for k, r in data["instances"].items() if k in group.ids}}
+        gone = reconcile._mark_gone(view, rows, listed_at)
+        reconcile._refresh(view, rows, listed_at)
+        reconcile._abandon(data, rows, listed_at)
+    for rec in gone:
+        reconcile.write_final_cost(rec)
+    return rows, adopted, gone, recovered
+
+
+# ----- deciding -----------------------------------------------------------------------------
+def guard_alive(snap: dict | None) -> bool | None:
+    """status's guard.alive; None when status has no guard field (no watchdog on this version)."""
+    if not snap:
+        return None
+    guard = snap.get("guard") if "guard" in snap else (snap.get("job") or {}).get("guard")
+    return bool(guard.get("alive")) if isinstance(guard, dict) else None
+
+
+def stopped_on_purpose(rec: dict) -> bool:
+    last = (rec.get("history") or [{}])[-1]
+    return last.get("status") == "stopped" and "keep-disk" in str(last.get("why") or "")
+
+
+def unpulled_run(rec: dict) -> bool:
+    """A run on this instance was never pulled: a watchdog that stopped it kept those results."""
+    exp = state.read_experiment(str(rec.get("experiment"))) or {}
+    runs = [r for r in exp.get("runs") or [] if str(r.get("instance_id")) == str(rec["id"])]
+    return bool(runs) and float((exp.get("pull") or {}).get("at") or 0) < float(runs[-1].get("at") or 0)
+
+
+def busy_renting(rec: dict, intents: dict) -> int | None:
+    """The pid of a live `vasticlaude up` on this machine still renting this instance, if any."""
+    if rec.get("status") not in ("creating", "loading") or time.time() - float(rec.get("created_at") or 0) > BUSY_S:
+        return None
+    for by in (str(rec.get("created_by") or ""), str((intents.get(rec.get("label")) or {}).get("by") or "")):
+        found = re.search(r"@(\S+) .*pid=(\d+)", by)
+        if found and found.group(1) == socket.gethostname() and _pid_alive(int(found.group(2))):
+            return int(found.group(2))
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def decide(rec: dict, row: dict, snap: dict | None, policy: dict, intents: dict) -> Decision:
+    """The rule of the module docstring for one live instance (reads only local state)."""
+    status = row.get("actual_status")
+    pid = busy_renting(rec, intents)
+    if pid:
+        return Decision("leave", f"`vasticlaude up` (pid {pid}) is still renting it", kind="left-busy")
+    if status == "stopped" and stopped_on_purpose(rec):
+        return Decision("leave", "stopped on purpose: the disk is kept and bills storage", kind="left-stopped")
+    if status == "stopped" and unpulled_run(rec):
+        return Decision("leave", "stopped with results never pulled: start it and pull, or destroy it",
+                        kind="left-stopped")
+    if status != "running":
+        return Decision("destroy", f"the instance is {status or 'unknown'}: nothing can run on it")
+    job = ((snap or {}).get("job") or {}).get("state") or "unknown"
+    guard = guard_alive(snap)
+    if job in RUNNING_JOB and guard:
+        if policy["running"] == "leave-guarded":
+            return Decision("leave", "job running under a live guard, which stops it when done", kind="left-guarded")
+        return Decision(policy["running"], f"job running under a guard, but session_end.running is {policy['running']}",
+                        pull=True)
+    if job in RUNNING_JOB:
+        return Decision("destroy", "job running with no live guard: nothing would stop it", pull=True)
+    if job in ENDED_JOB:
+        return Decision(policy["finished"], f"job {job}", pull=True)
+    reasons = {"not_started": "idle: nothing was ever run on it", "unreachable": "unreachable over SSH"}
+    return Decision("destroy", reasons.get(job, "job state unknown (status failed)"))
+
+
+# ----- acting -------------------------------------------------------------------------------
+def probe(flags: argparse.Namespace, rec: dict) -> dict | None:
+    """`vasticlaude status` of the instance, or None when it cannot say."""
+    from . import status
+    ns = argparse.Namespace(experiment=rec.get("experiment"), instance=int(rec["id"]), lines=5,
+                            sandbox=flags.sandbox, api_key=flags.api_key)
+    try:
+        return status.snapshot(ns)
+    except Error as err:
+        progress(f"vasticlaude sweep: status of {rec['id']}: {err.message}")
+        return None
+
+
+def pull(flags: argparse.Namespace, rec: dict) -> dict:
+    """Best-effort `vasticlaude pull`: {"ok", "local_path" | "error"}; never raises."""
+    from . import pull as pull_cmd
+    previous = ((state.read_experiment(str(rec.get("experiment"))) or {}).get("pull") or {}).get("local_path")
+    ns = argparse.Namespace(path=None, dest=previous, experiment=rec.get("experiment"), instance=int(rec["id"]),
+                            sandbox=flags.sandbox, api_key=flags.api_key, json=True)
+    try:
+        data = pull_cmd.run(ns)
+    except Error as err:
+        return {"ok": False, "error": err.message}
+    except Exception as err:  # noqa: BLE001 — best effort: the teardown must still happen
+        return {"ok": False, "error": f"unexpected {type(err).__name__}"}
+    return {"ok": True, "local_path": data["local_path"], "files": data["files"]}
+
+
+def act(vast: Vast, iid: int, row: dict, decision: Decision, why: str) -> tuple[str, str | None]:
+    """(report action, failure reason) after destroying or stopping the instance."""
+    from .down import Target, stop, teardown
+    target = Target(iid, row, True)
+    kind, details = stop(vast, target) if decision.verb == "stop" else teardown(vast, target, why)
+    return kind.replace("_", "-"), details.get("reason")
+
+
+# ----- the report ----------------------------------------------------------------------------
+class Report:
+    """The sweep's report, rewritten after every instance so a kill -9 loses nothing."""
+
+    def __init__(self, args: argparse.Namespace, policy: dict, notes: list[str]):
+        now = time.time()
+        self.data: dict = {"version": 1, "reason": args.reason, "end_reason": args.end_reason,
+                           "session": args.session, "pid": os.getpid(), "host": socket.gethostname(),
+                           "dry_run": args.dry_run, "only_orphans": args.only_orphans, "started_at": now,
+                           "finished_at": None, "finished": False, "policy": policy, "instances": [],
+                           "pending": [], "undone": [], "notes": notes, "billing_usd_per_hour": None,
+                           "summary": "", "report": None, "exit_code": 0}
+        stem = f"{args.reason}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{os.getpid()}"
+        self.folder = paths.home() / "reports"
+        self.json_path, self.md_path = self.folder / f"{stem}.json", self.folder / f"{stem}.md"
+        self.data["report"] = str(self.md_path)
+
+    def entry(self, rec: dict, status: str | None, **fields: object) -> None:
+        self.data["instances"].append({"id": int(rec["id"]), "label": rec.get("label"),
+                                       "experiment": rec.get("experiment"), "status": status,
+                                       "dph": round(costing.billing_now(rec), 4), **fields})
+        self.done(str(rec["id"]))
+
+    def undone(self, iid: object, label: str | None, what: str, why: str) -> None:
+        self.data["undone"].append({"id": int(iid) if iid is not None else None, "label": label, "what": what,
+                                    "why": why})
+        if iid is not None:
+            self.done(str(iid))
+
+    def done(self, iid: str) -> None:
+        self.data["pending"] = [p for p in self.data["pending"] if str(p) != iid]
+        self.save()
+
+    def save(self) -> None:
+        if self.data["dry_run"]:
+            return
+        paths.ensure_private_dir(self.folder)
+        write_json_atomic(self.json_path, self.data)
+        write_json_atomic(paths.home() / LAST, self.data)
+
+    def finish(self) -> dict:
+        records = state.load()["instances"]
+        for iid in list(self.data["pending"]):  # taken down meanwhile by someone else, or never reached
+            rec = records.get(str(iid)) or {"id": iid}
+            if rec.get("destroyed_at"):
+                self.entry(rec, "gone", spent_usd=costing.instance_cost(rec)["total_usd"], action="already-gone",
+                           why="taken down meanwhile")
+            else:
+                self.undone(iid, rec.get("label"), "check and tear down", "not reached by this sweep")
+        live = state.live_instances()
+        self.data["billing_usd_per_hour"] = round(sum(costing.billing_now(r) for r in live), 4)
+        self.data.update(finished=True, finished_at=time.time(), summary=summary(self.data),
+                         exit_code=BILLING_RISK if self.data["undone"] else 0)
+        if not self.data["dry_run"]:
+            self.md_path.parent.mkdir(parents=True, exist_ok=True)
+            self.md_path.write_text(markdown(self.data), encoding="utf-8")
+            self.save()
+        return self.data
+
+
+def summary(data: dict) -> str:
+    """One line for SessionStart: what was done, what still bills, what was not done."""
+    counts: dict[str, int] = {}
+    freed = 0.0
+    for item in data["instances"]:
+        counts[item["action"]] = counts.get(item["action"], 0) + 1
+        if item["action"] in ("destroyed", "would-destroy"):
+            freed += float(item.get("dph") or 0)
+    parts = [f"{n} {action.replace('-', ' ')}" for action, n in sorted(counts.items())] or ["nothing to do"]
+    if freed:
+        parts.append(f"${freed:.3f}/h stopped billing")
+    if data["undone"]:
+        parts.append(f"{len(data['undone'])} NOT done ({data['undone'][0]['why'][:80]})")
+    return "; ".join(parts)
+
+
+def markdown(data: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["started_at"]))
+    policy = ", ".join(f"{k}={v}" for k, v in data["policy"].items())
+    lines = [f"# vasticlaude sweep — {data['reason']}, {when}", "",
+             f"Session {data['session'] or '-'} ({data['end_reason'] or '-'}) · policy {policy} · "
+             f"pid {data['pid']}", "",
+             f"**{data['summary']}**. Still billing after the sweep: ${data['billing_usd_per_hour'] or 0:.4f}/h.", ""]
+    if data["instances"]:
+        lines += ["| id | label | state | job | guard | $/h | spent | done | why |", "|" + "---|" * 9]
+        lines += [row_md(i) for i in data["instances"]]
+    if data["undone"]:
+        lines += ["", "## Could not be done", ""]
+        lines += [f"- {u['id'] or '-'} {u['label'] or ''}: {u['what']} — {u['why']}" for u in data["undone"]]
+    if data["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in data["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def row_md(i: dict) -> str:
+    pull = i.get("pull")
+    pulled = "" if not pull else " (pulled)" if pull["ok"] else f" (pull failed: {pull['error']})"
+    guard = "" if i.get("guard") is None else i["guard"]
+    return (f"| {i['id']} | {i['label'] or ''} | {i['status'] or ''} | {i.get('job') or ''} | {guard} | "
+            f"{i['dph']:.4f} | {i.get('spent_usd') or 0:.4f} | {i['action']} | {i['why']}{pulled} |")
+
+
+# ----- the sweep ------------------------------------------------------------------------------
+@contextmanager
+def exclusive(dry_run: bool) -> Iterator[None]:
+    """One sweep at a time: a second one waits (its instances are then already handled)."""
+    if dry_run:
+        yield
+        return
+    lock = FileLock(str(paths.ensure_private_dir(paths.home()) / "sweep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        progress("vasticlaude sweep: another sweep is running: waiting for it")
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            raise Error("sweep_busy", f"another sweep held {lock.lock_file} for {LOCK_WAIT_S:g} s",
+                        "Look at <vasticlaude home>/logs/sweep.log.", BILLING_RISK) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def orphan_ids() -> set[str]:
+    """What the last sweep left undone or never reached (its pending list when it was killed)."""
+    try:
+        import json
+        last = json.loads((paths.home() / LAST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    ids = {str(u["id"]) for u in last.get("undone") or [] if u.get("id") is not None}
+    return ids | {str(p) for p in last.get("pending") or []}
+
+
+def sweep_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set[str] | None) -> None:
+    """Reconcile one account, then decide and act for each live instance in scope."""
+    recs = {k: r for k, r in state.load()["instances"].items() if k in group.ids and (scope is None or k in scope)}
+    if group.flags is None:
+        local = "127.0.0.1" in str(group.url) or "localhost" in str(group.url)
+        unreached(report, recs, f"rented on {group.url or 'an unknown account'}, which this configuration does not "
+                                "reach" + (" (a local sandbox that is not running: start it, or run "
+                                           "`vasticlaude reconcile --sandbox`)" if local else ""))
+        return
+    intents = dict(state.load().get("intents") or {})
+    try:
+        vast = connect(group.flags, cfg)
+        if report.data["dry_run"]:
+            rows, adopted, gone, recovered = {int(r["id"]): r for r in vast.instances()}, [], [], None
+        else:
+            rows, adopted, gone, recovered = with_retries(lambda: reconcile_scoped(vast, group), "listing instances")
+    except (VastError, Error) as err:
+        unreached(report, recs, f"could not list the account: {err.message}")
+        return
+    if recovered:
+        report.data["notes"].append(f"instances.json was corrupt: kept aside at {recovered}, rebuilt from the account")
+    for rec in gone:
+        if str(rec["id"]) in recs:
+            report.entry(rec, "gone", spent_usd=costing.instance_cost(rec)["total_usd"], action="already-gone",
+                         why="no longer on the account")
+    wanted = set(recs) | set(adopted)
+    for iid, rec in state.load()["instances"].items():
+        if iid in wanted and not rec.get("destroyed_at"):
+            try:
+                handle(vast, group.flags, rec, rows.get(int(iid)), report, policy, intents)
+            except Exception as err:  # noqa: BLE001 — one instance's surprise must not leave the others billing
+                log = command._log_crash("vasticlaude sweep")
+                report.undone(iid, rec.get("label"), "check and tear down",
+                              f"unexpected {type(err).__name__} (see {log})")
+
+
+def unreached(report: Report, recs: dict[str, dict], why: str) -> None:
+    """Every instance of an account that could not be checked is undone (and so are the unrecorded ones)."""
+    for iid, rec in recs.items():
+        report.undone(iid, rec.get("label"), "check and tear down", why)
+    if not recs:
+        report.undone(None, None, "look for unrecorded instances", why)
+
+
+def handle(vast: Vast, flags: argparse.Namespace, rec: dict, row: dict | None, report: Report,
+           policy: dict, intents: dict) -> None:
+    """Decide for one instance, act on it (unless --dry-run), and put it in the report."""
+    if row is None:  # recorded after the listing: not ours to judge yet
+        report.entry(rec, rec.get("status"), spent_usd=0, action="left-busy", why="recorded after the listing")
+        return
+    snap = probe(flags, rec) if row.get("actual_status") == "running" and rec.get("experiment") else None
+    decision = decide(rec, row, snap, policy, intents)
+    entry = {"job": ((snap or {}).get("job") or {}).get("state"), "guard": guard_alive(snap), "pull": None,
+             "action": decision.kind or f"would-{decision.verb}", "why": decision.why}
+    if report.data["dry_run"]:
+        entry["why"] += " (would pull first)" if decision.pull else ""
+    elif decision.verb != "leave":
+        entry["pull"] = pull(flags, rec) if decision.pull else None
+        entry["action"], failure = act(vast, int(rec["id"]), row, decision,
+                                       f"sweep {report.data['reason']}: {decision.why}")
+        if failure:
+            entry["why"] = failure
+            report.data["undone"].append({"id": int(rec["id"]), "label": rec.get("label"),
+                                          "what": decision.verb, "why": failure})
+    after = state.load()["instances"].get(str(rec["id"]), rec)
+    report.entry(rec, row.get("actual_status"), spent_usd=costing.instance_cost(after)["total_usd"], **entry)
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    notes: list[str] = []
+    policy, cfg = load_policy(notes)
+    report = Report(args, policy, notes)
+    with exclusive(args.dry_run):
+        scope = orphan_ids() if args.only_orphans else None
+        snapshot = state.load()
+        live = state.live_instances(snapshot)
+        report.data["pending"] = [int(r["id"]) for r in live if scope is None or str(r["id"]) in scope]
+        report.save()
+        groups = plan_groups(args, cfg, live)
+        if not groups:
+            report.undone(None, None, "look for unrecorded instances",
+                          "no Vast API key and no running sandbox: the account cannot be checked")
+        for group in groups:
+            sweep_group(group, report, policy, cfg, scope)
+        return report.finish()
+
+
+# ----- the command ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = command.parser("vasticlaude sweep", __doc__)
+    p.add_argument("--reason", default="manual", choices=("session-end", "session-start", "manual"),
+                   help="why it runs (names the report)")
+    p.add_argument("--end-reason", help=argparse.SUPPRESS)
+    p.add_argument("--session", help="the Claude session that ended (recorded in the report)")
+    p.add_argument("--only-orphans", action="store_true",
+                   help="only what the last sweep left undone, and unrecorded instances")
+    p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
+    command.add_target_flags(p)
+    return p
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    lines = [f"{'dry run: ' if data['dry_run'] else ''}{data['summary']}"]
+    lines += [f"  {i['id']} {i['label'] or ''} [{i['status']}/{i.get('job') or '-'}] ${i['dph']:.4f}/h: "
+              f"{i['action']} — {i['why']}" for i in data["instances"]]
+    lines += [f"  NOT DONE {u['id'] or ''} {u['what']}: {u['why']}" for u in data["undone"]]
+    if not data["dry_run"]:
+        lines.append(f"report: {data['report']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return command.main(argv, build_parser, sweep, human)
