@@ -670,3 +670,41 @@ def test_instances_on_an_account_this_configuration_cannot_reach_are_reported_un
     data = json.loads(proc.stdout)["data"]
     assert [u["id"] for u in data["undone"]] == [5] and "reconcile --sandbox" in data["undone"][0]["why"]
     assert not (vchome / "sim").exists()  # a sweep never starts a sandbox
+
+
+def test_one_session_ending_leaves_another_open_sessions_idle_instance(user, sim, tmp_path):
+    """Two Claude sessions at once: B ends while A's freshly rented instance waits for its job."""
+    fake_claude = tmp_path / "claude"
+    fake_claude.write_bytes(Path("/bin/sleep").read_bytes())
+    fake_claude.chmod(0o755)
+    session_a = subprocess.Popen([str(fake_claude), "60"])
+    user.procs.append(session_a)
+    vchome = user.vchome
+    (vchome / "sessions").mkdir(parents=True, exist_ok=True)
+    (vchome / "sessions" / "sess-a.json").write_text(json.dumps({"session": "sess-a", "pid": session_a.pid,
+                                                                 "at": time.time()}))
+    original = user.env
+
+    def env_of_a() -> dict:
+        return {**original(), "VASTICLAUDE_SESSION": "sess-a"}
+    user.env = env_of_a
+    iid = user.up("a-idle")
+    user.env = original
+    user.session_end("sess-b")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (vchome / "last-session-end.json").exists():
+        time.sleep(0.3)
+    time.sleep(1.0)
+    last = json.loads((vchome / "last-session-end.json").read_text())
+    assert iid in user.account(), last
+    entry = [i for i in last["instances"] if str(i["id"]) == str(iid)][0]
+    assert "still open" in entry["why"]
+
+    session_a.kill()
+    session_a.wait()
+    (vchome / "last-session-end.json").unlink()
+    user.session_end("sess-c")  # A is gone without its SessionEnd: its idle instance is swept
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and iid in user.account():
+        time.sleep(0.5)
+    assert iid not in user.account()

@@ -239,3 +239,39 @@ def sweep_running(report: dict | None) -> bool:
 
 def total_dph(recs: list[dict]) -> float:
     return sum(costing.billing_now(r) for r in recs)
+
+
+def claude_pid() -> int:
+    """The Claude Code process that runs this hook (its parent, or the shell's parent).
+
+    Hooks run under `sh -c`, which may or may not exec python; walk up a little on Linux
+    to find the process whose command line names claude, else take the parent.
+    """
+    pid = os.getppid()
+    for _ in range(3):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"claude" in handle.read():
+                    return pid
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                pid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return os.getppid()
+
+
+def mark_session(event: dict, open_: bool) -> None:
+    """sessions/<id>.json while a session is open: a sweep leaves that session's instances alone."""
+    folder = paths.home() / "sessions"
+    path = folder / f"{session_id(event)}.json"
+    if not open_:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"session": session_id(event), "pid": claude_pid(), "at": time.time()}))
+    os.replace(tmp, path)
+

@@ -24,6 +24,7 @@ import hookio
 
 
 def handle(event: dict) -> str | None:
+    hooklib.mark_session(event, open_=False)
     data, corrupt = hooklib.load_state()
     if not corrupt and not hooklib.live(data) and not (data or {}).get("intents"):
         return None

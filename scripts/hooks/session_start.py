@@ -29,6 +29,7 @@ MAX_LISTED = 6
 def handle(event: dict) -> str | None:
     data, corrupt = hooklib.load_state()
     report = hooklib.last_report()
+    hooklib.mark_session(event, open_=True)
     export_session(event)
     prepare(event)
     follow_up = needs_follow_up(report) and start_orphan_sweep(event)

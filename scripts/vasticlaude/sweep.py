@@ -50,6 +50,7 @@ still bill (the report names it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -58,6 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
+import psutil
 from filelock import FileLock, Timeout
 
 from . import command, config, costing, paths, reconcile, state
@@ -225,12 +227,36 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def decide(rec: dict, row: dict, snap: dict | None, policy: dict, intents: dict) -> Decision:
+def open_session_of(rec: dict, ending: str | None) -> str | None:
+    """The other Claude session that rented `rec`, when it is still open on this machine.
+
+    SessionStart leaves sessions/<id>.json with the Claude Code pid; SessionEnd removes it.
+    A session killed without SessionEnd leaves a marker whose pid is dead: not open.
+    """
+    found = re.search(r"session=(\S+)", str(rec.get("created_by") or ""))
+    session = found.group(1) if found else None
+    if not session or session in ("-", ending):
+        return None
+    try:
+        marker = json.loads((paths.home() / "sessions" / f"{session}.json").read_text(encoding="utf-8"))
+        proc = psutil.Process(int(marker["pid"]))
+        # the name guards against a reused pid; so does a process younger than the marker
+        alive = "claude" in " ".join(proc.cmdline()).lower() and proc.create_time() <= float(marker["at"]) + 5
+    except Exception:  # noqa: BLE001 — a marker we cannot read or check means: not known to be open
+        return None
+    return session if alive else None
+
+
+def decide(rec: dict, row: dict, snap: dict | None, policy: dict, intents: dict,
+           ending: str | None = None) -> Decision:
     """The rule of the module docstring for one live instance (reads only local state)."""
     status = row.get("actual_status")
     pid = busy_renting(rec, intents)
     if pid:
         return Decision("leave", f"`vasticlaude up` (pid {pid}) is still renting it", kind="left-busy")
+    owner = open_session_of(rec, ending)
+    if owner:
+        return Decision("leave", f"rented by Claude session {owner}, which is still open", kind="left-busy")
     if status == "stopped" and stopped_on_purpose(rec):
         return Decision("leave", "stopped on purpose: the disk is kept and bills storage", kind="left-stopped")
     if status == "stopped" and unpulled_run(rec):
@@ -417,7 +443,6 @@ def exclusive(dry_run: bool) -> Iterator[None]:
 def orphan_ids() -> set[str]:
     """What the last sweep left undone or never reached (its pending list when it was killed)."""
     try:
-        import json
         last = json.loads((paths.home() / LAST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return set()
@@ -476,7 +501,7 @@ def handle(vast: Vast, flags: argparse.Namespace, rec: dict, row: dict | None, r
         report.entry(rec, rec.get("status"), spent_usd=0, action="left-busy", why="recorded after the listing")
         return
     snap = probe(flags, rec) if row.get("actual_status") == "running" and rec.get("experiment") else None
-    decision = decide(rec, row, snap, policy, intents)
+    decision = decide(rec, row, snap, policy, intents, report.data.get("session"))
     entry = {"job": ((snap or {}).get("job") or {}).get("state"), "guard": guard_alive(snap), "pull": None,
              "action": decision.kind or f"would-{decision.verb}", "why": decision.why}
     if report.data["dry_run"]:
