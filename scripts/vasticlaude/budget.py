@@ -30,6 +30,13 @@ def experiment_spent(experiment: str, data: dict | None = None, now: float | Non
                if r.get("experiment") == experiment)
 
 
+def experiment_hours_used(experiment: str, data: dict | None = None, now: float | None = None) -> float:
+    """Hours the experiment's instances have run (GPU-billed), for the per-experiment hours cap."""
+    data = data if data is not None else state.load()
+    return sum(costing.instance_cost(r, now)["running_s"] for r in data["instances"].values()
+               if r.get("experiment") == experiment) / 3600
+
+
 def spent_today(data: dict | None = None, now: float | None = None) -> float:
     """Dollars billed since local midnight by every instance in the state."""
     now = now or time.time()
@@ -52,11 +59,12 @@ def check_before_rent(limits: Limits, experiment: str, dph: float, hours: float)
     estimate = dph * hours
     spent = experiment_spent(experiment)
     today = spent_today()
+    used = experiment_hours_used(experiment)
     figures = {"estimate_usd": round(estimate, 4), "experiment_spent_usd": round(spent, 4),
-               "today_spent_usd": round(today, 4), "hours": hours, "dph": dph}
-    if limits.experiment_hours is not None and hours > limits.experiment_hours:
-        raise Error("over_budget", f"{hours:g} h exceeds the experiment's limit of {limits.experiment_hours:g} h",
-                    "Lower --hours or raise budget.experiment_hours.", FAILED)
+               "today_spent_usd": round(today, 4), "hours": hours, "dph": dph, "hours_used": round(used, 4)}
+    if limits.experiment_hours is not None and used + hours > limits.experiment_hours:
+        raise Error("over_budget", f"{hours:g} h on top of {used:.2f} h run exceeds the experiment's limit of "
+                    f"{limits.experiment_hours:g} h", "Lower --hours or raise budget.experiment_hours.", FAILED)
     if limits.experiment_usd is not None and spent + estimate > limits.experiment_usd:
         raise Error("over_budget", f"estimated ${estimate:.2f} on top of ${spent:.2f} spent exceeds the "
                     f"experiment budget of ${limits.experiment_usd:.2f}",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from filelock import FileLock
+
 from . import paths
 from .errors import API, Error
 from .output import progress
@@ -63,9 +65,12 @@ def ssh_key() -> Key:
         if private.is_file() and private.with_name(name + ".pub").is_file():
             return Key(private, private.with_name(name + ".pub").read_text().strip())
     private = paths.ensure_private_dir(paths.home() / "ssh") / "id_ed25519"
-    if not private.is_file():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vasticlaude", "-f", str(private)],
-                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    # Several `up`s at once must not race ssh-keygen on one file: make it once, under a lock.
+    with FileLock(str(private) + ".lock", timeout=60):
+        if not private.is_file() or not private.with_name("id_ed25519.pub").is_file():
+            private.unlink(missing_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vasticlaude", "-f", str(private)],
+                           check=True, stdin=subprocess.DEVNULL, capture_output=True)
     return Key(private, private.with_name("id_ed25519.pub").read_text().strip())
 
 

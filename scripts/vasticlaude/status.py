@@ -14,13 +14,23 @@ Usage: vasticlaude status [--experiment X] [--instance ID] [--lines N]
        vasticlaude status --wait [--timeout S] [--interval S]   (blocks until the job ends;
                                                                   progress lines on stderr)
 
+The guard: whether the run's on-instance watchdog is alive, its heartbeat and its last
+decisions. A running job with no live watchdog is said first in `next` (the instance
+bills until torn down). Budgets: once the estimated spend reaches the experiment's budget
+(`run --budget-usd`, else the config), `next` says to stop now and --wait returns at once
+(exit 1, reason "budget: …"). status itself never stops or destroys anything.
+
 JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", "gpu", "dph"},
   "job": {"state", "exit_code", "elapsed_s", "heartbeat_age_s", "pulled"}, "progress": {...},
   "log_tail": [lines], "gpu": {"util", "mem_used_mb", "mem_total_mb"}, "disk": {"used_gb", "size_gb", "pct"},
-  "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"}, "next": str}
+  "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"},
+  "guard": {"alive", "last": [watchdog.log lines], "heartbeat_age_s", "done"}, "next": str}
+  with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
+  the wait ends when nothing more can happen without you).
 
 Exit codes: 0 snapshot taken (whatever the job's state; with --wait: the job ended with 0)
-· 1 with --wait: the job failed, was killed or vanished, or the timeout passed · 3 API trouble.
+· 1 with --wait: the job failed, was killed or vanished, the timeout passed, the budget
+is spent, or the instance was stopped or is gone · 3 API trouble.
 """
 from __future__ import annotations
 
@@ -40,6 +50,9 @@ STATUS_OF = {"running": "running", "loading": "loading", "created": "creating", 
              "exited": "exited", "offline": "offline", "unknown": "offline", "frozen": "running"}
 ENDED = {"exited", "killed", "vanished"}
 TAIL_WIDTH = 160
+HUMAN_MAX = 1500  # bytes of human output: a glance, not a page
+NO_GUARD = ("no guard: the instance will bill until torn down — run `vasticlaude down` when done, "
+            "or restart with watchdog")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +74,26 @@ def run(args: argparse.Namespace) -> dict:
     while True:
         snap = snapshot(args)
         progress(f"vasticlaude: {one_line(snap)}")
-        if snap["job"]["state"] in ENDED or time.monotonic() >= deadline:
-            snap["timed_out"] = snap["job"]["state"] not in ENDED
+        ended, over, halted = snap["job"]["state"] in ENDED, over_budget(snap["cost"]), _halted(snap)
+        if ended or over or halted or time.monotonic() >= deadline:
+            snap["timed_out"] = not (ended or over or halted)
+            snap["reason"] = (_budget_reason(snap["cost"]) if over else "ended" if ended else
+                              f"instance {snap['instance']['status']}" if halted else "timeout")
             return snap
         time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+
+
+def _halted(snap: dict) -> bool:
+    """The instance was stopped (e.g. by its watchdog) or is gone: the job cannot end by itself."""
+    return snap["job"]["state"] == "unreachable" and snap["instance"]["status"] in ("stopped", "exited", "gone")
+
+
+def over_budget(cost: dict) -> bool:
+    return cost.get("budget_usd") is not None and cost["spent_usd"] >= cost["budget_usd"]
+
+
+def _budget_reason(cost: dict) -> str:
+    return f"budget: spent ${cost['spent_usd']:.2f} of ${cost['budget_usd']:.2f}"
 
 
 def snapshot(args: argparse.Namespace) -> dict:
@@ -77,7 +106,8 @@ def snapshot(args: argparse.Namespace) -> dict:
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id,
             "instance": _instance(row), "job": job, "progress": parse_progress(lines),
             "log_tail": [line[:TAIL_WIDTH] for line in lines[-args.lines:]],
-            "gpu": _gpu(probe), "disk": _disk(probe, row), "cost": _cost(bound.experiment, rec, job)}
+            "gpu": _gpu(probe), "disk": _disk(probe, row), "cost": _cost(bound.experiment, rec, job),
+            "guard": _guard(probe)}
     data["next"] = next_step(data)
     return data
 
@@ -103,16 +133,16 @@ def _probe(bound: Bound, lines: int) -> dict | None:
 
 
 def _sections(text: str) -> dict:
-    out: dict = {"run": {}, "log": [], "gpu": [], "disk": []}
+    out: dict = {"run": {}, "guard": {}, "wlog": [], "log": [], "gpu": [], "disk": []}
     current = None
     for line in text.splitlines():
         if line.startswith("@@"):
             current = line[2:]
             continue
-        if current == "run" and "=" in line:
+        if current in ("run", "guard") and "=" in line:
             key, _, value = line.partition("=")
-            out["run"][key] = value
-        elif current in ("log", "gpu", "disk"):
+            out[current][key] = value
+        elif current in ("wlog", "log", "gpu", "disk"):
             out[current].append(line)
     return out
 
@@ -143,6 +173,16 @@ def _job_state(run: dict, now: float, beat: float | None) -> str:
     if beat and now - beat > 3 * every + 5:
         return "stale"
     return "running"
+
+
+def _guard(probe: dict | None) -> dict:
+    """The watchdog as the probe saw it (not alive when the instance could not be reached)."""
+    if probe is None:
+        return {"alive": False, "last": [], "heartbeat_age_s": None, "done": None}
+    guard, now = probe["guard"], _num(probe["run"].get("now")) or time.time()
+    beat = _num(guard.get("watchdog_heartbeat"))
+    return {"alive": guard.get("alive") == "1", "last": probe["wlog"][-3:],
+            "heartbeat_age_s": round(now - beat, 1) if beat else None, "done": guard.get("watchdog_done")}
 
 
 def _instance(row: dict | None) -> dict:
@@ -178,7 +218,8 @@ def _cost(experiment: str, rec: dict, job: dict) -> dict:
                 if r.get("experiment") == experiment)
     dph = costing.billing_now(rec)
     exp = state.read_experiment(experiment) or {}
-    budget = (exp.get("budget") or {}).get("experiment_usd") or config.load()["budget"].get("experiment_usd")
+    budget = _first((exp.get("guard") or {}).get("budget_usd"), (exp.get("budget") or {}).get("experiment_usd"),
+                    config.load()["budget"].get("experiment_usd"))
     hours = exp.get("hours")
     projected = spent + dph * max(0.0, hours - (job.get("elapsed_s") or 0) / 3600) if hours else None
     return {"spent_usd": round(spent, 4), "dph": round(dph, 4),
@@ -186,7 +227,23 @@ def _cost(experiment: str, rec: dict, job: dict) -> dict:
             "budget_usd": budget, "left_usd": round(budget - spent, 4) if budget is not None else None}
 
 
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
 def next_step(data: dict) -> str:
+    """Budget first, then a running job without a guard, then what the job's state asks for."""
+    exp, cost = data["experiment"], data["cost"]
+    if over_budget(cost):
+        return (f"{_budget_reason(cost)} — stop now: vasticlaude pull --experiment {exp}, "
+                f"then vasticlaude down --experiment {exp}")
+    step = _job_step(data)
+    if data["job"]["state"] in ("running", "stale") and not data["guard"]["alive"]:
+        return f"{NO_GUARD}; {step}"
+    return step
+
+
+def _job_step(data: dict) -> str:
     job, exp = data["job"], data["experiment"]
     disk = data.get("disk") or {}
     if job["state"] == "running" and (disk.get("pct") or 0) >= 95:
@@ -197,10 +254,16 @@ def next_step(data: dict) -> str:
     if job["state"] == "exited":
         verb = "succeeded" if job["exit_code"] == 0 else f"failed (exit {job['exit_code']}): read the logs, then"
         return f"job {verb} pull results (vasticlaude pull --experiment {exp}), then vasticlaude down --experiment {exp}"
+    if job["state"] == "killed" and job.get("signal") in ("budget", "max_hours"):
+        return (f"the watchdog stopped the job ({job['signal']} used up) and is stopping the instance; "
+                f"pull what you need, then vasticlaude down --experiment {exp}")
     if job["state"] in ("killed", "vanished"):
         return f"job {job['state']}: pull checkpoints, then rent again and resume (vasticlaude up / push / run)"
     if job["state"] == "not_started":
         return f"nothing runs yet: vasticlaude push, then vasticlaude run --experiment {exp} -- CMD"
+    if data["instance"]["status"] == "stopped":
+        return (f"instance stopped (its watchdog stops it after an unpulled run or at a limit): storage still "
+                f"bills; start it (vastai start instance {data['instance_id']}) to pull, or vasticlaude down --experiment {exp}")
     return f"instance {data['instance']['status']}: check 'vasticlaude reconcile'; tear down with vasticlaude down --experiment {exp}"
 
 
@@ -222,22 +285,39 @@ def one_line(data: dict) -> str:
 
 
 def human(data: dict) -> str:
-    lines = [one_line(data)]
+    """At most HUMAN_MAX bytes: the log lines give way to the rest."""
     inst, gpu, disk = data["instance"], data["gpu"], data["disk"]
-    lines.append(f"  instance {data['instance_id']} {inst['status']} ({inst['gpu']})"
-                 + (f", GPU {gpu['util']}% {gpu['mem_used_mb']}/{gpu['mem_total_mb']} MB" if gpu else "")
-                 + (f", disk {disk['used_gb']}/{disk['size_gb']} GB" if disk else ""))
-    lines += [f"  | {line}" for line in data["log_tail"]]
-    lines.append(f"  next: {data['next']}")
-    return "\n".join(lines)
+    head = [one_line(data)[:300],
+            f"  instance {data['instance_id']} {inst['status']} ({inst['gpu']})"
+            + (f", GPU {gpu['util']}% {gpu['mem_used_mb']}/{gpu['mem_total_mb']} MB" if gpu else "")
+            + (f", disk {disk['used_gb']}/{disk['size_gb']} GB" if disk else ""),
+            f"  guard: {guard_line(data)}"]
+    tail = [f"  next: {data['next'][:400]}"]
+    room = HUMAN_MAX - len("\n".join(head + tail).encode()) - 8
+    logs = data["log_tail"]
+    width = min(TAIL_WIDTH, room // max(1, len(logs)) - 5) if logs else 0
+    lines = [f"  | {line[:width]}" for line in logs] if width >= 20 else []
+    return "\n".join(head + lines + tail)
+
+
+def guard_line(data: dict) -> str:
+    guard = data["guard"]
+    if data["job"]["state"] == "unreachable":
+        return "unknown (instance not reachable)"
+    if not guard["alive"]:
+        return "NONE — no watchdog is alive" + (f" (it ended: {guard['done']})" if guard.get("done") else "")
+    age = guard["heartbeat_age_s"]
+    last = guard["last"][-1].split(" ", 1)[-1][:110] if guard["last"] else "-"
+    return "watchdog alive" + (f", beat {age:g} s ago" if age is not None else "") + f"; last: {last}"
 
 
 def exit_code(data: dict) -> int:
-    """A plain snapshot always exits 0; --wait exits 0 only for a job that ended with 0."""
+    """A plain snapshot always exits 0; --wait exits 0 only for a job that ended with 0 within budget."""
     if "timed_out" not in data:
         return 0
     job = data["job"]
-    return 0 if not data["timed_out"] and job["state"] == "exited" and job["exit_code"] == 0 else FAILED
+    ok = data.get("reason") == "ended" and job["state"] == "exited" and job["exit_code"] == 0
+    return 0 if ok else FAILED
 
 
 def _num(value: str | None) -> float | None:
