@@ -32,8 +32,13 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
          run: Callable[[argparse.Namespace], object], human: Callable[[object], str],
-         exit_code: Callable[[object], int] | None = None) -> int:
-    """Parse, run, print. The exit code is `exit_code(data)` when given, else data["exit_code"] or 0."""
+         exit_code: Callable[[object], int] | None = None,
+         json_view: Callable[[object], object] | None = None) -> int:
+    """Parse, run, print. The exit code is `exit_code(data)` when given, else data["exit_code"] or 0.
+
+    `json_view` shapes what --json prints (e.g. leaves out empty fields); the exit code and
+    the human text always see the full data.
+    """
     args = build_parser().parse_args(argv)
     prog = build_parser().prog
     try:
@@ -45,7 +50,7 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
     except Exception as err:  # noqa: BLE001 — the last line of defence
         log = _log_crash(prog)
         return fail(Error("bug", f"unexpected {type(err).__name__}", f"Details in {log}."), args.json, prog)
-    emit(data, args.json, human)
+    emit(json_view(data) if args.json and json_view else data, args.json, human)
     if exit_code is not None:
         return exit_code(data)
     return int(data.get("exit_code", 0) or 0) if isinstance(data, dict) else 0

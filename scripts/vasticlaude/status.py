@@ -24,7 +24,8 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   "job": {"state", "exit_code", "elapsed_s", "heartbeat_age_s", "pulled"}, "progress": {...},
   "log_tail": [lines], "gpu": {"util", "mem_used_mb", "mem_total_mb"}, "disk": {"used_gb", "size_gb", "pct"},
   "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"},
-  "guard": {"alive", "last": [watchdog.log lines], "heartbeat_age_s", "done"}, "next": str}
+  "guard": {"alive", "last": [the last watchdog.log line], "heartbeat_age_s", "done"}, "next": str}
+  Fields that are null or empty are left out of the JSON.
   with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
   the wait ends when nothing more can happen without you).
 
@@ -112,6 +113,16 @@ def snapshot(args: argparse.Namespace) -> dict:
     return data
 
 
+def prune(value: object) -> object:
+    """Leave out null and empty fields: status is read three times a flow, every byte counts."""
+    if isinstance(value, dict):
+        kept = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [prune(v) for v in value]
+    return value
+
+
 def _refresh_record(bound: Bound) -> dict:
     """Keep state's status (and so the cost estimate) in step with what the API says."""
     status = "destroyed" if bound.row is None else STATUS_OF.get(str(bound.row.get("actual_status")), "loading")
@@ -181,7 +192,7 @@ def _guard(probe: dict | None) -> dict:
         return {"alive": False, "last": [], "heartbeat_age_s": None, "done": None}
     guard, now = probe["guard"], _num(probe["run"].get("now")) or time.time()
     beat = _num(guard.get("watchdog_heartbeat"))
-    return {"alive": guard.get("alive") == "1", "last": probe["wlog"][-3:],
+    return {"alive": guard.get("alive") == "1", "last": [line[:120] for line in probe["wlog"][-1:]],
             "heartbeat_age_s": round(now - beat, 1) if beat else None, "done": guard.get("watchdog_done")}
 
 
@@ -333,4 +344,4 @@ def _int(value: str | None) -> int | None:
 
 
 def main(argv: list[str]) -> int:
-    return command.main(argv, build_parser, run, human, exit_code=exit_code)
+    return command.main(argv, build_parser, run, human, exit_code=exit_code, json_view=prune)
