@@ -152,7 +152,7 @@ def test_killed_watchdog_shows_as_no_guard(cli, sim):
     iid = up["instance_id"]
     start(cli, "naked", "--check", "1", "--", "sleep", "60")
     snap = cli.json("status", "--experiment", "naked")
-    assert snap["guard"]["alive"] and snap["guard"]["heartbeat_age_s"] < 5 and snap["guard"]["last"]
+    assert snap["guard"]["alive"] and snap["guard"]["heartbeat_age_s"] < 5
     assert not snap["next"].startswith("no guard")
     assert ssh(up, "kill -9 $(cat vasticlaude/naked/run/watchdog_pid)").returncode == 0
     snap = cli.json("status", "--experiment", "naked")

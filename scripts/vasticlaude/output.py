@@ -33,3 +33,14 @@ def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def compact(value: object) -> object:
+    """Leave out null and empty fields (0 and false stay): what Claude reads costs context."""
+    if isinstance(value, dict):
+        kept = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    return value
+

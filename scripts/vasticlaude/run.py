@@ -211,7 +211,8 @@ def _launch(route: Route, layout: Layout, script: str, watchdog: str | None, res
         progress("vasticlaude: the watchdog did not start: nothing guards this instance; check run/watchdog.log")
     if code:
         return {"state": "exited", "exit_code": int(code), "log_tail": tail, "watchdog_alive": alive}
-    return {"state": "running", "exit_code": None, "log_tail": tail, "watchdog_alive": alive}
+    # Running: the first lines show it started; status shows progress from here on.
+    return {"state": "running", "exit_code": None, "log_tail": tail[-2:], "watchdog_alive": alive}
 
 
 def _record(experiment: str, instance_id: int, cmd: str, workdir: str, result: dict, guard: dict) -> None:
@@ -248,7 +249,13 @@ def guard_line(guard: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return command.main(argv, build_parser, run, human, exit_code=_exit_code)
+    return command.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view)
+
+
+def _json_view(data: dict) -> dict:
+    """--json: the guard without its internal figures or empty settings."""
+    guard = {k: v for k, v in (data.get("guard") or {}).items() if v is not None and k != "already_spent_usd"}
+    return {**data, "guard": guard}
 
 
 def _exit_code(data: dict) -> int:

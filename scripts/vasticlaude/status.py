@@ -24,7 +24,7 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   "job": {"state", "exit_code", "elapsed_s", "heartbeat_age_s", "pulled"}, "progress": {...},
   "log_tail": [lines], "gpu": {"util", "mem_used_mb", "mem_total_mb"}, "disk": {"used_gb", "size_gb", "pct"},
   "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"},
-  "guard": {"alive", "last": [the last watchdog.log line], "heartbeat_age_s", "done"}, "next": str}
+  "guard": {"alive", "heartbeat_age_s", "done", "last": [the last watchdog.log line, when not alive]}, "next": str}
   Fields that are null or empty are left out of the JSON.
   with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
   the wait ends when nothing more can happen without you).
@@ -36,12 +36,13 @@ is spent, or the instance was stopped or is gone · 3 API trouble.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from . import command, config, costing, state
 from .errors import FAILED, Error
 from .logparse import progress as parse_progress
-from .output import progress
+from .output import compact, progress
 from .remote import Layout
 from .ssh import run as ssh_run
 from .target import Bound, bind
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_target_flags(p)
     p.add_argument("--experiment", help="experiment id (default: the only live one)")
     p.add_argument("--instance", type=int, help="instance id instead of an experiment")
-    p.add_argument("--lines", type=int, default=5, help="log lines to include (default 5)")
+    p.add_argument("--lines", type=int, default=3, help="log lines to include (default 3)")
     p.add_argument("--wait", action="store_true", help="block until the job ends (or --timeout)")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds --wait may block (default 6 h)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between checks with --wait")
@@ -111,16 +112,6 @@ def snapshot(args: argparse.Namespace) -> dict:
             "guard": _guard(probe)}
     data["next"] = next_step(data)
     return data
-
-
-def prune(value: object) -> object:
-    """Leave out null and empty fields: status is read three times a flow, every byte counts."""
-    if isinstance(value, dict):
-        kept = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in kept.items() if v not in (None, "", [], {})}
-    if isinstance(value, list):
-        return [prune(v) for v in value]
-    return value
 
 
 def _refresh_record(bound: Bound) -> dict:
@@ -322,6 +313,20 @@ def guard_line(data: dict) -> str:
     return "watchdog alive" + (f", beat {age:g} s ago" if age is not None else "") + f"; last: {last}"
 
 
+def compact_view(data: dict) -> object:
+    """The --json form: empty fields out, no repeats of what is said elsewhere."""
+    view = json.loads(json.dumps(data))
+    inst, guard = view.get("instance") or {}, view.get("guard") or {}
+    inst.pop("dph", None)  # cost.dph says it
+    if inst.get("status") == "running" and str(inst.get("msg", "")).startswith("success"):
+        inst.pop("msg", None)
+    if inst.get("intended") == inst.get("status"):
+        inst.pop("intended", None)
+    if guard.get("alive"):
+        guard.pop("last", None)
+    return compact(view)
+
+
 def exit_code(data: dict) -> int:
     """A plain snapshot always exits 0; --wait exits 0 only for a job that ended with 0 within budget."""
     if "timed_out" not in data:
@@ -344,4 +349,4 @@ def _int(value: str | None) -> int | None:
 
 
 def main(argv: list[str]) -> int:
-    return command.main(argv, build_parser, run, human, exit_code=exit_code, json_view=prune)
+    return command.main(argv, build_parser, run, human, exit_code=exit_code, json_view=compact_view)
