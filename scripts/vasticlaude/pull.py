@@ -26,7 +26,7 @@ an error; missing default folders are skipped (e.g. no checkpoints yet).
 
 JSON data: {"experiment", "instance_id", "local_path", "files", "bytes", "verified": true,
   "seconds", "paths": [pulled REMOTE_REL], "skipped": [missing defaults], "changing": [...],
-  "bytes_received"}
+  "bytes_received", "warnings": [when the pulled marker could not be left]}
 
 Exit codes: 0 pulled and verified · 1 a path is missing, rsync failed, or sizes differ
 (named) · 2 usage · 3 SSH or Vast API trouble.
@@ -149,10 +149,20 @@ def pull_verified(route: ssh.Route, layout: Layout, paths: list[str], dest: Path
             "changing": changing, "bytes_received": received}
 
 
-def mark_pulled(route: ssh.Route, layout: Layout) -> None:
+def mark_pulled(route: ssh.Route, layout: Layout) -> str | None:
+    """Tell the watchdog the results are home; a warning (not a failure) when it cannot.
+
+    A full disk can refuse even this tiny file. The results are home and verified all the
+    same; without the marker the watchdog only stops (never destroys) the instance.
+    """
     run = shlex.quote(layout.run)
-    remote(route, f"mkdir -p {run} && date +%s > {run}/pulled.tmp && mv -f {run}/pulled.tmp {run}/pulled",
-           "leaving the pulled marker")
+    try:
+        remote(route, f"mkdir -p {run} && date +%s > {run}/pulled.tmp && mv -f {run}/pulled.tmp {run}/pulled",
+               "leaving the pulled marker")
+    except Error as err:
+        return (f"could not leave the pulled marker ({err.message[-120:]}): the watchdog will stop the instance "
+                "rather than destroy it; run 'vasticlaude down' when done")
+    return None
 
 
 # ----- the command -------------------------------------------------------------------------
@@ -189,11 +199,14 @@ def run(args: argparse.Namespace) -> dict:
     dest = local_dest(args, bound.experiment)
     progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id} into {dest}")
     result = pull_verified(route, layout, kept, dest, clock)
-    mark_pulled(route, layout)
+    marker_warning = mark_pulled(route, layout)
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "local_path": str(dest),
             "files": result["files"], "bytes": result["bytes"], "verified": True,
             "seconds": round(time.monotonic() - start, 2), "paths": kept, "skipped": skipped,
             "changing": result["changing"], "bytes_received": result["bytes_received"]}
+    if marker_warning:
+        data["warnings"] = [marker_warning]
+        progress(f"vasticlaude pull: {marker_warning}")
     with state.experiment(bound.experiment) as exp:
         exp["pull"] = {"at": time.time(), "local_path": str(dest), "files": data["files"], "bytes": data["bytes"],
                        "instance_id": bound.instance_id, "paths": kept}

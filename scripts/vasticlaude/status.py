@@ -253,6 +253,10 @@ def _job_step(data: dict) -> str:
     if job["state"] in ("running", "stale"):
         return "wait; check again later" if job["state"] == "running" else \
             "no heartbeat: look at the logs (vasticlaude logs) and the instance state; recover if it is dead"
+    failed = job["state"] == "vanished" or (job["state"] == "exited" and job["exit_code"] != 0)
+    if failed and (disk.get("pct") or 0) >= 95:  # a full disk can also stop the wrapper writing its exit code
+        return (f"job failed with the disk full ({disk['used_gb']}/{disk['size_gb']} GB): pull what exists "
+                f"(vasticlaude pull --experiment {exp}), then rent again with a larger --disk and resume")
     if job["state"] == "exited":
         verb = "succeeded" if job["exit_code"] == 0 else f"failed (exit {job['exit_code']}): read the logs, then"
         return f"job {verb} pull results (vasticlaude pull --experiment {exp}), then vasticlaude down --experiment {exp}"
