@@ -30,6 +30,13 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="Vast API key (default: VAST_API_KEY, .env, vastai's key file)")
 
 
+def add_instance_flags(p: argparse.ArgumentParser) -> None:
+    """Which experiment's instance a command acts on (resolved by target.bind)."""
+    add_target_flags(p)
+    p.add_argument("--experiment", help="experiment id (default: the only live one)")
+    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+
+
 def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
          run: Callable[[argparse.Namespace], object], human: Callable[[object], str],
          exit_code: Callable[[object], int] | None = None,

@@ -75,8 +75,14 @@ def resolve(flag_key: str | None = None, sandbox: bool | None = None, project: P
     """The target for this command; starts the sandbox when that is the target."""
     wants_sandbox = sandbox or os.environ.get("VASTICLAUDE_TARGET") == "sandbox" or config_target == "sandbox"
     key, source = (None, "none") if wants_sandbox else find_key(flag_key, project)
-    if wants_sandbox or (key is None and not os.environ.get("VAST_URL")):
+    if wants_sandbox:
         return sandbox_target()
+    if key is None and not os.environ.get("VAST_URL"):
+        target = sandbox_target()
+        from .output import progress
+        progress(f"vasticlaude: no Vast API key found, so this runs on the local sandbox at {target.url} "
+                 "(a rehearsal: nothing real is rented). Set VAST_API_KEY to use Vast.")
+        return target
     if key is None:
         raise Error("no_api_key", "no Vast API key found",
                     "Set VAST_API_KEY, put it in .vasticlaude/.env, or run 'vastai set api-key KEY'; "

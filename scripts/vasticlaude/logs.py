@@ -33,9 +33,7 @@ CLEAN = "LC_ALL=C tr -d '\\000-\\010\\013\\014\\016-\\037'"
 
 def build_parser() -> argparse.ArgumentParser:
     p = command.parser("vasticlaude logs", __doc__)
-    command.add_target_flags(p)
-    p.add_argument("--experiment", help="experiment id (default: the only live one)")
-    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+    command.add_instance_flags(p)
     p.add_argument("-n", "--lines", type=int, default=100, help="lines from the end (default 100)")
     p.add_argument("--grep", help="only lines containing this text")
     p.add_argument("--width", type=int, default=400, help="cut lines longer than this")

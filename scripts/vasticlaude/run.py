@@ -85,9 +85,7 @@ BUSY = ('if [ -f {run}/job_pid ] && [ ! -f {run}/exit_code ] && kill -0 "$(cat {
 
 def build_parser() -> argparse.ArgumentParser:
     p = command.parser("vasticlaude run", __doc__)
-    command.add_target_flags(p)
-    p.add_argument("--experiment", help="experiment id (default: the only live one)")
-    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+    command.add_instance_flags(p)
     p.add_argument("--workdir", help="folder on the instance, relative to its $HOME (default: the pushed code)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the job")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT, help="seconds between heartbeats")

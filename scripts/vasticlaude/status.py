@@ -59,9 +59,7 @@ NO_GUARD = ("no guard: the instance will bill until torn down — run `vasticlau
 
 def build_parser() -> argparse.ArgumentParser:
     p = command.parser("vasticlaude status", __doc__)
-    command.add_target_flags(p)
-    p.add_argument("--experiment", help="experiment id (default: the only live one)")
-    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+    command.add_instance_flags(p)
     p.add_argument("--lines", type=int, default=3, help="log lines to include (default 3)")
     p.add_argument("--wait", action="store_true", help="block until the job ends (or --timeout)")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds --wait may block (default 6 h)")
