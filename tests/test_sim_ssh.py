@@ -5,7 +5,6 @@ import filecmp
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -54,7 +53,7 @@ def test_rsync_round_trip_is_byte_identical(sim, running, tmp_path):
     (src / "small.txt").write_text("héllo\n")
     (src / "link").symlink_to("small.txt")
     ssh = " ".join(sim.ssh_cmd(row)[:-1])
-    target = f"root@127.0.0.1:"
+    target = "root@127.0.0.1:"
     up = subprocess.run(["rsync", "-az", "-e", ssh, f"{src}/", target + "project/"], capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
     back = tmp_path / "back"

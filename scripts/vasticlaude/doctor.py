@@ -142,11 +142,10 @@ def _ssh_key_check() -> dict:
 
 
 def _create_key() -> None:
-    key = generated_key()
-    paths.ensure_private_dir(key.parent)
-    progress(f"vasticlaude doctor: creating {key} with ssh-keygen")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vasticlaude", "-f", str(key)],
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    """Make vasticlaude's own key the one way `up` does (once, under a lock)."""
+    from .ssh import ssh_key
+    progress(f"vasticlaude doctor: creating {generated_key()} with ssh-keygen")
+    ssh_key()
 
 
 def _registered_check(client, register: bool) -> dict:

@@ -27,7 +27,7 @@ from typing import Iterator
 from filelock import FileLock
 
 from . import paths
-from .sim.store import write_json_atomic
+from .jsonfile import write_json_atomic
 
 VERSION = 1
 LOCK_TIMEOUT = 60.0

@@ -66,7 +66,7 @@ from . import command, config, costing, paths, reconcile, state
 from .errors import BILLING_RISK, Error
 from .offers import connect, poll_scale
 from .output import progress
-from .sim.store import write_json_atomic
+from .jsonfile import write_json_atomic
 from .vast import Vast, VastError
 
 T = TypeVar("T")

@@ -6,9 +6,10 @@ command that acts on an instance always re-reads it.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from . import config, credentials, state
+from . import config, state
 from .errors import FAILED, Error
 from .ssh import Route, route_for, ssh_key
 from .vast import Vast
@@ -35,9 +36,10 @@ class Bound:
 
 
 def vast_for(args) -> Vast:
-    cfg = config.load()
-    return Vast(credentials.resolve(getattr(args, "api_key", None), getattr(args, "sandbox", False) or None,
-                                    config_target=cfg.get("target")))
+    """The same gateway (flags, config target, patient read retries) as the lifecycle commands."""
+    from .offers import connect
+    ns = argparse.Namespace(api_key=getattr(args, "api_key", None), sandbox=getattr(args, "sandbox", False))
+    return connect(ns, config.load())
 
 
 def find_record(experiment: str | None, instance_id: int | None) -> dict:

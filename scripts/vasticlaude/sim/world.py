@@ -8,7 +8,6 @@ module only keeps records and renders them in Vast's shapes (vast-api.md §8–�
 """
 from __future__ import annotations
 
-import copy
 import random
 import secrets
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from . import billing, market, query
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
-from .store import read_json, write_json_atomic
+from ..jsonfile import read_json, write_json_atomic
 
 STATE_VERSION = 1
 ONSTART_MAX = 4048
@@ -341,6 +340,3 @@ def _docker_ports(rec: dict) -> dict:
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
-
-def deep_copy(data: dict) -> dict:
-    return copy.deepcopy(data)

@@ -1,8 +1,6 @@
-"""Durable JSON files for the sandbox: atomic replace, fsync, no torn writes.
-
-The sandbox is the only writer of its world file, so no lock is needed across
-processes; what matters is that a kill -9 at any instant leaves either the old or
-the new file, never half of one.
+"""Durable JSON files: atomic replace and fsync, so a kill -9 at any instant leaves the old
+or the new file, never half of one. Callers that share a file across processes lock around
+this (state.py); the sandbox is the only writer of its world file and needs no lock.
 """
 from __future__ import annotations
 
