@@ -25,6 +25,7 @@ class Cli:
 
     def __init__(self, sim, home: Path, vchome: Path):
         self.sim, self.home, self.vchome = sim, home, vchome
+        self.cwd: Path | None = None  # the project folder, for commands that push or pull
         self.outputs: list[str] = []
         self.procs: list[subprocess.Popen] = []
 
@@ -34,7 +35,7 @@ class Cli:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run([VC, *args], capture_output=True, text=True, env=self.env(),
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.cwd)
         self.outputs += [proc.stdout, proc.stderr]
         return proc
 
@@ -47,7 +48,7 @@ class Cli:
 
     def spawn(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([VC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env(), stdin=subprocess.DEVNULL, start_new_session=True)
+                                env=self.env(), stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
         self.procs.append(proc)
         return proc
 

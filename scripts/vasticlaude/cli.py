@@ -13,6 +13,11 @@ Commands:
   cost     what instances, experiments and this session cost, and bill now (no API call)
   report   a Markdown report of an experiment: command, instances, timeline, cost, log, charts
   push     rsync the project to the instance (ignore rules, space check), set it up, check the GPU
+  run      start the command detached under a wrapper and the on-instance watchdog
+  status   one compact snapshot: job state, progress, GPU, disk, cost, guard, fault, next step
+  logs     the job's log (tail, grep, follow)
+  watch    see a run through: monitor, sync checkpoints home, recover faults, pull, tear down
+  recover  bring a faulted run back (preempted, host down, container exited, full disk…)
   pull     bring outputs, checkpoints and run files home, resumable and verified
   sweep    at session end: leave guarded jobs running, pull and tear down everything else, report
 
@@ -42,6 +47,8 @@ COMMANDS = {
     "status": "vasticlaude.status",
     "logs": "vasticlaude.logs",
     "sweep": "vasticlaude.sweep",
+    "watch": "vasticlaude.watch",
+    "recover": "vasticlaude.recover",
 }
 
 

@@ -23,6 +23,18 @@ unreachable, a job running without a live on-instance guard) is always destroyed
            and stop (the disk stays and bills storage) or pull and destroy;
   finished: a job that ended — after a best-effort pull, destroy, or stop to keep the disk.
 
+"recovery" (read by `vasticlaude watch` and `vasticlaude recover`, README "Recovery"):
+  {"recovery": {"auto": true,              watch recovers on its own (false: it reports and stops)
+                "max_attempts": 3,         recoveries per experiment, then it asks you
+                "sync_interval_s": 300,    checkpoints pulled home at least this often while the job runs
+                "sync": ["checkpoints"],   what those pulls bring (relative to the experiment's folder)
+                "preempt_wait_s": 600,     how long a preempted interruptible instance may take to come back
+                "bid_step": 1.25,          each bid raise multiplies the bid by this
+                "max_bid_dph": null,       highest GPU bid (default: the on-demand price, within the budget)
+                "disk_growth": 2.0,        a full disk is re-rented this many times larger
+                "stale_after_s": 600,      a job without heartbeat this long is moved
+                "unreachable_after_s": 300}}  SSH failing this long while Vast says running: moved
+
 Flags beat the file; the file beats the defaults below. The project root is the
 nearest folder upwards holding `.vasticlaude/` or `.git`, else the current folder.
 """
@@ -40,6 +52,9 @@ DEFAULTS = {
     "hours": 1.0, "budget": {"experiment_usd": None, "experiment_hours": None, "daily_usd": None},
     "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
     "ignore": [], "setup": None,
+    "recovery": {"auto": True, "max_attempts": 3, "sync_interval_s": 300, "sync": ["checkpoints"],
+                 "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
+                 "stale_after_s": 600, "unreachable_after_s": 300},
 }
 
 
@@ -63,7 +78,7 @@ def load(root: Path | None = None) -> dict:
         raise Error("bad_config", f"{path} is not valid JSON ({err})", "Fix or delete the file.") from None
     if not isinstance(data, dict):
         raise Error("bad_config", f"{path} must hold a JSON object", "Fix or delete the file.")
-    nested = {key: {**merged[key], **(data.get(key) or {})} for key in ("budget", "guard")}
+    nested = {key: {**merged[key], **(data.get(key) or {})} for key in ("budget", "guard", "recovery")}
     merged.update(data)
     merged.update(nested)
     return merged

@@ -358,13 +358,13 @@ def run(args: argparse.Namespace) -> dict:
                                               int(bound.record.get("num_gpus") or row.get("num_gpus") or 1))
     data["seconds"] = round(time.monotonic() - start, 2)
     data["exit_code"] = FAILED if data["setup"] and data["setup"]["exit_code"] != 0 else 0
-    record(data)
+    record(data, root)
     return data
 
 
-def record(data: dict) -> None:
+def record(data: dict, root: Path) -> None:
     setup = data["setup"] and {k: data["setup"][k] for k in ("command", "exit_code", "seconds")}
-    entry = {"at": time.time(), "instance_id": data["instance_id"], "files": data["files"],
+    entry = {"at": time.time(), "instance_id": data["instance_id"], "root": str(root), "files": data["files"],
              "bytes_sent": data["bytes_sent"], "bytes_total": data["bytes_total"], "setup": setup, "gpu": data["gpu"]}
     with state.experiment(data["experiment"]) as exp:
         exp["push"] = entry

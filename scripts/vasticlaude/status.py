@@ -8,7 +8,13 @@ instance state, cost so far and projected, budget left, and what to do next.
 Job states: not_started · running · stale (no heartbeat for 3 intervals: the
 instance may be frozen) · exited (with exit_code) · killed (stopped by a signal) ·
 vanished (the wrapper is gone without an exit code: the container restarted or the
-host died) · unreachable (instance not running or SSH failing).
+host died) · unreachable (instance not running, or SSH still failing after the 2, 4, 8,
+16 s backoff).
+
+Faults (`fault`, from vasticlaude/diagnose.py): preempted · host_offline ·
+container_exited · gone · disk_full (ENOSPC/EFBIG in the log, or the disk at 98%) · stale ·
+ssh_unreachable · job_lost · job_failed · budget, each with its evidence and the plan
+`vasticlaude recover` follows (`next` then says to run it).
 
 Usage: vasticlaude status [--experiment X] [--instance ID] [--lines N]
        vasticlaude status --wait [--timeout S] [--interval S]   (blocks until the job ends;
@@ -24,7 +30,9 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   "job": {"state", "exit_code", "elapsed_s", "heartbeat_age_s", "pulled"}, "progress": {...},
   "log_tail": [lines], "gpu": {"util", "mem_used_mb", "mem_total_mb"}, "disk": {"used_gb", "size_gb", "pct"},
   "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"},
-  "guard": {"alive", "heartbeat_age_s", "done", "last": [the last watchdog.log line, when not alive]}, "next": str}
+  "guard": {"alive", "heartbeat_age_s", "done", "last": [the last watchdog.log line, when not alive]},
+  "fault": {"kind", "evidence": [...], "action", "confirm_s", "plan"} (README "Recovery"; absent when
+  nothing is wrong), "next": str}
   Fields that are null or empty are left out of the JSON.
   with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
   the wait ends when nothing more can happen without you).
@@ -39,10 +47,12 @@ import argparse
 import json
 import time
 
-from . import command, config, costing, state
+from . import checkpoints, command, config, costing, state
+from .diagnose import diagnose
 from .errors import FAILED, Error
 from .logparse import progress as parse_progress
 from .output import compact, progress
+from .push import backoff
 from .remote import Layout
 from .ssh import run as ssh_run
 from .target import Bound, bind
@@ -97,17 +107,26 @@ def _budget_reason(cost: dict) -> str:
 
 
 def snapshot(args: argparse.Namespace) -> dict:
-    bound = bind(args)
+    return observe(bind(args), args.lines)
+
+
+def observe(bound: Bound, tail: int = 3) -> dict:
+    """The snapshot of a bound experiment (one SSH probe when the instance runs)."""
     row = bound.row
     rec = _refresh_record(bound)
-    probe = _probe(bound, args.lines) if row and row.get("actual_status") == "running" else None
-    job = _job(probe, row)
+    probe = _probe(bound, tail) if row and row.get("actual_status") == "running" else None
+    ssh_failure = probe.pop("failed") if probe and "failed" in probe else None
+    probe = probe if probe else None
+    job = _job(probe, row, ssh_failure)
     lines = probe["log"] if probe else []
+    policy = config.load()["recovery"]
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id,
             "instance": _instance(row), "job": job, "progress": parse_progress(lines),
-            "log_tail": [line[:TAIL_WIDTH] for line in lines[-args.lines:]],
+            "log_tail": [line[:TAIL_WIDTH] for line in lines[-tail:]] if tail > 0 else [],
             "gpu": _gpu(probe), "disk": _disk(probe, row), "cost": _cost(bound.experiment, rec, job),
             "guard": _guard(probe)}
+    ended_home = row is None and checkpoints.ended_home(bound.experiment)
+    data["fault"] = diagnose(data, bound.record, lines, policy, ended_home)
     data["next"] = next_step(data)
     return data
 
@@ -126,9 +145,9 @@ def _refresh_record(bound: Bound) -> dict:
 def _probe(bound: Bound, lines: int) -> dict | None:
     script = render("probe.sh.j2", run_dir=Layout(bound.experiment).run, lines=max(lines, 60), width=400)
     try:
-        proc = ssh_run(bound.route(), "sh -s", input_bytes=script.encode(), timeout=30, backoff=(2.0, 4.0))
-    except Error:
-        return None
+        proc = ssh_run(bound.route(), "sh -s", input_bytes=script.encode(), timeout=30, backoff=backoff())
+    except Error as err:
+        return {"failed": err.message}
     return _sections(proc.stdout.decode("utf-8", "replace"))
 
 
@@ -147,10 +166,11 @@ def _sections(text: str) -> dict:
     return out
 
 
-def _job(probe: dict | None, row: dict | None) -> dict:
+def _job(probe: dict | None, row: dict | None, ssh_failure: str | None = None) -> dict:
     if probe is None:
+        why = f"ssh: {ssh_failure[-160:]}" if ssh_failure else f"instance is {row.get('actual_status') if row else 'gone'}"
         return {"state": "unreachable", "exit_code": None, "elapsed_s": None, "heartbeat_age_s": None,
-                "pulled": False, "why": f"instance is {row.get('actual_status') if row else 'gone'}"}
+                "pulled": False, "why": why}
     run, now = probe["run"], _num(probe["run"].get("now")) or time.time()
     started, ended = _num(run.get("started_at")), _num(run.get("ended_at"))
     beat = _num(run.get("heartbeat"))
@@ -238,6 +258,10 @@ def next_step(data: dict) -> str:
         return (f"{_budget_reason(cost)} — stop now: vasticlaude pull --experiment {exp}, "
                 f"then vasticlaude down --experiment {exp}")
     step = _job_step(data)
+    fault = data.get("fault")
+    if fault and fault["action"] != "none":
+        step = (f"{fault['kind']} ({fault['evidence'][0]}): run vasticlaude recover --experiment {exp}, which will "
+                f"{fault['plan']}")
     if data["job"]["state"] in ("running", "stale") and not data["guard"]["alive"]:
         return f"{NO_GUARD}; {step}"
     return step

@@ -365,7 +365,17 @@ def run(args: argparse.Namespace) -> dict:
     check_budget(plan, cands[0])
     key = ssh_key()
     register(vast, key)
-    return Launcher(vast, plan, key).launch(cands)
+    result = Launcher(vast, plan, key).launch(cands)
+    remember_rental(plan)
+    return result
+
+
+def remember_rental(plan: Plan) -> None:
+    """What was asked for, so `recover` can rent the like again elsewhere."""
+    with state.experiment(plan.experiment) as exp:
+        exp["rental"] = {"image": plan.image, "wanted": asdict(plan.wanted), "bid": plan.bid,
+                         "deadline": plan.deadline, "max_attempts": plan.max_attempts,
+                         "budget_usd": plan.limits.experiment_usd}
 
 
 def human(data: object) -> str:

@@ -1,0 +1,463 @@
+"""vasticlaude recover: bring a faulted experiment back to running, from its last checkpoint.
+
+Usage:
+  vasticlaude recover [--experiment X] [--max-attempts N] [--max-bid USD] [--preempt-wait S]
+                      [--disk GB] [--dry-run] [--sandbox] [--api-key KEY] [--json]
+
+Looks first (one `status` snapshot, vasticlaude/diagnose.py) and acts on what it finds:
+
+  preempted        an interruptible instance was outbid: wait up to --preempt-wait (600 s) for
+                   the bid to win again, raising it ×bid_step (1.25) about once a minute up to the
+                   lower of --max-bid (default the on-demand price) and what the budget affords
+                   for the hours left; back up → the job is restarted there (its checkpoints are
+                   on its disk); still stopped → relaunch as below.
+  host_offline, container_exited, gone, stale, ssh_unreachable
+                   relaunch: whatever still answers is synced home first; the instance is
+                   destroyed and confirmed gone, its machine skipped for 7 days; the like is
+                   rented again (the rental `up` recorded: GPU, image, disk, interruptible) on
+                   another machine; the code is pushed (`push`, setup included), the local
+                   checkpoint copy (.vasticlaude/runs/<exp>/checkpoints) is put into the new
+                   checkpoint folder, and the same command runs again with the same guard, so
+                   the job sees VASTICLAUDE_RESUME=1.
+  disk_full        pull what exists (outputs, checkpoints, run), then relaunch with the disk
+                   × disk_growth (2) or --disk.
+  job_lost         the instance runs but the job is gone: run it again in place.
+  job_failed, budget
+                   nothing automatic (the code failed, or the money is spent): exit 1, says why.
+
+A crash in the middle is picked up by the next `recover` or `watch` (experiment.json keeps
+`recovering` until the job runs again). Every attempt is an event in the experiment's
+events.jsonl (recover_start, recover_step, recovered | recover_failed) and an entry in
+experiment.json "recoveries"; failed instances go to the ledger with their cost, like any other.
+Bounded: at most --max-attempts (recovery.max_attempts, 3) per experiment, never past the
+budget (`up` refuses a rental the budget cannot pay). Config: the "recovery" block.
+
+JSON data: {"experiment", "fault": {"kind", "evidence", "action", "plan"} | null, "action",
+  "done": bool, "from_instance", "to_instance", "steps": [...], "checkpoint": {"files", "bytes",
+  "age_s"}, "seconds", "attempt", "spent_usd"}
+
+Exit codes: 0 recovered, or nothing to recover · 1 needs you (the code failed, budget or
+attempts used up, no offer worked) · 2 usage · 3 Vast/SSH trouble (state is as the message
+says; run again) · 4 the old instance could not be confirmed destroyed (run `vasticlaude down`).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+
+from . import budget, checkpoints, command, config, pull, push, state, status
+from . import run as run_cmd
+from .diagnose import blames_machine
+from .down import Target, teardown
+from .errors import BILLING_RISK, FAILED, Error
+from .offers import Wanted, poll_scale, remember_failed
+from .output import progress
+from .ssh import probe, route_for, ssh_key
+from .target import Bound, bind, vast_for
+from .up import Launcher, Plan, candidates, default_deadline, refuse_if_taken, register
+
+RAISE_EVERY = 60.0  # seconds between bid raises (× VASTICLAUDE_POLL_SCALE)
+POLL = 5.0
+
+
+@dataclass
+class Assessment:
+    """What `recover` and `watch` look at: the bound instance (None when there is none), the snapshot, the fault."""
+
+    experiment: str
+    bound: Bound | None
+    snap: dict | None
+    fault: dict | None
+
+
+def assess(args: argparse.Namespace, tail: int = 3) -> Assessment:
+    """Bind and look; a vanished instance or an interrupted recovery is itself a fault."""
+    try:
+        bound = bind(args)
+    except Error as err:
+        exp = state.read_experiment(args.experiment) if args.experiment else None
+        if err.code != "no_instance" or not exp or not exp.get("runs") or _ended(exp):
+            raise
+        return Assessment(args.experiment, None, None, _fault("gone", "no live instance is left for the experiment"))
+    snap = status.observe(bound, tail)
+    fault = snap.get("fault")
+    exp = state.read_experiment(bound.experiment) or {}
+    if fault is None and exp.get("recovering") and snap["job"]["state"] == "not_started":
+        fault = _fault("recovery_interrupted", "a recovery stopped before the job ran again", "resume")
+    return Assessment(bound.experiment, bound, snap, fault)
+
+
+def _ended(exp: dict) -> bool:
+    return bool(exp.get("finished_at"))
+
+
+def _fault(kind: str, evidence: str, action: str = "relaunch") -> dict:
+    plans = {"relaunch": "rent another machine, push the code and the last checkpoint, restart the command",
+             "resume": "push the code and the last checkpoint to the new instance and restart the command"}
+    return {"kind": kind, "evidence": [evidence], "action": action, "confirm_s": 0.0, "plan": plans[action]}
+
+
+# ----- policy ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int
+    preempt_wait_s: float
+    bid_step: float
+    max_bid_dph: float | None
+    disk_growth: float
+    disk_gb: float | None
+    sync: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, cfg: dict) -> "Policy":
+        rec = cfg["recovery"]
+        pick = lambda flag, key, default: next(v for v in (flag, rec.get(key), default) if v is not None)  # noqa: E731
+        return cls(int(pick(getattr(args, "max_attempts", None), "max_attempts", 3)),
+                   float(pick(getattr(args, "preempt_wait", None), "preempt_wait_s", 600)),
+                   float(rec.get("bid_step") or 1.25), getattr(args, "max_bid", None) or rec.get("max_bid_dph"),
+                   float(rec.get("disk_growth") or 2.0), getattr(args, "disk", None),
+                   tuple(rec.get("sync") or ("checkpoints",)))
+
+
+# ----- one recovery ------------------------------------------------------------------------------
+class Recovery:
+    """Carries out one fault's action, logging each step; the caller records the outcome."""
+
+    def __init__(self, assessment: Assessment, args: argparse.Namespace, policy: Policy):
+        self.a, self.args, self.policy = assessment, args, policy
+        self.exp_id = assessment.experiment
+        self.exp = state.read_experiment(self.exp_id) or {}
+        self.vast = assessment.bound.vast if assessment.bound else vast_for(args)
+        self.steps: list[str] = []
+        self.to_instance: int | None = assessment.bound.instance_id if assessment.bound else None
+
+    # -- the actions
+    def perform(self, fault: dict) -> None:
+        action = fault["action"]
+        if action == "restart":
+            self.restart()
+        elif action == "wait_bid":
+            self.wait_bid(fault)
+        elif action == "resume":
+            self.prepare_new(self.a.bound)
+        elif action in ("relaunch", "bigger_disk"):
+            self.relaunch(fault)
+        else:
+            raise Error("needs_you", f"{fault['kind']}: {fault['evidence'][0]}", fault["plan"], FAILED)
+
+    def step(self, what: str, **fields: object) -> None:
+        progress(f"vasticlaude recover: {what}")
+        self.steps.append(what)
+        state.append_event(self.exp_id, "recover_step", step=what, **fields)
+
+    def restart(self, bound: Bound | None = None) -> None:
+        """Run the experiment's last command again, with its guard, on the bound instance."""
+        bound = bound or self.a.bound
+        last = (self.exp.get("runs") or [{}])[-1]
+        if not last.get("command"):
+            raise Error("no_command", f"experiment {self.exp_id} has no recorded run to restart",
+                        f"Start it: vasticlaude run --experiment {self.exp_id} -- CMD", FAILED)
+        argv = ["--experiment", self.exp_id, "--restart", *self.target_argv(), *self.guard_argv(last)]
+        argv += [f"--env={k}={v}" for k, v in (last.get("env") or {}).items()]
+        if last.get("workdir") and last["workdir"] != f"vasticlaude/{self.exp_id}/code":
+            argv += ["--workdir", last["workdir"]]
+        result = run_cmd.run(run_cmd.build_parser().parse_args([*argv, "--", last["command"]]))
+        if result["state"] == "exited" and result["exit_code"] != 0:
+            raise Error("restart_failed", f"the restarted command exited at once with code {result['exit_code']}: "
+                        + " | ".join(result["log_tail"][-2:])[:200], "Read 'vasticlaude logs' and fix it.", FAILED)
+        self.to_instance = result["instance_id"]
+        self.step(f"restarted `{last['command'][:80]}` on instance {result['instance_id']}",
+                  instance_id=result["instance_id"])
+
+    def guard_argv(self, last: dict) -> list[str]:
+        guard = self.exp.get("guard") or {}
+        if guard.get("watchdog") is False:
+            return ["--no-watchdog"]
+        flags = {"--grace": guard.get("grace_s"), "--check": guard.get("check_s"),
+                 "--kill-grace": guard.get("kill_grace_s"), "--budget-usd": guard.get("budget_usd")}
+        argv = [f"{k}={v:g}" for k, v in flags.items() if v is not None]
+        if guard.get("on_end"):
+            argv.append(f"--on-end={guard['on_end']}")
+        if guard.get("max_hours") is not None:
+            left = float(guard["max_hours"]) - (time.time() - float(last.get("at") or time.time())) / 3600
+            argv.append(f"--max-hours={max(left, 0.01):.4f}")
+        return argv
+
+    def target_argv(self) -> list[str]:
+        argv = ["--sandbox"] if getattr(self.args, "sandbox", False) else []
+        return argv + (["--api-key", self.args.api_key] if getattr(self.args, "api_key", None) else [])
+
+    # -- interruptible: wait for the bid, raise it, else move
+    def wait_bid(self, fault: dict) -> None:
+        bound = self.a.bound
+        iid, rec = bound.instance_id, bound.record
+        bid, ceiling = float(rec.get("bid_price") or rec.get("gpu_dph") or 0), self.max_bid(bound)
+        deadline, next_raise = time.monotonic() + self.policy.preempt_wait_s, time.monotonic()
+        self.step(f"instance {iid} preempted at bid ${bid:.4f}/h: waiting up to {self.policy.preempt_wait_s:g} s, "
+                  f"bid ceiling ${ceiling:.4f}/h", instance_id=iid, bid=bid, ceiling=ceiling)
+        while time.monotonic() < deadline:
+            row = self.vast.instance(iid)
+            state_now = (row or {}).get("actual_status")
+            if state_now == "running" and self.ssh_ready(row):
+                self.step(f"instance {iid} is back", instance_id=iid)
+                self.restart(bind(self.args))
+                return
+            if row is None or state_now in ("offline", "exited"):
+                break
+            if time.monotonic() >= next_raise and round(bid * self.policy.bid_step, 4) <= ceiling:
+                bid = round(bid * self.policy.bid_step, 4)
+                self.raise_bid(iid, rec, bid)
+                next_raise = time.monotonic() + RAISE_EVERY * poll_scale()
+            time.sleep(POLL * poll_scale())
+        self.relaunch({**fault, "evidence": [*fault["evidence"], "the bid did not win the GPU back in time"]})
+
+    def max_bid(self, bound: Bound) -> float:
+        """The lowest of: --max-bid, the on-demand price, and what the budget affords for the hours left."""
+        on_demand = ((bound.row or {}).get("search") or {}).get("gpuCostPerHour")
+        ceiling = self.policy.max_bid_dph or on_demand or 2 * float(bound.record.get("bid_price") or 0)
+        cap = self.budget_usd()
+        if cap is not None:
+            hours = max(self.hours_left(), 0.05)
+            spent = budget.experiment_spent(self.exp_id)
+            ceiling = min(ceiling, (cap - spent) / hours - float(bound.record.get("storage_dph") or 0))
+        return round(float(ceiling), 4)
+
+    def raise_bid(self, iid: int, rec: dict, bid: float) -> None:
+        self.vast.change_bid(iid, bid)
+        storage = float(rec.get("storage_dph") or 0)
+        state.upsert_instance(iid, bid_price=bid, gpu_dph=bid, dph_total=round(bid + storage, 6))
+        self.step(f"raised the bid of {iid} to ${bid:.4f}/h", instance_id=iid, bid=bid)
+
+    def ssh_ready(self, row: dict) -> bool:
+        try:
+            return probe(route_for(row, ssh_key().private), timeout=15)
+        except Error:
+            return False
+
+    # -- move to another machine
+    def relaunch(self, fault: dict) -> None:
+        old = self.a.bound
+        bigger = fault["action"] == "bigger_disk"
+        if old is not None:
+            self.salvage(old, full=bigger)
+            self.retire(old, fault)
+        bound = self.rent(fault, bigger)
+        self.prepare_new(bound)
+
+    def salvage(self, old: Bound, full: bool) -> None:
+        """Bring home what still answers: the checkpoints (everything, for a full disk)."""
+        if (old.row or {}).get("actual_status") != "running":
+            return
+        try:
+            if full:
+                argv = ["--experiment", self.exp_id, "--dest", str(checkpoints.local_dir(self.exp_id)), *self.target_argv()]
+                got = pull.run(pull.build_parser().parse_args(argv))
+                self.step(f"pulled {got['files']} files ({got['bytes']} B) from instance {old.instance_id}")
+            else:
+                got = checkpoints.sync_home(old.route(), self.exp_id, list(self.policy.sync))
+                self.step(f"synced the checkpoint from instance {old.instance_id} ({got['files']} files)")
+        except Error as err:
+            self.step(f"could not reach instance {old.instance_id} to save more ({err.message[:120]}); "
+                      "resuming from the copy at home")
+
+    def retire(self, old: Bound, fault: dict) -> None:
+        iid = old.instance_id
+        kind, details = teardown(self.vast, Target(iid, None, False), why=f"recover: {fault['kind']}")
+        if kind == "failed":
+            raise Error("not_destroyed", f"instance {iid} ({fault['kind']}) could not be confirmed destroyed: "
+                        f"{details['reason']}", f"Run 'vasticlaude down {iid}' now; then 'vasticlaude recover' again.",
+                        BILLING_RISK)
+        machine = old.record.get("machine_id")
+        if blames_machine(fault["kind"]) and machine is not None:
+            remember_failed(int(machine), int(old.record.get("offer_id") or 0), f"{fault['kind']}: {fault['evidence'][0]}")
+        self.step(f"destroyed instance {iid} (confirmed gone)", instance_id=iid)
+
+    def rent(self, fault: dict, bigger: bool) -> Bound:
+        plan = self.plan(bigger)
+        refuse_if_taken(self.vast, plan)
+        key = ssh_key()
+        register(self.vast, key)
+        self.step(f"renting again: {', '.join(plan.wanted.gpus) or 'any GPU'}, {plan.wanted.disk_gb:g} GB disk"
+                  + (", interruptible" if plan.wanted.interruptible else ""), disk_gb=plan.wanted.disk_gb)
+        result = Launcher(self.vast, plan, key).launch(candidates(self.vast, None, plan))
+        self.to_instance = result["instance_id"]
+        with state.experiment(self.exp_id) as exp:  # a second full disk grows from this size
+            exp.setdefault("rental", {}).setdefault("wanted", asdict(plan.wanted))["disk_gb"] = plan.wanted.disk_gb
+        self.step(f"instance {result['instance_id']} ready ({result['gpu_name']}, ${result['dph']:.3f}/h)",
+                  instance_id=result["instance_id"], dph=result["dph"])
+        return bind(argparse.Namespace(**{**vars(self.args), "experiment": self.exp_id, "instance": None}))
+
+    def plan(self, bigger: bool) -> Plan:
+        rental, rec, cfg = self.exp.get("rental") or {}, self.record(), config.load()
+        wanted = _wanted(rental.get("wanted"), rec, cfg)
+        disk = self.policy.disk_gb or (wanted.disk_gb * self.policy.disk_growth if bigger else wanted.disk_gb)
+        used = budget.experiment_hours_used(self.exp_id)
+        hours = max(wanted.hours - used, wanted.hours * 0.25)
+        image = rental.get("image") or rec.get("image") or cfg["image"]
+        limits = budget.Limits.from_config(cfg, experiment_usd=self.budget_usd())
+        return Plan(self.exp_id, image, replace(wanted, disk_gb=round(disk, 3), hours=hours, limit=6),
+                    rental.get("bid") if wanted.interruptible else None,
+                    float(rental.get("deadline") or default_deadline(image)), True,
+                    int(rental.get("max_attempts") or 3), limits)
+
+    def record(self) -> dict:
+        if self.a.bound is not None:
+            return self.a.bound.record
+        mine = [r for r in state.load()["instances"].values() if r.get("experiment") == self.exp_id]
+        return max(mine, key=lambda r: r.get("created_at", 0)) if mine else {}
+
+    def prepare_new(self, bound: Bound) -> None:
+        """Code, then the checkpoint, then the command, on a fresh instance."""
+        root = (self.exp.get("push") or {}).get("root")
+        if root:
+            argv = [root, "--experiment", self.exp_id, *self.target_argv()]
+            pushed = push.run(push.build_parser().parse_args(argv))
+            if pushed["exit_code"]:
+                raise Error("setup_failed", f"setup failed on the new instance (exit {pushed['setup']['exit_code']})",
+                            "Read run/setup.log ('vasticlaude logs'), fix, then 'vasticlaude recover' again.", FAILED)
+            self.step(f"pushed the code ({pushed['files']} files) to instance {bound.instance_id}")
+        else:
+            self.step("no pushed code on record (the experiment never used `vasticlaude push`): nothing to send")
+        sent = checkpoints.send(bound.route(), self.exp_id)
+        self.step(f"checkpoint sent ({sent['files']} files, {sent['bytes']} B)" if sent["sent"] else
+                  "no checkpoint at home: the job starts from the beginning", files=sent["files"])
+        self.restart(bound)
+
+    # -- budget
+    def budget_usd(self) -> float | None:
+        guard, rental = self.exp.get("guard") or {}, self.exp.get("rental") or {}
+        for value in (guard.get("budget_usd"), rental.get("budget_usd"), config.load()["budget"].get("experiment_usd")):
+            if value is not None:
+                return float(value)
+        return None
+
+    def hours_left(self) -> float:
+        wanted = (self.exp.get("rental") or {}).get("wanted") or {}
+        return float(wanted.get("hours") or 1.0) - budget.experiment_hours_used(self.exp_id)
+
+
+def _wanted(saved: dict | None, rec: dict, cfg: dict) -> Wanted:
+    """The recorded search, else one made from the instance record (older experiments)."""
+    if saved:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in Wanted.__dataclass_fields__}
+        return Wanted(**fields)
+    return Wanted(gpus=(str(rec["gpu_name"]),) if rec.get("gpu_name") else tuple(cfg.get("gpu") or ()),
+                  num_gpus=int(rec.get("num_gpus") or 1), disk_gb=float(rec.get("disk") or cfg["disk_gb"]),
+                  interruptible=bool(rec.get("is_bid")), verified=bool(cfg.get("verified", True)),
+                  hours=float(cfg.get("hours") or 1.0))
+
+
+# ----- bookkeeping ----------------------------------------------------------------------------------
+def recover(assessment: Assessment, args: argparse.Namespace, policy: Policy) -> dict:
+    """One recovery of `assessment.fault`, bounded and recorded; raises Error when it cannot be done."""
+    fault, exp_id = assessment.fault, assessment.experiment
+    assert fault is not None
+    exp = state.read_experiment(exp_id) or {}
+    done = exp.get("recoveries") or []
+    attempt = len(done) + 1
+    if fault["action"] != "none" and attempt > policy.max_attempts:
+        raise Error("recovery_limit", f"{fault['kind']} again, and {len(done)} recoveries were already made "
+                    f"(limit {policy.max_attempts})", "Look at what keeps failing (vasticlaude report); raise "
+                    "recovery.max_attempts or --max-attempts to go on.", FAILED)
+    worker = Recovery(assessment, args, policy)
+    _check_budget(exp_id, worker.budget_usd())
+    from_id = assessment.bound.instance_id if assessment.bound else None
+    start = time.monotonic()
+    with state.experiment(exp_id) as data:
+        data["recovering"] = {"at": time.time(), "kind": fault["kind"], "from_instance": from_id}
+    state.append_event(exp_id, "recover_start", kind=fault["kind"], action=fault["action"],
+                       evidence=fault["evidence"], instance_id=from_id, attempt=attempt)
+    try:
+        worker.perform(fault)
+    except Error as err:
+        _finish(exp_id, fault, from_id, worker, start, ok=False, reason=err.message)
+        raise
+    entry = _finish(exp_id, fault, from_id, worker, start, ok=True)
+    have = checkpoints.summary(checkpoints.local_dir(exp_id))
+    return {"experiment": exp_id, "fault": _public(fault), "action": fault["action"], "done": True,
+            "from_instance": from_id, "to_instance": worker.to_instance, "steps": worker.steps,
+            "checkpoint": {"files": have["files"], "bytes": have["bytes"],
+                           "age_s": round(time.time() - have["newest"], 1) if have["newest"] else None},
+            "seconds": entry["seconds"], "attempt": attempt, "spent_usd": round(budget.experiment_spent(exp_id), 4)}
+
+
+def _check_budget(exp_id: str, cap: float | None) -> None:
+    spent = budget.experiment_spent(exp_id)
+    if cap is not None and spent >= cap:
+        raise Error("over_budget", f"experiment {exp_id} has spent ${spent:.2f} of its ${cap:.2f} budget: "
+                    "no recovery", f"Pull what exists and tear down (vasticlaude down --experiment {exp_id}), or "
+                    "raise the budget.", FAILED)
+
+
+def _finish(exp_id: str, fault: dict, from_id: int | None, worker: Recovery, start: float, ok: bool,
+            reason: str = "") -> dict:
+    entry = {"at": time.time(), "kind": fault["kind"], "action": fault["action"], "from_instance": from_id,
+             "to_instance": worker.to_instance, "ok": ok, "seconds": round(time.monotonic() - start, 1)}
+    if reason:
+        entry["reason"] = reason[:300]
+    with state.experiment(exp_id) as data:
+        data.setdefault("recoveries", []).append(entry)
+        if ok:
+            data.pop("recovering", None)
+    state.append_event(exp_id, "recovered" if ok else "recover_failed", **{k: v for k, v in entry.items() if k != "at"})
+    return entry
+
+
+def _public(fault: dict) -> dict:
+    return {k: fault[k] for k in ("kind", "evidence", "action", "plan")}
+
+
+# ----- the command ----------------------------------------------------------------------------------
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-attempts", type=int, help="recoveries allowed per experiment (default recovery.max_attempts, 3)")
+    p.add_argument("--max-bid", type=float, metavar="USD", help="highest GPU $/h bid for a preempted instance")
+    p.add_argument("--preempt-wait", type=float, metavar="S", help="how long a preempted instance may take (default 600)")
+    p.add_argument("--disk", type=float, metavar="GB", help="disk for the new instance (default: the old × disk_growth when full)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command.parser("vasticlaude recover", __doc__)
+    command.add_instance_flags(p)
+    add_policy_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="say what is wrong and what would be done; change nothing")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    assessment = assess(args)
+    policy = Policy.from_args(args, config.load())
+    fault = assessment.fault
+    if fault is None or args.dry_run or fault["action"] == "none":
+        job = (assessment.snap or {}).get("job") or {}
+        data = {"experiment": assessment.experiment, "fault": _public(fault) if fault else None,
+                "action": fault["action"] if fault else "none", "done": False,
+                "from_instance": assessment.bound.instance_id if assessment.bound else None,
+                "job": job.get("state"), "spent_usd": round(budget.experiment_spent(assessment.experiment), 4)}
+        if fault and fault["action"] == "none" and not args.dry_run:
+            data["exit_code"] = FAILED
+        return data
+    return recover(assessment, args, policy)
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    fault = data.get("fault")
+    if fault is None:
+        return f"{data['experiment']}: nothing to recover (job {data.get('job')})"
+    head = f"{data['experiment']}: {fault['kind']} — {'; '.join(fault['evidence'])}"
+    if not data["done"]:
+        return f"{head}\n  plan ({data['action']}): {fault['plan']}"
+    lines = [head, *[f"  - {s}" for s in data["steps"]]]
+    lines.append(f"  recovered in {data['seconds']:g} s (attempt {data['attempt']}); instance {data['from_instance']} → "
+                 f"{data['to_instance']}; experiment spend ${data['spent_usd']:.3f}")
+    return "\n".join(lines)
+
+
+def exit_code(data: object) -> int:
+    return int(data.get("exit_code", 0)) if isinstance(data, dict) else 0
+
+
+def main(argv: list[str]) -> int:
+    return command.main(argv, build_parser, run, human, exit_code=exit_code)
+
