@@ -293,7 +293,7 @@ for step in range(1, 13):
         json.dump({"step": step}, open(os.path.join(ckpt, "state.json"), "w"))
 open(os.path.join(out, "result.txt"), "w").write("trained\\n")
 '''
-FLOW = ["offers", "up", "push", "run", "status", "status:wait", "pull", "down"]
+FLOW = ["offers", "up", "push", "run", "watch", "report"]
 
 
 class Session:
@@ -394,10 +394,10 @@ def test_vast_run_end_to_end_under_claude(claude, plugin_data, tmp_path):
         assert str(up["offer_id"]) in script.issued[1]  # the offer came from offers' JSON
         assert data["offers"]["data"]["candidates"] and data["push"]["data"]["files"] >= 1
         assert data["run"]["data"]["state"] in ("running", "exited")
-        assert data["status:wait"]["data"]["job"]["exit_code"] == 0
-        assert data["pull"]["data"]["verified"] is True
-        down = data["down"]["data"]  # after the pull the on-instance watchdog may have destroyed it first
-        assert [d["id"] for d in down["destroyed"]] + down["already_gone"] == [up["instance_id"]]
+        watched = data["watch"]["data"]  # waits, pulls (verified) and destroys
+        assert watched["outcome"] == "finished" and watched["job"]["exit_code"] == 0 and watched["pull"]["files"] >= 1
+        assert watched["down"]["destroyed"] == [up["instance_id"]] and not watched["down"].get("failed")
+        assert Path(data["report"]["data"]["report"]).is_file()
         pulled = session.project / ".vasticlaude" / "runs" / "e2e" / "outputs" / "result.txt"
         assert pulled.read_text() == "trained\n"
         assert session.sandbox_instances() == []

@@ -34,12 +34,14 @@ def diagnose(snap: dict, record: dict, log: list[str], policy: dict, ended_home:
     if status == "gone":
         return None if ended_home else _fault(
             "gone", ["the instance is no longer on the account and the job's end was never seen"], "relaunch")
+    if job.get("state") == "exited" and job.get("exit_code") == 0:
+        return None  # success is success, even when it went past the budget on the way
     if job.get("signal") in ("budget", "max_hours") or _over_budget(snap["cost"]):
         return _fault("budget", [f"the experiment's {job.get('signal') or 'budget'} is used up"], "none")
-    if status == "stopped" and inst.get("intended", "running") == "running" and record.get("is_bid"):
+    if status == "stopped" and inst.get("intended") in (None, "running") and record.get("is_bid"):
         return _fault("preempted", [f"interruptible instance stopped while meant to run (bid "
                                     f"${float(record.get('bid_price') or 0):.3f}/h)"], "wait_bid")
-    if status == "offline":
+    if status in ("offline", "unknown"):
         return _fault("host_offline", [f"the host is offline: {inst.get('msg') or 'no heartbeat'}"], "relaunch")
     if status == "exited":
         return _fault("container_exited", [f"the container exited: {inst.get('msg') or 'no message'}"], "relaunch")

@@ -6,7 +6,8 @@ Usage:
                     [--preempt-wait S] [--disk GB] [--sandbox] [--api-key KEY] [--json]
 
 Meant to be left running (Claude starts it in the background; a person in a terminal).
-Every --interval (30 s) it takes one `status` snapshot (one API read, one SSH probe) and
+Every --interval (30 s; the first checks after a start or a recovery come after 2, 4, 8
+and 16 s) it takes one `status` snapshot (one API read, one SSH probe) and
 prints one line on stderr. Then:
 
 - job running: the agreed folders (recovery.sync, default `checkpoints`) are synced home
@@ -26,10 +27,13 @@ prints one line on stderr. Then:
   the state everything was last seen in.
 
 One watch per experiment (a lock beside experiment.json); its last check is kept in
-experiments/<id>/watch.json {pid, at, job, fault, recoveries, last_sync, outcome}.
+experiments/<id>/watch.json {pid, at, instance_id, job, fault, fault_since, recoveries,
+syncs, outcome}; a later watch keeps the age of a fault an earlier one saw, so repeated
+`watch --timeout 540` calls (how Claude waits) still confirm a stale heartbeat.
 
 JSON data: {"experiment", "outcome": "finished" | "failed" | "needs_you" | "api_down" |
   "billing_risk" | "timeout", "message", "job": {"state", "exit_code", "elapsed_s"},
+  "progress": {"percent", "step", "metrics"…} (as status), "instance_id",
   "recoveries": [{"kind", "action", "from_instance", "to_instance", "seconds", "checkpoint_age_s"}],
   "syncs", "checkpoint": {"files", "bytes", "local_path"}, "pull": {"files", "bytes", "local_path"},
   "down": {"destroyed", "failed"}, "spent_usd", "exit_code"}
@@ -41,6 +45,7 @@ needs you (message says why) or --timeout passed · 2 usage · 3 Vast unreachabl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -79,9 +84,21 @@ class Watch:
         self.sync_every = float(args.sync_interval if args.sync_interval is not None else rec["sync_interval_s"])
         self.experiment: str | None = args.experiment
         self.recoveries: list[dict] = []
-        self.syncs, self.last_sync = 0, 0.0
+        self.syncs, self.last_sync, self.checks = 0, 0.0, 0
         self.seen: dict[str, float] = {}  # fault kind → when first seen (for faults that must persist)
         self.last: Assessment | None = None
+        self.resume_seen()
+
+    def resume_seen(self) -> None:
+        """A fault an earlier watch saw keeps its age: repeated short watches still confirm a stale job."""
+        if not self.experiment:
+            return
+        try:
+            saved = json.loads((state.experiment_dir(self.experiment) / "watch.json").read_text())
+        except (OSError, ValueError):
+            return
+        if saved.get("fault") and saved.get("fault_since"):
+            self.seen[saved["fault"]] = time.monotonic() - max(0.0, time.time() - float(saved["fault_since"]))
 
     def loop(self) -> dict:
         deadline = time.monotonic() + self.args.timeout if self.args.timeout else None
@@ -108,8 +125,18 @@ class Watch:
                 return done
             if deadline and time.monotonic() >= deadline:
                 return self.result("timeout", f"still {a.snap['job']['state'] if a.snap else 'unknown'} after "
-                                   f"{self.args.timeout:g} s; watch again to go on", FAILED)
-            time.sleep(self.args.interval)
+                                   f"{self.args.timeout:g} s: nothing is wrong; watch again to go on", FAILED)
+            time.sleep(self.pause(a))
+
+    def pause(self, a: Assessment) -> float:
+        """2, 4, 8, 16 s, then --interval (a job that fails at once is seen at once), shortened so
+        a running job's sync is never late (the lost-work bound)."""
+        self.checks += 1
+        pause = min(self.args.interval, 2.0 ** self.checks)
+        if a.snap is None or a.snap["job"]["state"] != "running":
+            return pause
+        due = self.last_sync + self.sync_every - time.monotonic()
+        return max(0.05, min(pause, due))
 
     # ----- one check -------------------------------------------------------------------------
     def check(self, a: Assessment) -> dict | None:
@@ -160,6 +187,7 @@ class Watch:
             outcome = "billing_risk" if err.exit_code == BILLING_RISK else "needs_you"
             return self.result(outcome, f"recovery from {fault['kind']} failed: {err.message}. {err.hint}", err.exit_code)
         self.seen.clear()
+        self.checks = 0  # look closely at the restarted job again
         self.last_sync = time.monotonic()  # what was sent is what is home
         self.recoveries.append({k: done[k] for k in ("kind", "action", "from_instance", "to_instance", "seconds")
                                 if k in done} | {"kind": fault["kind"], "checkpoint_age_s": done["checkpoint"]["age_s"]})
@@ -207,16 +235,18 @@ class Watch:
         ckpt = (exp or {}).get("checkpoints") or {}
         return {"experiment": self.experiment, "outcome": outcome, "message": message,
                 "job": {k: job.get(k) for k in ("state", "exit_code", "elapsed_s")},
+                "progress": snap.get("progress"), "instance_id": snap.get("instance_id"),
                 "recoveries": self.recoveries, "syncs": self.syncs,
                 "checkpoint": {k: ckpt.get(k) for k in ("files", "bytes", "local_path")} if ckpt else None,
                 "spent_usd": round(budget.experiment_spent(self.experiment), 4) if self.experiment else 0.0,
                 "exit_code": code}
 
     def save(self, a: Assessment, done: dict | None) -> None:
-        snap = a.snap or {}
+        snap, kind = a.snap or {}, a.fault and a.fault["kind"]
+        since = time.time() - (time.monotonic() - self.seen[kind]) if kind in self.seen else None
         write_json_atomic(state.experiment_dir(a.experiment) / "watch.json", {
             "version": 1, "pid": os.getpid(), "at": time.time(), "instance_id": snap.get("instance_id"),
-            "job": (snap.get("job") or {}).get("state"), "fault": a.fault and a.fault["kind"],
+            "job": (snap.get("job") or {}).get("state"), "fault": kind, "fault_since": since,
             "recoveries": len(self.recoveries), "syncs": self.syncs, "outcome": done and done["outcome"]})
 
 
