@@ -26,6 +26,8 @@ Reports, per kind, each run and the median (JSON on stdout; also bench/results/r
     (costing.instance_cost) of the instance's cost between the fault and the restart / total
     ledger cost. Also watch's spent_usd, for reference.
 
+A run whose recovery fails is kept as a sample with its "error" (and counted in "failures");
+the medians are over the runs that recovered; the exit code is then 1.
 Every sandbox and background process the bench starts is stopped in `finally`.
 
 Usage: .venv/bin/python bench/recovery_bench.py [--runs 3] [--time-scale 0.1] [--kinds preempt,host-down,container-exit]
@@ -114,7 +116,8 @@ class Bench:
         cut = args.index("--") if "--" in args else len(args)  # after `--` comes the job's own command
         proc = self.vc(*args[:cut], "--json", *args[cut:])
         if proc.returncode:
-            raise RuntimeError(f"vasticlaude {' '.join(args)} failed (rc={proc.returncode}): {proc.stderr.strip()[-400:]}")
+            raise RuntimeError(f"vasticlaude {' '.join(args)} failed (rc={proc.returncode}): "
+                               f"{proc.stderr.strip()[-400:]}")
         return json.loads(proc.stdout)["data"]
 
     def spawn_watch(self, exp: str) -> subprocess.Popen:
@@ -162,6 +165,8 @@ class Bench:
         exp = f"{SHORT[kind]}{n}"
         try:
             return self.measure(kind, exp)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:  # a failed recovery is a result too
+            return {"experiment": exp, "error": str(err)[-1500:]}
         finally:
             self.stop_watchers()
             live = (self.vchome / "instances.json").exists() and any(
@@ -172,7 +177,8 @@ class Bench:
     def measure(self, kind: str, exp: str) -> dict:
         t0 = time.monotonic()
         extra = ("--interruptible",) if kind == "preempt" else ()
-        iid = self.vc_json("up", "--experiment", exp, "--image", IMAGE, "--disk", "8", "--hours", "1", *extra)["instance_id"]
+        up = self.vc_json("up", "--experiment", exp, "--image", IMAGE, "--disk", "8", "--hours", "1", *extra)
+        iid = up["instance_id"]
         self.vc_json("push", "--experiment", exp, "--no-setup")
         started = self.vc_json("run", "--experiment", exp, "--", "python3", "train.py", str(STEPS), str(STEP_S))
         if started["state"] != "running":
@@ -225,7 +231,8 @@ class Bench:
             lost_usd = sum(float(e["total_usd"]) for e in ledger if int(e["instance_id"]) != finished_on)
         else:
             record = self.records()[str(iid)]
-            lost_usd = instance_cost(record, now=restarted)["total_usd"] - instance_cost(record, now=fault_at)["total_usd"]
+            lost_usd = (instance_cost(record, now=restarted)["total_usd"]
+                        - instance_cost(record, now=fault_at)["total_usd"])
         raw = restarted - fault_at
         seen = [[round(h["at"] - fault_at, 2), h["status"]] for h in self.records()[str(finished_on)]["history"]
                 if fault_at <= h["at"] <= restarted] if finished_on == iid else None
@@ -233,10 +240,12 @@ class Bench:
                 "action": rec.get("action"), "evidence": start.get("evidence"), "fault_offset_s": offset,
                 "fault_to_running_s": round(raw, 2), "boot_s": round(boot, 2), "overhead_s": round(raw - boot, 2),
                 "watch_recovery_s": rec.get("seconds"),
-                "step_at_fault": at_fault, "resumed_from": resumed, "lost_work_s": round((at_fault - resumed) * STEP_S, 2),
+                "step_at_fault": at_fault, "resumed_from": resumed,
+                "lost_work_s": round((at_fault - resumed) * STEP_S, 2),
                 "recovery_usd": round(lost_usd, 6), "ledger_total_usd": round(ledger_total, 6),
                 "recovery_cost_share": round(lost_usd / ledger_total, 4) if ledger_total > 0 else None,
-                "states_recorded_in_place": seen, "spent_usd": data.get("spent_usd"), "ledger_instances": sorted({int(e["instance_id"]) for e in ledger}),
+                "states_recorded_in_place": seen, "spent_usd": data.get("spent_usd"),
+                "ledger_instances": sorted({int(e["instance_id"]) for e in ledger}),
                 "wall_s": round(time.monotonic() - t0, 1)}
 
 
@@ -268,6 +277,7 @@ def main() -> int:
                 samples = [bench.one(kind, n) for n in range(args.runs)]
                 faults[kind] = {key: median(samples, key) for key in
                                 ("fault_to_running_s", "boot_s", "overhead_s", "lost_work_s", "recovery_cost_share")}
+                faults[kind]["failures"] = sum(1 for s in samples if "error" in s)
                 faults[kind]["samples"] = samples
         finally:
             try:
@@ -289,7 +299,7 @@ def main() -> int:
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "recovery.json").write_text(out + "\n")
     print(out)
-    return 0
+    return 1 if any(f["failures"] for f in faults.values()) else 0
 
 
 if __name__ == "__main__":

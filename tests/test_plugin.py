@@ -442,9 +442,10 @@ def test_demo_runs_the_whole_flow_and_stops_everything(tmp_path):
                           timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - started < 90
-    for step in ("offers", "up", "push", "run", "status", "pull", "report", "down", "cost"):
+    for step in ("offers", "up", "push", "run", "status", "watch", "report", "cost"):
         assert f"$ vasticlaude {step} --json" in proc.stdout
-    assert proc.stdout.count("$ vasticlaude status") >= 3 and "--wait" in proc.stdout
+    assert "its host went down mid-run" in proc.stdout and "recovered from host_offline" in proc.stdout
+    assert "checkpoint sent (1 files" in proc.stdout and "billing now: 0.0 USD/h" in proc.stdout
     report = Path(proc.stdout.strip().rsplit("report: ", 1)[1])
     assert report.is_file() and "destroyed" in report.read_text().lower()
     assert (report.parent / "outputs" / "metrics.json").is_file()

@@ -163,6 +163,31 @@ def test_host_down_mid_run_relaunches_on_another_machine_from_the_synced_checkpo
     assert kinds.index("recover_start") < kinds.index("recovered")
     assert cli.account() == [] and ledger_ids(cli, "hd") == {iid, rec["to_instance"]}
     assert data["spent_usd"] > 0
+    report = Path(cli.json("report", "--experiment", "hd")["report"]).read_text()
+    assert "## Recoveries" in report and "host_offline" in report and f"{iid} → {rec['to_instance']}" in report
+    assert "Spent on the instances given up" in report
+
+
+def test_a_recovery_killed_midway_is_finished_by_the_next_one(cli, sim, project):  # noqa: F811
+    up = launch(cli, "midway", "60", str(STEP_S))
+    iid = up["instance_id"]
+    wait_for(lambda: step_of(on_instance(sim, iid, "midway", "checkpoints/state.json")) >= 5, what="step 5")
+    cli.json("pull", "--experiment", "midway", "--path", "checkpoints")  # a checkpoint at home
+    sim.fault("host-down", instance=iid)
+    proc = cli.spawn("recover", "--experiment", "midway", "--json")
+    wait_for(lambda: any(e["event"] == "recover_step" and " ready " in e["step"] for e in events(cli, "midway")),
+             what="the new instance")
+    sim.fault("slow", delay=3, count=4)  # hold the next API reads: the kill lands before the job restarts
+    cli.kill9(proc)
+    sim.admin("DELETE", "/sim/faults")
+
+    again = cli.json("recover", "--experiment", "midway")
+    assert again["fault"]["kind"] == "recovery_interrupted" and again["done"]
+    data = finished(cli, watch(cli, "midway"))
+    assert data["outcome"] == "finished" and result_of(project, "midway")[1] >= 5
+    mine = [r for r in cli.state()["instances"].values() if r["experiment"] == "midway"]
+    assert len(mine) == 2 and sim.instance(iid) is None and cli.account() == []  # no duplicate rental
+    assert ledger_ids(cli, "midway") == {r["id"] for r in mine}
 
 
 # ----- a full disk ---------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ def test_a_job_that_fills_the_disk_is_said_and_what_exists_can_be_pulled(cli, si
     # the job fails writing; with the disk full the wrapper may not manage to record its exit code either
     assert done.returncode == 1 and snap["job"]["state"] in ("exited", "vanished")
     assert snap["job"].get("exit_code", 1) != 0
-    assert snap["disk"]["pct"] >= 95 and "disk full" in snap["next"] and "larger --disk" in snap["next"]
+    assert snap["disk"]["pct"] >= 95 and snap["fault"]["kind"] == "disk_full" and snap["fault"]["evidence"]
+    assert "vasticlaude recover" in snap["next"] and "larger disk" in snap["next"]
     # (its traceback cannot reach job.log either: the log lives on the same full disk)
     pulled = cli.json("pull", "--experiment", "full", "--dest", str(tmp_path / "back"))
     assert pulled["verified"] and (tmp_path / "back" / "outputs" / "partial.txt").read_text().startswith("written")

@@ -66,6 +66,13 @@ def send(route: ssh.Route, experiment: str) -> dict:
     return {**have, "sent": True}
 
 
+def local_exit_code(experiment: str) -> int | None:
+    try:
+        return int((local_dir(experiment) / "run" / "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def ended_home(experiment: str) -> bool:
     """Does the pulled copy hold the exit code of the experiment's latest run?"""
     run_dir = local_dir(experiment) / "run"

@@ -44,15 +44,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import asdict, dataclass, replace
+
+from filelock import FileLock, Timeout
 
 from . import budget, checkpoints, command, config, pull, push, state, status
 from . import run as run_cmd
 from .diagnose import blames_machine
 from .down import Target, teardown
-from .errors import BILLING_RISK, FAILED, Error
+from .errors import API, BILLING_RISK, FAILED, Error
 from .offers import Wanted, poll_scale, remember_failed
 from .output import progress
+from .reconcile import reconcile
 from .ssh import probe, route_for, ssh_key
 from .target import Bound, bind, vast_for
 from .up import Launcher, Plan, candidates, default_deadline, refuse_if_taken, register
@@ -79,6 +84,8 @@ def assess(args: argparse.Namespace, tail: int = 3) -> Assessment:
         exp = state.read_experiment(args.experiment) if args.experiment else None
         if err.code != "no_instance" or not exp or not exp.get("runs") or _ended(exp):
             raise
+        if exp.get("recovering") and reconcile(vast_for(args))["adopted"]:
+            return assess(args, tail)  # a recovery killed between create and record: its instance is adopted
         return Assessment(args.experiment, None, None, _fault("gone", "no live instance is left for the experiment"))
     snap = status.observe(bound, tail)
     fault = snap.get("fault")
@@ -274,13 +281,13 @@ class Recovery:
         self.step(f"destroyed instance {iid} (confirmed gone)", instance_id=iid)
 
     def rent(self, fault: dict, bigger: bool) -> Bound:
-        plan = self.plan(bigger)
+        plan, cands = self.offers(bigger)
         refuse_if_taken(self.vast, plan)
         key = ssh_key()
         register(self.vast, key)
         self.step(f"renting again: {', '.join(plan.wanted.gpus) or 'any GPU'}, {plan.wanted.disk_gb:g} GB disk"
                   + (", interruptible" if plan.wanted.interruptible else ""), disk_gb=plan.wanted.disk_gb)
-        result = Launcher(self.vast, plan, key).launch(candidates(self.vast, None, plan))
+        result = Launcher(self.vast, plan, key).launch(cands)
         self.to_instance = result["instance_id"]
         with state.experiment(self.exp_id) as exp:  # a second full disk grows from this size
             exp.setdefault("rental", {}).setdefault("wanted", asdict(plan.wanted))["disk_gb"] = plan.wanted.disk_gb
@@ -288,9 +295,22 @@ class Recovery:
                   instance_id=result["instance_id"], dph=result["dph"])
         return bind(argparse.Namespace(**{**vars(self.args), "experiment": self.exp_id, "instance": None}))
 
-    def plan(self, bigger: bool) -> Plan:
+    def offers(self, bigger: bool) -> tuple[Plan, list]:
+        """The same GPU model first (when the search named none); else whatever the original search allows."""
+        plan = self.plan(bigger, same_gpu=True)
+        try:
+            return plan, candidates(self.vast, None, plan)
+        except Error as err:
+            if err.code != "no_offer" or plan.wanted.gpus == self.plan(bigger).wanted.gpus:
+                raise
+        plan = self.plan(bigger)
+        return plan, candidates(self.vast, None, plan)
+
+    def plan(self, bigger: bool, same_gpu: bool = False) -> Plan:
         rental, rec, cfg = self.exp.get("rental") or {}, self.record(), config.load()
         wanted = _wanted(rental.get("wanted"), rec, cfg)
+        if same_gpu and not wanted.gpus and rec.get("gpu_name"):  # the like: the same GPU model, when there is one
+            wanted = replace(wanted, gpus=(str(rec["gpu_name"]),), num_gpus=int(rec.get("num_gpus") or 1))
         disk = self.policy.disk_gb or (wanted.disk_gb * self.policy.disk_growth if bigger else wanted.disk_gb)
         used = budget.experiment_hours_used(self.exp_id)
         hours = max(wanted.hours - used, wanted.hours * 0.25)
@@ -354,7 +374,7 @@ def recover(assessment: Assessment, args: argparse.Namespace, policy: Policy) ->
     fault, exp_id = assessment.fault, assessment.experiment
     assert fault is not None
     exp = state.read_experiment(exp_id) or {}
-    done = exp.get("recoveries") or []
+    done = [r for r in exp.get("recoveries") or [] if not r.get("interrupted")]  # API trouble is not a try
     attempt = len(done) + 1
     if fault["action"] != "none" and attempt > policy.max_attempts:
         raise Error("recovery_limit", f"{fault['kind']} again, and {len(done)} recoveries were already made "
@@ -362,6 +382,28 @@ def recover(assessment: Assessment, args: argparse.Namespace, policy: Policy) ->
                     "recovery.max_attempts or --max-attempts to go on.", FAILED)
     worker = Recovery(assessment, args, policy)
     _check_budget(exp_id, worker.budget_usd())
+    with _one_at_a_time(exp_id):
+        return _attempt(assessment, worker, attempt)
+
+
+@contextmanager
+def _one_at_a_time(exp_id: str) -> Iterator[None]:
+    """A recovery by hand while `watch` recovers (or two watches) must not rent twice."""
+    lock = FileLock(str(state.experiment_dir(exp_id) / "recover.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Error("recovery_running", f"another recovery of {exp_id} is under way",
+                    "Wait for it ('vasticlaude status'), then look again.", FAILED) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _attempt(assessment: Assessment, worker: "Recovery", attempt: int) -> dict:
+    fault, exp_id = assessment.fault, assessment.experiment
+    assert fault is not None
     from_id = assessment.bound.instance_id if assessment.bound else None
     start = time.monotonic()
     with state.experiment(exp_id) as data:
@@ -371,7 +413,10 @@ def recover(assessment: Assessment, args: argparse.Namespace, policy: Policy) ->
     try:
         worker.perform(fault)
     except Error as err:
-        _finish(exp_id, fault, from_id, worker, start, ok=False, reason=err.message)
+        _finish(exp_id, fault, from_id, worker, start, ok=False, reason=err.message, interrupted=err.exit_code == API)
+        if err.exit_code == API:  # say where it stopped: the next recover picks up from there
+            raise Error(err.code, f"{err.message}; done so far: {'; '.join(worker.steps) or 'nothing'}",
+                        "Run 'vasticlaude recover' again once Vast answers: it picks up where it stopped.", API) from None
         raise
     entry = _finish(exp_id, fault, from_id, worker, start, ok=True)
     have = checkpoints.summary(checkpoints.local_dir(exp_id))
@@ -391,9 +436,11 @@ def _check_budget(exp_id: str, cap: float | None) -> None:
 
 
 def _finish(exp_id: str, fault: dict, from_id: int | None, worker: Recovery, start: float, ok: bool,
-            reason: str = "") -> dict:
+            reason: str = "", interrupted: bool = False) -> dict:
     entry = {"at": time.time(), "kind": fault["kind"], "action": fault["action"], "from_instance": from_id,
              "to_instance": worker.to_instance, "ok": ok, "seconds": round(time.monotonic() - start, 1)}
+    if interrupted:
+        entry["interrupted"] = True
     if reason:
         entry["reason"] = reason[:300]
     with state.experiment(exp_id) as data:

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> dict:
         command_cell=_code_span(_short(command_of(exp), 100)) if command_of(exp) else "not recorded",
         command_block=fenced([command_of(exp) or "(not recorded in experiment.json)"], "sh"),
         instances=[instance_row(r) for r in records], timeline=timeline(events), cost=costs,
+        recoveries=recovery_section(exp, records, now, costs["total_usd"]),
         run=facts, results=results(experiment, exp, runs, records), log=log,
         charts={"cost": charts["cost"].name, "metrics": charts["metrics"].name if "metrics" in charts else ""})
     report = out / "report.md"
@@ -180,6 +181,18 @@ def cost_section(records: list[dict], exp: dict, now: float) -> dict:
             "instances": rows, "total_usd": round(sums["total_usd"], 6),
             "budget": usd(limit) if limit is not None else "",
             "left": usd(limit - sums["total_usd"]) if limit is not None else ""}
+
+
+def recovery_section(exp: dict, records: list[dict], now: float, total: float) -> dict:
+    """Each recovery, and what the instances given up cost (an upper bound on what faults cost)."""
+    rows = [{"time": when(r.get("at")), "fault": cell(r.get("kind")), "action": cell(r.get("action")),
+             "move": f"{r.get('from_instance')} → {r.get('to_instance')}", "seconds": f"{r.get('seconds', 0):g} s",
+             "ok": "yes" if r.get("ok") else cell(f"no: {r.get('reason', '')}")} for r in exp.get("recoveries") or []]
+    moved = {r.get("from_instance") for r in exp.get("recoveries") or []
+             if r.get("ok") and r.get("from_instance") != r.get("to_instance")}
+    lost = sum(costing.instance_cost(rec, now)["total_usd"] for rec in records if rec.get("id") in moved)
+    share = f" ({100 * lost / total:.0f} % of the total)" if total > 0 else ""
+    return {"rows": rows, "given_up": usd(lost) + share if moved else ""}
 
 
 def budget_of(exp: dict) -> float | None:

@@ -320,6 +320,9 @@ def human(data: dict) -> str:
             + (f", GPU {gpu['util']}% {gpu['mem_used_mb']}/{gpu['mem_total_mb']} MB" if gpu else "")
             + (f", disk {disk['used_gb']}/{disk['size_gb']} GB" if disk else ""),
             f"  guard: {guard_line(data)}"]
+    fault = data.get("fault")
+    if fault:
+        head.append(f"  fault: {fault['kind']} — {'; '.join(fault['evidence'])[:300]}")
     tail = [f"  next: {data['next'][:400]}"]
     room = HUMAN_MAX - len("\n".join(head + tail).encode()) - 8
     logs = data["log_tail"]

@@ -144,14 +144,32 @@ class Watch:
         if snap is not None:
             progress(f"vasticlaude watch: {one_line(snap)}" + (f" — {a.fault['kind']}" if a.fault else ""))
         job = (snap or {}).get("job") or {}
-        if a.fault is None:
-            self.seen.clear()
-            if job.get("state") == "exited" and job.get("exit_code") == 0:
-                return self.finish(a)
-            if job.get("state") == "running":
-                self.maybe_sync(a)
+        if a.fault is not None:
+            return self.on_fault(a)
+        self.seen.clear()
+        if job.get("state") == "exited" and job.get("exit_code") == 0:
+            return self.finish(a)
+        if job.get("state") == "running":
+            self.maybe_sync(a)
             return None
-        return self.on_fault(a)
+        return self.idle(a)
+
+    def idle(self, a: Assessment) -> dict | None:
+        """No fault and no running job: gone after its end, stopped on purpose, or never started."""
+        instance, job = a.snap["instance"]["status"], a.snap["job"]["state"]
+        exp = a.experiment
+        if instance == "gone":  # only without a fault: the pulled copy holds this run's exit code
+            code = checkpoints.local_exit_code(exp)
+            return self.result("finished" if code == 0 else "failed", f"the instance is gone; the job had ended "
+                               f"with exit code {code} and its files are at home", 0 if code == 0 else FAILED)
+        if instance == "stopped":
+            return self.result("needs_you", f"instance {a.snap['instance_id']} was stopped on purpose (by you or its "
+                               f"watchdog) and storage still bills: start it to go on, or vasticlaude down "
+                               f"--experiment {exp}", FAILED)
+        if job == "not_started" and instance == "running":
+            return self.result("needs_you", f"nothing runs on instance {a.snap['instance_id']} yet: vasticlaude run "
+                               f"--experiment {exp} -- CMD first", FAILED)
+        return None  # created or loading: wait
 
     def maybe_sync(self, a: Assessment) -> None:
         if time.monotonic() - self.last_sync < self.sync_every:
@@ -181,8 +199,8 @@ class Watch:
         try:
             done = recover(a, self.args, self.policy)
         except Error as err:
-            if err.exit_code == API:
-                progress(f"vasticlaude watch: recovery interrupted ({err.message}); trying again at the next check")
+            if err.exit_code == API or err.code == "recovery_running":
+                progress(f"vasticlaude watch: recovery not done ({err.message}); looking again at the next check")
                 return None
             outcome = "billing_risk" if err.exit_code == BILLING_RISK else "needs_you"
             return self.result(outcome, f"recovery from {fault['kind']} failed: {err.message}. {err.hint}", err.exit_code)

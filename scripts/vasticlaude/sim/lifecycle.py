@@ -47,6 +47,7 @@ class Engine:
         self.containers: dict[int, Container] = {}
         self.endpoints: dict[int, SshEndpoint] = {}
         self._pulled: set[tuple[int, str]] = set()
+        self._halting: set[int] = set()  # instances whose processes are being killed right now
         self._dirty = False
         self._last_billing = 0.0
         self._last_stats = 0.0
@@ -83,6 +84,8 @@ class Engine:
 
     # ----- transitions -------------------------------------------------------------
     async def _advance(self, rec: dict, now: float) -> None:
+        if rec["id"] in self._halting:
+            return
         status, faults = rec["actual_status"], rec["faults"]
         waited = now - rec["phase_since"]
         if rec.get("preempted"):
@@ -178,6 +181,14 @@ class Engine:
     async def _halt(self, rec: dict, keep_init: bool = False) -> None:
         """Kill the instance's processes and close its SSH; the disk stays."""
         iid = rec["id"]
+        self._halting.add(iid)  # the tick leaves it alone meanwhile: its init dying is not a crash
+        try:
+            await self._halt_now(rec, keep_init)
+        finally:
+            self._halting.discard(iid)
+
+    async def _halt_now(self, rec: dict, keep_init: bool) -> None:
+        iid = rec["id"]
         endpoint = self.endpoints.pop(iid, None)
         if endpoint is not None:
             await endpoint.stop()
@@ -197,8 +208,9 @@ class Engine:
         if state == "stopped":
             rec["intended_status"] = "stopped"
             if rec["actual_status"] not in ("stopped", "offline"):
-                await self._halt(rec)
+                # The state first: a tick during the halt must not take the dying init for an exited container.
                 self._set(rec, now, "stopped", "Instance stopped by user", cur_state="stopped", next_state="stopped")
+                await self._halt(rec)
             return f"stopping instance {rec['id']}."
         rec["intended_status"] = "running"
         self.changed()
@@ -231,11 +243,12 @@ class Engine:
 
     # ----- faults ----------------------------------------------------------------------
     async def preempt(self, rec: dict, competing_bid: float, seconds: float | None) -> None:
+        # The new state first: a tick during the halt must not take the dying init for an exited container.
         now = time.time()
-        await self._halt(rec)
         rec["preempted"] = {"competing_bid": competing_bid, "until": now + seconds if seconds else None}
         self._set(rec, now, "stopped", "Instance stopped: outbid by a higher-priority rental",
                   cur_state="stopped", next_state="stopped")
+        await self._halt(rec)
 
     async def _maybe_resume(self, rec: dict, now: float) -> None:
         pre = rec["preempted"]
@@ -248,9 +261,9 @@ class Engine:
                 self.changed()
 
     async def host_down(self, rec: dict) -> None:
-        await self._halt(rec)
         rec["host_offline"] = True
         self._set(rec, time.time(), "offline", "Host is offline: no heartbeat from the machine")
+        await self._halt(rec)
 
     async def container_exit(self, rec: dict) -> None:
         await self._container_died(rec, time.time(), "Container exited with code 137 (killed)")
