@@ -435,6 +435,23 @@ def test_session_start_while_the_last_sweep_still_runs_starts_no_other(tmp_path)
     assert not (vchome / "logs").exists()  # nothing was started
 
 
+def test_session_start_names_a_recovery_that_did_not_finish(tmp_path):
+    """A recovery killed between destroying the old instance and renting the new one leaves no
+    instance at all: only experiment.json's `recovering` says the job is not running."""
+    from filelock import FileLock
+    vchome = tmp_path / "vchome"
+    write_state(vchome, [record(1, "destroyed", 0.5, 3, destroyed_at=time.time())])
+    for name in ("moved", "busy"):
+        (vchome / "experiments" / name).mkdir(parents=True)
+        (vchome / "experiments" / name / "experiment.json").write_text(json.dumps(
+            {"version": 1, "id": name, "recovering": {"at": time.time() - 60, "kind": "host_offline"}}))
+    with FileLock(str(vchome / "experiments" / "busy" / "recover.lock")):
+        proc, _ = fire("SessionStart", payload("SessionStart", "s-rec", tmp_path), hook_env(vchome, tmp_path))
+    text = json.loads(proc.stdout)["hookSpecificOutput"]["additionalContext"]
+    assert "Experiment moved: a recovery from host_offline" in text and "recover --experiment moved" in text
+    assert "Experiment busy: a recovery from host_offline is under way" in text
+
+
 def test_session_start_says_nothing_when_nothing_bills(tmp_path):
     vchome = tmp_path / "vchome"
     write_state(vchome, [record(1, "destroyed", 0.5, 3, destroyed_at=time.time())])

@@ -2,7 +2,8 @@
 
 Tells Claude (additionalContext) and the user (systemMessage) in a few lines, under 1.5 KB
 whatever the number of instances: what is still running or stopped-but-billing, since
-when, its $/h and what it has cost, the last sweep's summary, and what needs a decision.
+when, its $/h and what it has cost, the last sweep's summary, what needs a decision, and any
+recovery that did not finish (`recovering` in an experiment.json).
 From local state only (instances.json, experiment.json, last-session-end.json): the API is
 for the background work. That work is started detached, so the session never waits:
 - `scripts/vc --prepare`, which builds the launcher's environment (so the first command
@@ -37,7 +38,7 @@ def handle(event: dict) -> str | None:
     if corrupt:
         head.insert(0, "vasticlaude: instances.json is corrupt, so what bills is unknown: run "
                        f"`{hooklib.vc_command()} reconcile` (it keeps the old file aside and rebuilds it).")
-    tail = decision + report_lines(report, follow_up)
+    tail = decision + recovery_lines() + report_lines(report, follow_up)
     if not (head or items or tail):
         return None
     return fit(head, items, tail)
@@ -117,6 +118,45 @@ def note_for(rec: dict, guarded: set[str]) -> str:
 
 def needs_decision(rec: dict, report: dict | None) -> bool:
     return not hooklib.guarded(rec, report)
+
+
+def recovery_lines(now: float | None = None) -> list[str]:
+    """Recoveries that did not finish (`recovering` in experiment.json, a week at most): the job is not
+    running again, and a half-done move may have left no instance at all."""
+    now = now or time.time()
+    try:
+        names = sorted(entry.name for entry in os.scandir(hooklib.paths.home() / "experiments") if entry.is_dir())
+    except OSError:
+        return []
+    lines = []
+    for name in names:
+        pending = hooklib.experiment(name).get("recovering") or {}
+        if not pending or now - float(pending.get("at") or 0) > 7 * 86400:
+            continue
+        if recovery_held(name):
+            lines.append(f"Experiment {name}: a recovery from {pending.get('kind')} is under way right now.")
+            continue
+        lines.append(f"Experiment {name}: a recovery from {pending.get('kind')} (started "
+                     f"{hooklib.stamp(float(pending.get('at') or 0))}) did not finish, so its job is not running: "
+                     f"`{hooklib.vc_command()} recover --experiment {name}` picks it up, or "
+                     f"`{hooklib.vc_command()} down --experiment {name}`.")
+    return lines[:3]
+
+
+def recovery_held(name: str) -> bool:
+    """Is `recover.lock` held by a live recovery (`filelock` takes an flock on it)?"""
+    import fcntl
+    try:
+        fd = os.open(hooklib.paths.home() / "experiments" / name / "recover.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def report_lines(report: dict | None, follow_up: int) -> list[str]:
