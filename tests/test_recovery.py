@@ -168,6 +168,23 @@ def test_host_down_mid_run_relaunches_on_another_machine_from_the_synced_checkpo
     assert "Spent on the instances given up" in report
 
 
+def test_ssh_failing_past_the_backoff_for_long_enough_moves_the_job(cli, sim, project):  # noqa: F811
+    cfg = project / ".vasticlaude" / "config.json"
+    cfg.write_text(json.dumps({"recovery": {"sync_interval_s": 1, "unreachable_after_s": 2}}))
+    up = launch(cli, "nossh", "60", str(STEP_S))
+    iid = up["instance_id"]
+    proc = watch(cli, "nossh")
+    local = project / ".vasticlaude" / "runs" / "nossh" / "checkpoints" / "state.json"
+    wait_for(lambda: step_of(local) >= 5, what="a checkpoint synced home")
+    sim.fault("ssh-drop", instance=iid, refuse=100000)  # Vast says running; SSH never answers again
+    data = finished(cli, proc)
+    [rec] = data["recoveries"]
+    assert rec["kind"] == "ssh_unreachable" and rec["to_instance"] != iid
+    start = next(e for e in events(cli, "nossh") if e["event"] == "recover_start")
+    assert "SSH fails" in start["evidence"][0]
+    assert result_of(project, "nossh")[1] >= 5 and sim.instance(iid) is None and cli.account() == []
+
+
 def test_a_recovery_killed_midway_is_finished_by_the_next_one(cli, sim, project):  # noqa: F811
     up = launch(cli, "midway", "60", str(STEP_S))
     iid = up["instance_id"]
