@@ -287,3 +287,13 @@ def test_a_failing_command_is_not_retried(cli, sim, project):  # noqa: F811
     assert data["outcome"] == "failed" and not data.get("recoveries") and "code 3" in data["message"]
     assert cli.json("recover", "--experiment", "bad", rc=1)["fault"]["kind"] == "job_failed"
     cli.json("down", "--experiment", "bad")
+
+
+def test_watch_after_the_run_was_pulled_and_torn_down_says_finished(cli, sim, project):  # noqa: F811
+    up = launch(cli, "late", "8", "0.2")
+    wait_for(lambda: on_instance(sim, up["instance_id"], "late", "run/exit_code").exists(), what="the job's end")
+    cli.json("pull", "--experiment", "late")
+    cli.json("down", "--experiment", "late")
+    data = finished(cli, watch(cli, "late"))
+    assert data["outcome"] == "finished" and not data.get("recoveries")  # nothing is relaunched
+    assert cli.json("recover", "--experiment", "late")["fault"] is None and cli.account() == []

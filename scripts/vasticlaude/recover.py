@@ -86,6 +86,8 @@ def assess(args: argparse.Namespace, tail: int = 3) -> Assessment:
             raise
         if exp.get("recovering") and reconcile(vast_for(args))["adopted"]:
             return assess(args, tail)  # a recovery killed between create and record: its instance is adopted
+        if checkpoints.ended_home(args.experiment):
+            return Assessment(args.experiment, None, None, None)  # gone after its end: nothing to recover
         return Assessment(args.experiment, None, None, _fault("gone", "no live instance is left for the experiment"))
     snap = status.observe(bound, tail)
     fault = snap.get("fault")

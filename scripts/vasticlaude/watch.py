@@ -156,8 +156,8 @@ class Watch:
 
     def idle(self, a: Assessment) -> dict | None:
         """No fault and no running job: gone after its end, stopped on purpose, or never started."""
-        instance, job = a.snap["instance"]["status"], a.snap["job"]["state"]
-        exp = a.experiment
+        instance = a.snap["instance"]["status"] if a.snap else "gone"
+        job, exp = (a.snap or {}).get("job", {}).get("state"), a.experiment
         if instance == "gone":  # only without a fault: the pulled copy holds this run's exit code
             code = checkpoints.local_exit_code(exp)
             return self.result("finished" if code == 0 else "failed", f"the instance is gone; the job had ended "
