@@ -44,11 +44,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import contextmanager
-from typing import Iterator
 from dataclasses import asdict, dataclass, replace
-
-from filelock import FileLock, Timeout
 
 from . import budget, checkpoints, command, config, pull, push, state, status
 from . import run as run_cmd
@@ -384,23 +380,10 @@ def recover(assessment: Assessment, args: argparse.Namespace, policy: Policy) ->
                     "recovery.max_attempts or --max-attempts to go on.", FAILED)
     worker = Recovery(assessment, args, policy)
     _check_budget(exp_id, worker.budget_usd())
-    with _one_at_a_time(exp_id):
+    busy = Error("recovery_running", f"another recovery of {exp_id} is under way",
+                 "Wait for it ('vasticlaude status'), then look again.", FAILED)
+    with state.only_one(state.experiment_dir(exp_id) / "recover.lock", busy):  # a watch and a hand, or two watches
         return _attempt(assessment, worker, attempt)
-
-
-@contextmanager
-def _one_at_a_time(exp_id: str) -> Iterator[None]:
-    """A recovery by hand while `watch` recovers (or two watches) must not rent twice."""
-    lock = FileLock(str(state.experiment_dir(exp_id) / "recover.lock"), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise Error("recovery_running", f"another recovery of {exp_id} is under way",
-                    "Wait for it ('vasticlaude status'), then look again.", FAILED) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _attempt(assessment: Assessment, worker: "Recovery", attempt: int) -> dict:

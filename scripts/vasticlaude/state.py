@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from . import paths
 from .jsonfile import write_json_atomic
@@ -92,6 +92,20 @@ def transaction() -> Iterator[dict]:
         yield data
         data["version"] = VERSION
         write_json_atomic(path, data)
+
+
+@contextmanager
+def only_one(path: Path, busy: Exception) -> Iterator[None]:
+    """Hold the lock at `path` for the block, or raise `busy` at once when someone else holds it."""
+    lock = _lock(path.with_suffix(""))  # _lock adds ".lock"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise busy from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def who() -> str:

@@ -49,8 +49,6 @@ import json
 import os
 import time
 
-from filelock import FileLock, Timeout
-
 from . import budget, checkpoints, command, config, down, pull, state
 from .errors import API, BILLING_RISK, FAILED, Error
 from .jsonfile import write_json_atomic
@@ -272,18 +270,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.interval <= 0:
         raise Error("bad_interval", "--interval must be > 0", "", 2)
     name = args.experiment or _only_experiment()
-    lock = FileLock(str(state.experiment_dir(name) / "watch.lock"), timeout=0)
-    state.experiment_dir(name).mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise Error("already_watching", f"another watch of {name} is running",
-                    f"Read experiments/{name}/watch.json, or stop that one first.", FAILED) from None
-    try:
+    busy = Error("already_watching", f"another watch of {name} is running",
+                 f"Read experiments/{name}/watch.json, or stop that one first.", FAILED)
+    with state.only_one(state.experiment_dir(name) / "watch.lock", busy):
         args.experiment = name
         return Watch(args).loop()
-    finally:
-        lock.release()
 
 
 def _only_experiment() -> str:
