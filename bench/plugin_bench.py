@@ -4,7 +4,7 @@ Reports, into bench/results/plugin.json:
   - tokens: always-on and on-invoke per skill, from `claude --plugin-dir . plugin details
     vasticlaude` (the pinned client in .tools/); goals <= 300 always-on, <= 3k for /vast-run;
   - tool output Claude reads (stdout + stderr bytes) over the sandbox flow offers → up → push
-    → run → 3× status → pull → down → cost, with the exact command lines the vast-run skill
+    → run → watch (waits, pulls, destroys) → cost, with the exact command lines the vast-run skill
     prescribes (read from skills/vast-run/SKILL.md), goal <= 4 KB; beside it the same flow
     done with the raw `vastai` CLI and ssh/rsync, as an agent following the official Vast
     plugin would (search/create/show --raw, ssh tail + nvidia-smi, destroy + show to confirm,
@@ -41,7 +41,7 @@ VC = ROOT / "scripts" / "vc"
 CLAUDE = Path(os.environ.get("VASTICLAUDE_CLAUDE_BIN") or ROOT / ".tools" / "node_modules" / ".bin") / "claude"
 VASTAI = str(Path(sys.executable).with_name("vastai"))
 GOALS = {"always_on_tokens": 300, "vast_run_invoke_tokens": 3000, "flow_bytes": 4096, "launcher_overhead_ms": 50}
-FLOW = ["offers", "up", "push", "run", "status", "status", "status:wait", "pull", "down", "cost"]
+FLOW = ["offers", "up", "push", "run", "watch", "cost"]
 VALUES = {"exp": "bench", "vram_gb": "8", "hours": "1", "disk": "8", "budget": "1", "max_hours": "1",
           "image": "vastai/base:0.0.2", "command": "python train.py"}
 TRAIN = ("import os, time\nfor i in range(1, 31):\n    time.sleep(0.1)\n"

@@ -243,7 +243,10 @@ def test_status_and_pull_complete_through_repeated_ssh_drops(cli, sim, project):
 # ----- API trouble, limits, code failures -------------------------------------------------------
 def test_a_persistent_api_outage_stops_watch_with_the_state_it_last_saw(cli, sim, project):  # noqa: F811
     up = launch(cli, "api", "400", str(STEP_S))
+    base = cli.env
+    cli.env = lambda: {**base(), "VASTICLAUDE_POLL_SCALE": "0.01"}  # watch's patience, shrunk: ~8 s, not 11 min
     proc = watch(cli, "api")
+    cli.env = base
     wait_for(lambda: (cli.vchome / "experiments/api/watch.json").exists(), what="a first check")
     sim.fault("http", status=503, count=None, path="^/api/")
     data = finished(cli, proc, rc=3)

@@ -7,8 +7,8 @@ Usage:
 
 Meant to be left running (Claude starts it in the background; a person in a terminal).
 Every --interval (30 s; the first checks after a start or a recovery come after 2, 4, 8
-and 16 s) it takes one `status` snapshot (one API read, one SSH probe) and
-prints one line on stderr. Then:
+and 16 s) it takes one `status` snapshot (one API read, one SSH probe); a line on stderr says
+the progress when the job's state or a fault changes, and every 5 minutes otherwise. Then:
 
 - job running: the agreed folders (recovery.sync, default `checkpoints`) are synced home
   incrementally every --sync-interval (recovery.sync_interval_s, 300 s), so a dead host costs
@@ -58,6 +58,7 @@ from .recover import Assessment, Policy, add_policy_flags, assess, recover
 from .status import one_line
 
 API_PAUSES = (30.0, 60.0, 120.0, 240.0)  # between failing checks, then watch gives up
+SAY_EVERY = 300.0  # seconds between progress lines while nothing changes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,7 @@ class Watch:
         self.syncs, self.last_sync, self.checks = 0, 0.0, 0
         self.seen: dict[str, float] = {}  # fault kind → when first seen (for faults that must persist)
         self.last: Assessment | None = None
+        self.said: tuple[tuple, float] = ((), 0.0)  # the last progress line: (job state, fault), when
         self.resume_seen()
 
     def resume_seen(self) -> None:
@@ -140,7 +142,7 @@ class Watch:
     def check(self, a: Assessment) -> dict | None:
         snap = a.snap
         if snap is not None:
-            progress(f"vasticlaude watch: {one_line(snap)}" + (f" — {a.fault['kind']}" if a.fault else ""))
+            self.say(snap, a.fault)
         job = (snap or {}).get("job") or {}
         if a.fault is not None:
             return self.on_fault(a)
@@ -168,6 +170,15 @@ class Watch:
             return self.result("needs_you", f"nothing runs on instance {a.snap['instance_id']} yet: vasticlaude run "
                                f"--experiment {exp} -- CMD first", FAILED)
         return None  # created or loading: wait
+
+    def say(self, snap: dict, fault: dict | None) -> None:
+        """A progress line when the job's state or the fault changes, else every SAY_EVERY s: what
+        Claude reads costs context."""
+        key = (snap["job"]["state"], fault and fault["kind"])
+        if key == self.said[0] and time.monotonic() - self.said[1] < SAY_EVERY:
+            return
+        self.said = (key, time.monotonic())
+        progress(f"vasticlaude watch: {one_line(snap)}" + (f" — {fault['kind']}" if fault else ""))
 
     def maybe_sync(self, a: Assessment) -> None:
         if time.monotonic() - self.last_sync < self.sync_every:
