@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
     route, layout = bound.route(), Layout(bound.experiment)
     kept, skipped, clock = choose(route, layout, paths, asked)
     dest = local_dest(args, bound.experiment)
-    progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id} into {dest}")
+    progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id}")  # where: in the result
     result = pull_verified(route, layout, kept, dest, clock)
     marker_warning = mark_pulled(route, layout)
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "local_path": str(dest),

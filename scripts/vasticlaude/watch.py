@@ -231,7 +231,7 @@ class Watch:
         if self.args.finish in ("down", "pull"):
             got = pull.run(pull.build_parser().parse_args(["--experiment", a.experiment, *target]))
             data["pull"] = {k: got[k] for k in ("files", "bytes", "local_path")}
-            data["message"] += f"; results in {got['local_path']}"
+            data.pop("checkpoint", None)  # the pull brought everything: its local_path says where
         if self.args.finish == "down":
             report = down.run(down.build_parser().parse_args(["--experiment", a.experiment, *target]))
             data["down"] = {"destroyed": [d["id"] for d in report["destroyed"]] + report["already_gone"],
@@ -302,6 +302,8 @@ def human(data: object) -> str:
     for r in data["recoveries"]:
         lines.append(f"  recovered from {r['kind']} ({r['action']}): instance {r.get('from_instance')} → "
                      f"{r.get('to_instance')} in {r['seconds']:g} s")
+    if data.get("pull"):
+        lines.append(f"  results: {data['pull']['local_path']} ({data['pull']['files']} files)")
     lines.append(f"  spent ${data['spent_usd']:.3f}; {data['syncs']} checkpoint syncs")
     return "\n".join(lines)
 
