@@ -9,6 +9,8 @@ that nothing is left on the account.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -183,6 +185,25 @@ def test_ssh_failing_past_the_backoff_for_long_enough_moves_the_job(cli, sim, pr
     start = next(e for e in events(cli, "nossh") if e["event"] == "recover_start")
     assert "SSH fails" in start["evidence"][0]
     assert result_of(project, "nossh")[1] >= 5 and sim.instance(iid) is None and cli.account() == []
+
+
+def test_a_frozen_instance_is_seen_stale_and_moved(cli, sim, project):  # noqa: F811
+    cfg = project / ".vasticlaude" / "config.json"
+    cfg.write_text(json.dumps({"recovery": {"sync_interval_s": 1, "stale_after_s": 1}}))
+    up = cli.json("up", "--experiment", "frozen", "--image", IMAGE, "--disk", "8", "--hours", "1")
+    cli.json("push", "--experiment", "frozen", "--no-setup")
+    cli.run("run", "--json", "--experiment", "frozen", "--heartbeat", "1", "--", "python3", "train.py", "60", str(STEP_S))
+    iid = up["instance_id"]
+    proc = watch(cli, "frozen")
+    wait_for(lambda: step_of(project / ".vasticlaude/runs/frozen/checkpoints/state.json") >= 5, what="a synced checkpoint")
+    run_dir = on_instance(sim, iid, "frozen", "run")
+    for name in ("wrapper_pid", "job_pid"):  # each leads its own process group: freeze them whole
+        os.killpg(int((run_dir / name).read_text()), signal.SIGSTOP)
+    data = finished(cli, proc)
+    [rec] = data["recoveries"]
+    assert rec["kind"] == "stale" and rec["to_instance"] != iid and sim.instance(iid) is None
+    assert result_of(project, "frozen")[1] >= 5 and cli.account() == []
+    assert cli.state()["instances"][str(rec["to_instance"])]["destroyed_at"]
 
 
 def test_a_recovery_killed_midway_is_finished_by_the_next_one(cli, sim, project):  # noqa: F811

@@ -165,6 +165,8 @@ class Recovery:
                         f"Start it: vasticlaude run --experiment {self.exp_id} -- CMD", FAILED)
         argv = ["--experiment", self.exp_id, "--restart", *self.target_argv(), *self.guard_argv(last)]
         argv += [f"--env={k}={v}" for k, v in (last.get("env") or {}).items()]
+        if last.get("heartbeat"):
+            argv.append(f"--heartbeat={int(last['heartbeat'])}")
         if last.get("workdir") and last["workdir"] != f"vasticlaude/{self.exp_id}/code":
             argv += ["--workdir", last["workdir"]]
         result = run_cmd.run(run_cmd.build_parser().parse_args([*argv, "--", last["command"]]))

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     watchdog = watchdog_script(bound.experiment, layout, guard) if guard["watchdog"] else None
     result = _launch(bound.route(), layout, script, watchdog, args.restart)
     guard["alive"] = result.pop("watchdog_alive")
-    _record(bound.experiment, bound.instance_id, cmd, workdir, result, guard, env)
+    _record(bound.experiment, bound.instance_id, cmd, workdir, result, guard, env, args.heartbeat)
     return {"experiment": bound.experiment, "instance_id": bound.instance_id, "command": cmd,
             "run_dir": layout.run, "workdir": workdir, **result, "guard": guard}
 
@@ -214,12 +214,12 @@ def _launch(route: Route, layout: Layout, script: str, watchdog: str | None, res
 
 
 def _record(experiment: str, instance_id: int, cmd: str, workdir: str, result: dict, guard: dict,
-            env: dict[str, str]) -> None:
+            env: dict[str, str], heartbeat: int) -> None:
     with state.experiment(experiment) as exp:
         runs = exp.setdefault("runs", [])
         # env is kept (in the private vasticlaude home, never printed) so `recover` can restart the same job
         runs.append({"at": time.time(), "instance_id": instance_id, "command": cmd, "workdir": workdir,
-                     "env": env, "immediate_exit": result["exit_code"]})
+                     "env": env, "heartbeat": heartbeat, "immediate_exit": result["exit_code"]})
         exp["command"] = cmd
         exp["guard"] = guard
     state.append_event(experiment, "run", instance_id=instance_id, command=cmd, state=result["state"],
