@@ -151,7 +151,8 @@ NON_FAULTS = [
     ("instance_created", snap("created", "unreachable"), BID, [], False),
     ("stopped_on_demand_is_not_preemption", snap("stopped", "unreachable"), ON_DEMAND, [], False),
     ("stopped_record_without_is_bid", snap("stopped", "unreachable"), {}, [], False),
-    ("stopped_on_purpose_bid", snap("stopped", "unreachable", intended="stopped"), BID, [], False),
+    ("stopped_by_down_keep_disk_bid", snap("stopped", "unreachable", intended="stopped"),
+     {**BID, "status": "stopped", "history": [{"at": 1, "status": "stopped", "why": "down --keep-disk"}]}, [], False),
     ("stopped_on_purpose_on_demand", snap("stopped", "unreachable", intended="stopped"), ON_DEMAND, [], False),
     ("gone_but_ended_home", snap("gone", "unreachable"), ON_DEMAND, [], True),
     ("gone_ended_home_even_over_budget", snap("gone", "unreachable", spent=12.0), ON_DEMAND, [], True),
@@ -167,6 +168,13 @@ NON_FAULTS = [
                          ids=[f[0] for f in NON_FAULTS])
 def test_no_fault(s, record, log, ended_home):
     assert run(s, record, log, ended_home) is None
+
+
+def test_a_bid_instance_stopped_by_intent_but_not_by_us_is_taken_for_preempted():
+    """Vast's fields after an outbid are undocumented: dstack sees intended "stopped" too. Unless
+    vasticlaude stopped it (`down --keep-disk`), a stopped interruptible instance was outbid."""
+    fault = run(snap("stopped", "unreachable", intended="stopped"), BID, [], False)
+    assert fault["kind"] == "preempted" and fault["action"] == "wait_bid" and "not by vasticlaude" in fault["evidence"][0]
 
 
 def test_exited_0_over_budget_is_success_not_a_budget_fault():

@@ -101,14 +101,15 @@ def finished(cli, proc, rc: int = 0) -> dict:  # noqa: F811
 
 
 # ----- preemption -------------------------------------------------------------------------------
-def test_preempted_interruptible_instance_is_won_back_and_resumes_in_place(cli, sim, project):  # noqa: F811
+@pytest.mark.parametrize("intended", ["running", "stopped"])  # Vast's fields after an outbid are undocumented
+def test_preempted_interruptible_instance_is_won_back_and_resumes_in_place(cli, sim, project, intended):  # noqa: F811
     up = launch(cli, "pre", "50", str(STEP_S), extra=("--interruptible",))
     iid = up["instance_id"]
     ckpt = on_instance(sim, iid, "pre", "checkpoints/state.json")
     wait_for(lambda: step_of(ckpt) >= 8, what="step 8")
     bid = cli.state()["instances"][str(iid)]["bid_price"]
     at_fault = step_of(ckpt)
-    sim.fault("preempt", instance=iid, bid=round(bid * 1.2, 4))  # outbid: stopped, processes killed
+    sim.fault("preempt", instance=iid, bid=round(bid * 1.2, 4), intended=intended)  # outbid: stopped, processes killed
 
     snap = cli.json("status", "--experiment", "pre")
     assert snap["instance"]["status"] == "stopped" and snap["fault"]["kind"] == "preempted"
@@ -120,8 +121,10 @@ def test_preempted_interruptible_instance_is_won_back_and_resumes_in_place(cli, 
     assert rec["kind"] == "preempted" and rec["from_instance"] == rec["to_instance"] == iid
     total, resumed = result_of(project, "pre")
     assert total == 50 and at_fault - 1 <= resumed <= at_fault + 1  # in place: its own last checkpoint
-    raised = [e for e in events(cli, "pre") if e["event"] == "recover_step" and "raised the bid" in e["step"]]
+    steps = [e for e in events(cli, "pre") if e["event"] == "recover_step"]
+    raised = [e for e in steps if "raised the bid" in e["step"]]
     assert raised and raised[0]["bid"] > bid
+    assert any("asked Vast to start" in e["step"] for e in steps) == (intended == "stopped")
     assert cli.account() == [] and ledger_ids(cli, "pre") == {iid}
 
 

@@ -38,9 +38,12 @@ def diagnose(snap: dict, record: dict, log: list[str], policy: dict, ended_home:
         return None  # success is success, even when it went past the budget on the way
     if job.get("signal") in ("budget", "max_hours") or _over_budget(snap["cost"]):
         return _fault("budget", [f"the experiment's {job.get('signal') or 'budget'} is used up"], "none")
-    if status == "stopped" and inst.get("intended") in (None, "running") and record.get("is_bid"):
-        return _fault("preempted", [f"interruptible instance stopped while meant to run (bid "
-                                    f"${float(record.get('bid_price') or 0):.3f}/h)"], "wait_bid")
+    if status == "stopped" and record.get("is_bid") and not _stopped_by_us(record):
+        bid = f"bid ${float(record.get('bid_price') or 0):.3f}/h"
+        meant = inst.get("intended") in (None, "running")
+        return _fault("preempted", [f"interruptible instance stopped while meant to run ({bid})" if meant else
+                                    f"interruptible instance stopped ({bid}), not by vasticlaude; Vast says it is "
+                                    "meant to be stopped too: outbid, most likely"], "wait_bid")
     if status in ("offline", "unknown"):
         return _fault("host_offline", [f"the host is offline: {inst.get('msg') or 'no heartbeat'}"], "relaunch")
     if status == "exited":
@@ -68,6 +71,12 @@ def _job_fault(job: dict, disk: dict, log: list[str], policy: dict) -> dict | No
     if state == "exited" and job.get("exit_code") not in (0, None):
         return _fault("job_failed", [f"the command exited with code {job['exit_code']}"], "none")
     return None
+
+
+def _stopped_by_us(record: dict) -> bool:
+    """`down --keep-disk` stopped it: the state record says so."""
+    history = record.get("history") or []
+    return record.get("status") == "stopped" and bool(history) and str(history[-1].get("why", "")).startswith("down")
 
 
 def _disk_evidence(disk: dict, log: list[str]) -> list[str]:

@@ -200,24 +200,37 @@ class Recovery:
         bound = self.a.bound
         iid, rec = bound.instance_id, bound.record
         bid, ceiling = float(rec.get("bid_price") or rec.get("gpu_dph") or 0), self.max_bid(bound)
-        deadline, next_raise = time.monotonic() + self.policy.preempt_wait_s, time.monotonic()
+        deadline, next_raise, asked = time.monotonic() + self.policy.preempt_wait_s, time.monotonic(), False
         self.step(f"instance {iid} preempted at bid ${bid:.4f}/h: waiting up to {self.policy.preempt_wait_s:g} s, "
                   f"bid ceiling ${ceiling:.4f}/h", instance_id=iid, bid=bid, ceiling=ceiling)
         while time.monotonic() < deadline:
             row = self.vast.instance(iid)
             state_now = (row or {}).get("actual_status")
             if state_now == "running" and self.ssh_ready(row):
-                self.step(f"instance {iid} is back", instance_id=iid)
-                self.restart(bind(self.args))
+                self.back(iid)
                 return
             if row is None or state_now in ("offline", "exited"):
                 break
+            if state_now == "stopped" and row.get("intended_status") == "stopped" and not asked:
+                self.vast.start(iid)  # stopped by intent: it can only come back once asked to
+                asked = True
+                self.step(f"asked Vast to start {iid} again (it runs once its bid wins)", instance_id=iid)
             if time.monotonic() >= next_raise and round(bid * self.policy.bid_step, 4) <= ceiling:
                 bid = round(bid * self.policy.bid_step, 4)
                 self.raise_bid(iid, rec, bid)
                 next_raise = time.monotonic() + RAISE_EVERY * poll_scale()
             time.sleep(POLL * poll_scale())
         self.relaunch({**fault, "evidence": [*fault["evidence"], "the bid did not win the GPU back in time"]})
+
+    def back(self, iid: int) -> None:
+        """The instance runs again: restart the job, unless it had finished before the stop."""
+        self.step(f"instance {iid} is back", instance_id=iid)
+        bound = bind(self.args)
+        job = status.observe(bound, 0)["job"]
+        if job["state"] == "exited" and job["exit_code"] == 0:
+            self.step("its job had finished before the stop: nothing to restart", instance_id=iid)
+            return
+        self.restart(bound)
 
     def max_bid(self, bound: Bound) -> float:
         """The lowest of: --max-bid, the on-demand price, and what the budget affords for the hours left."""

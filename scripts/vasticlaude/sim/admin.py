@@ -85,7 +85,7 @@ async def _instance_fault(sandbox: "Sandbox", kind: str, spec: dict) -> dict:
         if not rec["is_bid"]:
             raise bad_request("only interruptible (bid) instances can be preempted")
         competing = float(spec.get("bid") or round(float(rec["bid_price"]) * 1.5, 4))
-        await engine.preempt(rec, competing, spec.get("seconds"))
+        await engine.preempt(rec, competing, spec.get("seconds"), spec.get("intended") or "running")
     elif kind == "host-down":
         await engine.host_down(rec)
     elif kind == "container-exit":

@@ -18,7 +18,9 @@ Fault kinds:
   stuck-loading   instances never leave `loading`
   fail-start      instances end `exited` (or `created` with --mode created) with an OCI error
   preempt         an interruptible instance is outbid: stopped, processes killed, data kept;
-                  it resumes when its bid reaches --bid (default 1.5x) or after --seconds
+                  it resumes when its bid reaches --bid (default 1.5x) or after --seconds;
+                  --intended stopped also marks it stopped by intent (as dstack sees Vast do),
+                  so it waits for a `start` before it can resume
   host-down       the host goes offline: SSH gone, processes killed, billing paused
   container-exit  the container dies: `exited`
   ssh-drop        current SSH connections drop; --refuse N new ones are refused too
@@ -239,7 +241,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 
 _FAULT_FIELDS = ("instance", "offer", "machine", "mode", "status", "count", "rate", "retry_after", "path",
-                 "method", "ghost", "delay", "seconds", "bid", "refuse", "set", "add", "when")
+                 "method", "ghost", "delay", "seconds", "bid", "refuse", "set", "add", "when", "intended")
 
 
 def _fault_spec(args: argparse.Namespace) -> dict:
@@ -316,6 +318,7 @@ def _fault_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=float)
     p.add_argument("--mode", choices=("exited", "created"))
     p.add_argument("--when", choices=("on-rent", "now"))
+    p.add_argument("--intended", choices=("running", "stopped"), help="preempt: the intended state Vast shows")
     p.add_argument("--path", help="regex on the request path (e.g. 'asks' for creates)")
     p.add_argument("--method", help="HTTP method to match")
     p.add_argument("--ghost", action="store_true", help="the failing request still takes effect")

@@ -242,9 +242,13 @@ class Engine:
         await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, home, True)
 
     # ----- faults ----------------------------------------------------------------------
-    async def preempt(self, rec: dict, competing_bid: float, seconds: float | None) -> None:
+    async def preempt(self, rec: dict, competing_bid: float, seconds: float | None, intended: str = "running") -> None:
+        """Outbid: stopped, processes killed. Vast's fields then are undocumented: `intended`
+        "running" (what the official skill checks) or "stopped" (what dstack checks), which
+        then also needs a `start` before the instance can come back."""
         # The new state first: a tick during the halt must not take the dying init for an exited container.
         now = time.time()
+        rec["intended_status"] = intended
         rec["preempted"] = {"competing_bid": competing_bid, "until": now + seconds if seconds else None}
         self._set(rec, now, "stopped", "Instance stopped: outbid by a higher-priority rental",
                   cur_state="stopped", next_state="stopped")
