@@ -90,7 +90,14 @@ def assess(args: argparse.Namespace, tail: int = 3) -> Assessment:
     exp = state.read_experiment(bound.experiment) or {}
     if fault is None and exp.get("recovering") and snap["job"]["state"] == "not_started":
         fault = _fault("recovery_interrupted", "a recovery stopped before the job ran again", "resume")
+    elif exp.get("recovering") and snap["job"]["state"] == "running" and exp["recovering"].get("at", 0) < _run_at(exp):
+        with state.experiment(bound.experiment) as data:  # killed after the restart: the job runs again
+            data.pop("recovering", None)
     return Assessment(bound.experiment, bound, snap, fault)
+
+
+def _run_at(exp: dict) -> float:
+    return float(((exp.get("runs") or [{}])[-1]).get("at") or 0)
 
 
 def _ended(exp: dict) -> bool:
