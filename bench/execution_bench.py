@@ -17,14 +17,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from simkit import Sim  # noqa: E402
+from simkit import Sim, scratch  # noqa: E402
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 
@@ -103,14 +102,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="execbench-") as tmp:
-        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "simhome")
-        sim.home.mkdir()
-        try:
-            sim.start("--time-scale", "0")
-            report = Bench(sim, Path(tmp)).run(args.runs)
-        finally:
-            sim.stop()
+    with scratch("execbench-", "--time-scale", "0") as (sim, tmp):
+        report = Bench(sim, tmp).run(args.runs)
     out = json.dumps(report, indent=1)
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "execution.json").write_text(out + "\n")

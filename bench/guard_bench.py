@@ -25,14 +25,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from simkit import Sim  # noqa: E402
+from simkit import Sim, scratch  # noqa: E402
 
 VC = str(Path(sys.executable).parent / "vasticlaude")
 IMAGE = "vastai/base:0.0.2"
@@ -109,16 +108,10 @@ def main() -> int:
     ap.add_argument("--grace", type=float, default=20.0, help="the watchdog's grace (s)")
     ap.add_argument("--interval", type=float, default=5.0, help="status --wait --interval (s)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vc-guard-bench-") as tmp:
-        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "home")
-        sim.home.mkdir()
-        try:
-            sim.start("--time-scale", "0", "--seed", "13", "--balance", "10000")
-            bench = Bench(sim, Path(tmp), args.grace, args.interval)
-            alone = [bench.unwatched(n) for n in range(args.runs)]
-            claude = [bench.watched(n) for n in range(args.runs)]
-        finally:
-            sim.stop()
+    with scratch("vc-guard-bench-", "--time-scale", "0", "--seed", "13", "--balance", "10000") as (sim, tmp):
+        bench = Bench(sim, tmp, args.grace, args.interval)
+        alone = [bench.unwatched(n) for n in range(args.runs)]
+        claude = [bench.watched(n) for n in range(args.runs)]
     result = {"runs": args.runs, "grace_s": args.grace, "check_s": 15, "status_interval_s": args.interval,
               "watchdog_only": summary(alone, args.grace), "claude_watching": summary(claude, args.grace),
               "note": "GPU seconds billed after the job's exit; watchdog_only stops the instance after the grace "

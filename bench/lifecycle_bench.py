@@ -24,14 +24,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from simkit import Sim  # noqa: E402
+from simkit import Sim, scratch  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VC, VASTAI = str(BIN / "vasticlaude"), str(BIN / "vastai")
@@ -255,14 +254,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="samples of each local command")
     parser.add_argument("--api-runs", type=int, default=5, help="samples of each API-bound command")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lifecyclebench-") as tmp:
-        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "home")
-        sim.home.mkdir()
-        try:
-            sim.start("--time-scale", "0", "--seed", "11", "--balance", "10000")
-            report = measure(Bench(sim, Path(tmp)), args.runs, args.api_runs)
-        finally:
-            sim.stop()
+    with scratch("lifecyclebench-", "--time-scale", "0", "--seed", "11", "--balance", "10000") as (sim, tmp):
+        report = measure(Bench(sim, tmp), args.runs, args.api_runs)
     text = json.dumps(report, indent=1)
     out = ROOT / "bench" / "results" / "lifecycle.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from simkit import Sim  # noqa: E402
+from simkit import Sim, scratch  # noqa: E402
 from vasticlaude.costing import instance_cost  # noqa: E402
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
@@ -267,12 +266,10 @@ def main() -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     started = time.monotonic()
     faults: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="vc-recovery-bench-") as tmp:
-        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "simhome")
-        sim.home.mkdir()
+    flags = ("--time-scale", f"{args.time_scale:g}", "--seed", str(args.seed), "--balance", "10000")
+    with scratch("vc-recovery-bench-", *flags) as (sim, tmp):
         try:
-            sim.start("--time-scale", f"{args.time_scale:g}", "--seed", str(args.seed), "--balance", "10000")
-            bench = Bench(sim, Path(tmp), args.offset_max, args.seed)
+            bench = Bench(sim, tmp, args.offset_max, args.seed)
             for kind in kinds:
                 samples = [bench.one(kind, n) for n in range(args.runs)]
                 faults[kind] = {key: median(samples, key) for key in
@@ -280,12 +277,7 @@ def main() -> int:
                 faults[kind]["failures"] = sum(1 for s in samples if "error" in s)
                 faults[kind]["samples"] = samples
         finally:
-            try:
-                if sim.url:
-                    for row in sim.sdk().show_instances():
-                        sim.sdk().destroy_instance(id=row["id"])
-            finally:
-                sim.stop()
+            sim.reset()  # nothing left on the account; stopping the sandbox then kills every process
     report = {"time_scale": args.time_scale, "runs": args.runs, "sync_interval_s": SYNC_INTERVAL_S,
               "fault_offset_max_s": args.offset_max,
               "step_s": STEP_S, "steps": STEPS, "faults": faults, "goal_overhead_s": GOAL_OVERHEAD_S,

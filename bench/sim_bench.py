@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import psutil  # noqa: E402
-from simkit import Sim  # noqa: E402
+from simkit import Sim, scratch  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -58,7 +56,7 @@ def create_to_ssh_ready(sim: Sim, runs: int) -> dict:
         offer = sdk.search_offers(query="num_gpus=1", order="dph", limit=1)[0]
         t0 = time.perf_counter()
         iid = sdk.create_instance(id=offer["id"], image="vastai/base:0.0.2", disk=4, ssh=True, direct=True)["new_contract"]
-        row = wait_ssh(sim, iid)
+        wait_ssh(sim, iid)
         samples.append((time.perf_counter() - t0) * 1000)
         sdk.destroy_instance(id=iid)
     return {"p50_ms": round(statistics.median(samples), 1), "p95_ms": round(pct(samples, 0.95), 1), "n": runs}
@@ -104,17 +102,11 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--ready-runs", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="simbench-") as tmp:
-        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "home")
-        sim.home.mkdir()
-        try:
-            sim.start("--time-scale", "0", "--machines", str(args.instances * 2))
-            report = {"api": api_latency(sim, args.calls),
-                      "create_to_ssh_ready": create_to_ssh_ready(sim, args.ready_runs),
-                      "concurrent": many_instances(sim, args.instances, args.calls),
-                      "cores": psutil.cpu_count()}
-        finally:
-            sim.stop()
+    with scratch("simbench-", "--time-scale", "0", "--machines", str(args.instances * 2)) as (sim, _):
+        report = {"api": api_latency(sim, args.calls),
+                  "create_to_ssh_ready": create_to_ssh_ready(sim, args.ready_runs),
+                  "concurrent": many_instances(sim, args.instances, args.calls),
+                  "cores": psutil.cpu_count()}
     print(json.dumps(report, indent=1))
     return 0
 

@@ -10,10 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from vasticlaude.sim.cli import kill_containers, running_info, start_background, stop_background
 
@@ -82,6 +85,12 @@ class Sim:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
+    def reset(self) -> None:
+        """What a test leaves behind goes: its faults first (they may block the destroys), then every instance."""
+        self.admin("DELETE", "/sim/faults")
+        for row in self.sdk().show_instances():
+            self.sdk().destroy_instance(id=row["id"])
+
     def fault(self, kind: str, **spec: object) -> dict:
         return self.admin("POST", "/sim/faults", {"kind": kind, **spec})
 
@@ -127,6 +136,18 @@ class Sim:
         created = self.vastai_json("create", "instance", str(offer["id"]), "--image", "vastai/base:0.0.2",
                                    "--disk", "8", "--ssh", "--direct", *extra)
         return created["new_contract"], offer
+
+
+@contextmanager
+def scratch(prefix: str, *flags: str) -> Iterator[tuple[Sim, Path]]:
+    """A sandbox in a temp folder, started with `flags`; stopped with its processes and removed after."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        sim = Sim(state=Path(tmp) / "state", home=Path(tmp) / "simhome")
+        sim.home.mkdir()
+        try:
+            yield sim.start(*flags), Path(tmp)
+        finally:
+            sim.stop()
 
 
 def clean_home(path: Path) -> Path:

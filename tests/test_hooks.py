@@ -192,9 +192,7 @@ def user(sim, tmp_path: Path):
         yield me
     finally:
         me.cleanup()
-        sim.admin("DELETE", "/sim/faults")
-        for row in sim.sdk().show_instances():
-            sim.sdk().destroy_instance(id=row["id"])
+        sim.reset()
 
 
 # ----- wiring and the fast paths ----------------------------------------------------------------------

@@ -99,9 +99,7 @@ def cli(sim, tmp_path: Path):
         yield user
     finally:
         user.stop_all()
-        sim.admin("DELETE", "/sim/faults")
-        for row in sim.sdk().show_instances():
-            sim.sdk().destroy_instance(id=row["id"])
+        sim.reset()
     user.assert_no_secrets()
 
 

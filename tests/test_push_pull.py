@@ -81,9 +81,7 @@ def user(sim, tmp_path: Path):
     try:
         yield me
     finally:
-        sim.admin("DELETE", "/sim/faults")
-        for row in sim.sdk().show_instances():
-            sim.sdk().destroy_instance(id=row["id"])
+        sim.reset()
 
 
 # ----- trees -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from hooklib import money
 
 MAX_BYTES = 1500   # the whole stdout, JSON included
 MAX_LISTED = 6
+RECOVERY_NEWS_S = 7 * 86400  # an unfinished recovery is said for a week
 
 
 def handle(event: dict) -> str | None:
@@ -124,14 +125,17 @@ def recovery_lines(now: float | None = None) -> list[str]:
     """Recoveries that did not finish (`recovering` in experiment.json, a week at most): the job is not
     running again, and a half-done move may have left no instance at all."""
     now = now or time.time()
+    root = hooklib.paths.home() / "experiments"
     try:
-        names = sorted(entry.name for entry in os.scandir(hooklib.paths.home() / "experiments") if entry.is_dir())
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     except OSError:
         return []
     lines = []
     for name in names:
+        if not recent(root / name / "experiment.json", now):  # a stat, not a parse, for old experiments
+            continue
         pending = hooklib.experiment(name).get("recovering") or {}
-        if not pending or now - float(pending.get("at") or 0) > 7 * 86400:
+        if not pending or now - float(pending.get("at") or 0) > RECOVERY_NEWS_S:
             continue
         if recovery_held(name):
             lines.append(f"Experiment {name}: a recovery from {pending.get('kind')} is under way right now.")
@@ -141,6 +145,13 @@ def recovery_lines(now: float | None = None) -> list[str]:
                      f"`{hooklib.vc_command()} recover --experiment {name}` picks it up, or "
                      f"`{hooklib.vc_command()} down --experiment {name}`.")
     return lines[:3]
+
+
+def recent(path: os.PathLike, now: float) -> bool:
+    try:
+        return now - os.stat(path).st_mtime <= RECOVERY_NEWS_S
+    except OSError:
+        return False
 
 
 def recovery_held(name: str) -> bool:

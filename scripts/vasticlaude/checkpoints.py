@@ -28,8 +28,7 @@ def local_dir(experiment: str) -> Path:
     """Where the experiment's results and checkpoints live at home (as `pull` puts them)."""
     exp = state.read_experiment(experiment) or {}
     root = (exp.get("push") or {}).get("root")
-    base = config.project_root(Path(root)) if root and Path(root).is_dir() else config.project_root()
-    return base / ".vasticlaude" / "runs" / experiment
+    return config.runs_dir(experiment, Path(root) if root and Path(root).is_dir() else None)
 
 
 def summary(dest: Path) -> dict:

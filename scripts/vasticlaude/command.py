@@ -30,6 +30,12 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="Vast API key (default: VAST_API_KEY, .env, vastai's key file)")
 
 
+def target_argv(args: argparse.Namespace) -> list[str]:
+    """The target flags again, for a command that runs another in-process (recover → push, watch → pull)."""
+    argv = ["--sandbox"] if getattr(args, "sandbox", False) else []
+    return argv + (["--api-key", args.api_key] if getattr(args, "api_key", None) else [])
+
+
 def add_instance_flags(p: argparse.ArgumentParser) -> None:
     """Which experiment's instance a command acts on (resolved by target.bind)."""
     add_target_flags(p)
@@ -79,4 +85,4 @@ def _redacted(argv: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["parser", "add_target_flags", "main", "FAILED"]
+__all__ = ["parser", "add_target_flags", "target_argv", "main", "FAILED"]

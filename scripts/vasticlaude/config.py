@@ -66,6 +66,11 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
+def runs_dir(experiment: str, start: Path | None = None) -> Path:
+    """Where an experiment's results come home: <project>/.vasticlaude/runs/<experiment>/."""
+    return project_root(start) / ".vasticlaude" / "runs" / experiment
+
+
 def load(root: Path | None = None) -> dict:
     """Defaults overlaid with the project's config file."""
     path = (root or project_root()) / ".vasticlaude" / "config.json"

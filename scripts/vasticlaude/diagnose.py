@@ -36,7 +36,7 @@ def diagnose(snap: dict, record: dict, log: list[str], policy: dict, ended_home:
             "gone", ["the instance is no longer on the account and the job's end was never seen"], "relaunch")
     if job.get("state") == "exited" and job.get("exit_code") == 0:
         return None  # success is success, even when it went past the budget on the way
-    if job.get("signal") in ("budget", "max_hours") or _over_budget(snap["cost"]):
+    if job.get("signal") in ("budget", "max_hours") or over_budget(snap["cost"]):
         return _fault("budget", [f"the experiment's {job.get('signal') or 'budget'} is used up"], "none")
     if status == "stopped" and record.get("is_bid") and not _stopped_by_us(record):
         bid = f"bid ${float(record.get('bid_price') or 0):.3f}/h"
@@ -89,7 +89,8 @@ def _disk_evidence(disk: dict, log: list[str]) -> list[str]:
     return evidence
 
 
-def _over_budget(cost: dict) -> bool:
+def over_budget(cost: dict) -> bool:
+    """The experiment's estimated spend has reached its budget (`status`'s cost block)."""
     return cost.get("budget_usd") is not None and cost.get("spent_usd", 0) >= cost["budget_usd"]
 
 

@@ -63,7 +63,7 @@ def wanted_paths(args: argparse.Namespace, cfg: dict) -> tuple[list[str], bool]:
 
 
 def local_dest(args: argparse.Namespace, experiment: str) -> Path:
-    dest = Path(args.dest).expanduser() if args.dest else config.project_root() / ".vasticlaude" / "runs" / experiment
+    dest = Path(args.dest).expanduser() if args.dest else config.runs_dir(experiment)
     dest.mkdir(parents=True, exist_ok=True)
     return dest.resolve()
 

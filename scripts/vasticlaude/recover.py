@@ -163,14 +163,13 @@ class Recovery:
         self.steps.append(what)
         state.append_event(self.exp_id, "recover_step", step=what, **fields)
 
-    def restart(self, bound: Bound | None = None) -> None:
-        """Run the experiment's last command again, with its guard, on the bound instance."""
-        bound = bound or self.a.bound
+    def restart(self) -> None:
+        """Run the experiment's last command again, with its guard, on the experiment's instance."""
         last = (self.exp.get("runs") or [{}])[-1]
         if not last.get("command"):
             raise Error("no_command", f"experiment {self.exp_id} has no recorded run to restart",
                         f"Start it: vasticlaude run --experiment {self.exp_id} -- CMD", FAILED)
-        argv = ["--experiment", self.exp_id, "--restart", *self.target_argv(), *self.guard_argv(last)]
+        argv = ["--experiment", self.exp_id, "--restart", *command.target_argv(self.args), *self.guard_argv(last)]
         argv += [f"--env={k}={v}" for k, v in (last.get("env") or {}).items()]
         if last.get("heartbeat"):
             argv.append(f"--heartbeat={int(last['heartbeat'])}")
@@ -197,10 +196,6 @@ class Recovery:
             left = float(guard["max_hours"]) - (time.time() - float(last.get("at") or time.time())) / 3600
             argv.append(f"--max-hours={max(left, 0.01):.4f}")
         return argv
-
-    def target_argv(self) -> list[str]:
-        argv = ["--sandbox"] if getattr(self.args, "sandbox", False) else []
-        return argv + (["--api-key", self.args.api_key] if getattr(self.args, "api_key", None) else [])
 
     # -- interruptible: wait for the bid, raise it, else move
     def wait_bid(self, fault: dict) -> None:
@@ -237,7 +232,7 @@ class Recovery:
         if job["state"] == "exited" and job["exit_code"] == 0:
             self.step("its job had finished before the stop: nothing to restart", instance_id=iid)
             return
-        self.restart(bound)
+        self.restart()
 
     def max_bid(self, bound: Bound) -> float:
         """The lowest of: --max-bid, the on-demand price, and what the budget affords for the hours left."""
@@ -278,7 +273,8 @@ class Recovery:
             return
         try:
             if full:
-                argv = ["--experiment", self.exp_id, "--dest", str(checkpoints.local_dir(self.exp_id)), *self.target_argv()]
+                argv = ["--experiment", self.exp_id, "--dest", str(checkpoints.local_dir(self.exp_id)),
+                        *command.target_argv(self.args)]
                 got = pull.run(pull.build_parser().parse_args(argv))
                 self.step(f"pulled {got['files']} files ({got['bytes']} B) from instance {old.instance_id}")
             else:
@@ -317,14 +313,13 @@ class Recovery:
 
     def offers(self, bigger: bool) -> tuple[Plan, list]:
         """The same GPU model first (when the search named none); else whatever the original search allows."""
-        plan = self.plan(bigger, same_gpu=True)
+        same, general = self.plan(bigger, same_gpu=True), self.plan(bigger)
         try:
-            return plan, candidates(self.vast, None, plan)
+            return same, candidates(self.vast, None, same)
         except Error as err:
-            if err.code != "no_offer" or plan.wanted.gpus == self.plan(bigger).wanted.gpus:
+            if err.code != "no_offer" or same.wanted.gpus == general.wanted.gpus:
                 raise
-        plan = self.plan(bigger)
-        return plan, candidates(self.vast, None, plan)
+        return general, candidates(self.vast, None, general)
 
     def plan(self, bigger: bool, same_gpu: bool = False) -> Plan:
         rental, rec, cfg = self.exp.get("rental") or {}, self.record(), config.load()
@@ -351,7 +346,7 @@ class Recovery:
         """Code, then the checkpoint, then the command, on a fresh instance."""
         root = (self.exp.get("push") or {}).get("root")
         if root:
-            argv = [root, "--experiment", self.exp_id, *self.target_argv()]
+            argv = [root, "--experiment", self.exp_id, *command.target_argv(self.args)]
             pushed = push.run(push.build_parser().parse_args(argv))
             if pushed["exit_code"]:
                 raise Error("setup_failed", f"setup failed on the new instance (exit {pushed['setup']['exit_code']})",
@@ -362,7 +357,7 @@ class Recovery:
         sent = checkpoints.send(bound.route(), self.exp_id)
         self.step(f"checkpoint sent ({sent['files']} files, {sent['bytes']} B)" if sent["sent"] else
                   "no checkpoint at home: the job starts from the beginning", files=sent["files"])
-        self.restart(bound)
+        self.restart()
 
     # -- budget
     def budget_usd(self) -> float | None:

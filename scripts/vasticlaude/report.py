@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     experiment = pick_experiment(args.experiment, every)
     records = [r for r in every if r.get("experiment") == experiment]
     exp = state.read_experiment(experiment) or {}
-    runs = config.project_root() / ".vasticlaude" / "runs" / experiment
+    runs = config.runs_dir(experiment)
     out = Path(args.out).expanduser().resolve() if args.out else runs
     out.mkdir(parents=True, exist_ok=True)
     events = state.read_lines(state.experiment_dir(experiment) / "events.jsonl")

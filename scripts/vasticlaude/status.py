@@ -48,7 +48,7 @@ import json
 import time
 
 from . import checkpoints, command, config, costing, state
-from .diagnose import diagnose
+from .diagnose import diagnose, over_budget
 from .errors import FAILED, Error
 from .logparse import progress as parse_progress
 from .output import compact, progress
@@ -98,10 +98,6 @@ def _halted(snap: dict) -> bool:
     return snap["job"]["state"] == "unreachable" and snap["instance"]["status"] in ("stopped", "exited", "gone")
 
 
-def over_budget(cost: dict) -> bool:
-    return cost.get("budget_usd") is not None and cost["spent_usd"] >= cost["budget_usd"]
-
-
 def _budget_reason(cost: dict) -> str:
     return f"budget: spent ${cost['spent_usd']:.2f} of ${cost['budget_usd']:.2f}"
 
@@ -114,9 +110,7 @@ def observe(bound: Bound, tail: int = 3) -> dict:
     """The snapshot of a bound experiment (one SSH probe when the instance runs)."""
     row = bound.row
     rec = _refresh_record(bound)
-    probe = _probe(bound, tail) if row and row.get("actual_status") == "running" else None
-    ssh_failure = probe.pop("failed") if probe and "failed" in probe else None
-    probe = probe if probe else None
+    probe, ssh_failure = _probe(bound, tail) if row and row.get("actual_status") == "running" else (None, None)
     job = _job(probe, row, ssh_failure)
     lines = probe["log"] if probe else []
     policy = config.load()["recovery"]
@@ -142,13 +136,14 @@ def _refresh_record(bound: Bound) -> dict:
     return state.upsert_instance(bound.instance_id, **fields)
 
 
-def _probe(bound: Bound, lines: int) -> dict | None:
+def _probe(bound: Bound, lines: int) -> tuple[dict | None, str | None]:
+    """The probe's sections, or None and why SSH failed (after the backoff)."""
     script = render("probe.sh.j2", run_dir=Layout(bound.experiment).run, lines=max(lines, 60), width=400)
     try:
         proc = ssh_run(bound.route(), "sh -s", input_bytes=script.encode(), timeout=30, backoff=backoff())
     except Error as err:
-        return {"failed": err.message}
-    return _sections(proc.stdout.decode("utf-8", "replace"))
+        return None, err.message
+    return _sections(proc.stdout.decode("utf-8", "replace")), None
 
 
 def _sections(text: str) -> dict:

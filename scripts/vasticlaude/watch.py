@@ -216,14 +216,14 @@ class Watch:
         self.seen.clear()
         self.checks = 0  # look closely at the restarted job again
         self.last_sync = time.monotonic()  # what was sent is what is home
-        self.recoveries.append({k: done[k] for k in ("kind", "action", "from_instance", "to_instance", "seconds")
-                                if k in done} | {"kind": fault["kind"], "checkpoint_age_s": done["checkpoint"]["age_s"]})
+        self.recoveries.append({"kind": fault["kind"], "action": done["action"], "from_instance": done["from_instance"],
+                                "to_instance": done["to_instance"], "seconds": done["seconds"],
+                                "checkpoint_age_s": done["checkpoint"]["age_s"]})
         return None
 
     # ----- endings ---------------------------------------------------------------------------
     def finish(self, a: Assessment) -> dict:
-        target = ["--sandbox"] if self.args.sandbox else []
-        target += ["--api-key", self.args.api_key] if self.args.api_key else []
+        target = command.target_argv(self.args)
         data = self.result("finished", "the job finished with exit code 0", 0)
         with state.experiment(a.experiment) as exp:
             exp["finished_at"] = time.time()

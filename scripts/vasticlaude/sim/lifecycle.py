@@ -208,7 +208,7 @@ class Engine:
         if state == "stopped":
             rec["intended_status"] = "stopped"
             if rec["actual_status"] not in ("stopped", "offline"):
-                # The state first: a tick during the halt must not take the dying init for an exited container.
+                # The API shows the new state at once, as Vast does; killing the processes follows.
                 self._set(rec, now, "stopped", "Instance stopped by user", cur_state="stopped", next_state="stopped")
                 await self._halt(rec)
             return f"stopping instance {rec['id']}."
@@ -246,8 +246,7 @@ class Engine:
         """Outbid: stopped, processes killed. Vast's fields then are undocumented: `intended`
         "running" (what the official skill checks) or "stopped" (what dstack checks), which
         then also needs a `start` before the instance can come back."""
-        # The new state first: a tick during the halt must not take the dying init for an exited container.
-        now = time.time()
+        now = time.time()  # the API shows the new state at once; killing the processes follows
         rec["intended_status"] = intended
         rec["preempted"] = {"competing_bid": competing_bid, "until": now + seconds if seconds else None}
         self._set(rec, now, "stopped", "Instance stopped: outbid by a higher-priority rental",
