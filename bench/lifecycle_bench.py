@@ -83,7 +83,7 @@ def out_bytes(proc: subprocess.CompletedProcess) -> int:
 # ----- state for cost ---------------------------------------------------------------------------
 def synthetic_state(count: int = 30) -> None:
     """A realistic instances.json: destroyed, stopped and running records with histories."""
-    from vasticlaude import state
+    from vasticlaude.store import state
     now = time.time()
     with state.transaction() as data:
         for i in range(count):
@@ -135,7 +135,7 @@ def ratios(ours: dict, sdk: dict, cli: dict) -> dict:
 # ----- down ------------------------------------------------------------------------------------
 def rent(b: Bench, tag: str) -> int:
     """An instance rented with the SDK and recorded as `up` would record it (not timed)."""
-    from vasticlaude import state
+    from vasticlaude.store import state
     sdk = b.sim.sdk()
     offer = sdk.search_offers(query="num_gpus=1 rentable=true", order="dph", limit=1)[0]
     iid = sdk.create_instance(id=offer["id"], image=IMAGE, disk=8)["new_contract"]

@@ -138,7 +138,7 @@ def plugin_flow(work: Path, data: Path) -> dict:
 
 
 def stop_sandbox(state: Path) -> None:
-    from vasticlaude.sim.cli import kill_containers, stop_background
+    from vasticlaude.sim.client import kill_containers, stop_background
     if (state / "sim.json").exists():
         marker = json.loads((state / "sim.json").read_text()).get("marker", "")
         stop_background(state)

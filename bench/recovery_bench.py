@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from simkit import Sim, scratch  # noqa: E402
-from vasticlaude.costing import instance_cost  # noqa: E402
+from vasticlaude.core.money import instance_cost  # noqa: E402
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 IMAGE = "vastai/base:0.0.2"

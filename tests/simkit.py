@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from vasticlaude.sim.cli import kill_containers, running_info, start_background, stop_background
+from vasticlaude.sim.client import kill_containers, running_info, start_background, stop_background
 
 VASTAI = str(Path(sys.executable).with_name("vastai"))
 API_KEY = "sandbox-test-key-0123456789abcdef0123456789abcdef0123456789abcdef"

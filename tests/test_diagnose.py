@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from vasticlaude.diagnose import PLANS, blames_machine, diagnose
+from vasticlaude.core.faults import PLANS, blames_machine, diagnose
 
 POLICY = {"stale_after_s": 611, "unreachable_after_s": 307}  # not the defaults: proves they are read
 BID = {"is_bid": True, "bid_price": 0.25}

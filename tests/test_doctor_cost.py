@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from vasticlaude import cli, cost, doctor, state
+from vasticlaude import cli
+from vasticlaude.commands import cost, doctor
+from vasticlaude.store import state
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 SECRET = "vk-SECRET-4f1d2c9b8a7e6f5d4c3b2a1908f7e6d5c4b3a291"
@@ -255,7 +257,7 @@ def test_cost_makes_no_api_call_imports_no_vastai_and_writes_nothing(tmp_path):
     _, data = known_state()
     write_state(data)
     before = snapshot(vhome())
-    script = ("import sys; from vasticlaude import cost; rc = cost.main(['--json']); "
+    script = ("import sys; from vasticlaude.commands import cost; rc = cost.main(['--json']); "
               "print('VASTAI-LOADED' if 'vastai' in sys.modules else 'VASTAI-ABSENT', rc)")
     env = client_env(tmp_path, VAST_URL="http://127.0.0.1:9", VAST_API_KEY=SECRET)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)

@@ -355,7 +355,7 @@ class Session:
             time.sleep(0.5)
 
     def stop_sandbox(self) -> None:
-        from vasticlaude.sim.cli import kill_containers, stop_background
+        from vasticlaude.sim.client import kill_containers, stop_background
         state = self.vchome / "sim"
         if (state / "sim.json").exists():
             marker = json.loads((state / "sim.json").read_text()).get("marker", "")

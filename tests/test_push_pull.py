@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from vasticlaude import push
+from vasticlaude.ops import code as push
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 MB = 1000 * 1000

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from vasticlaude import chart, cli, costing, report, state
+from vasticlaude import cli
+from vasticlaude.commands import report
+from vasticlaude.core import chart
+from vasticlaude.core import money as costing
+from vasticlaude.store import state
 
 WHITE = (255, 255, 255)
 
@@ -340,7 +344,7 @@ def test_help_documents_json_and_exit_codes(capsys):
 def test_templates_render_strictly_and_quote_for_the_shell(tmp_path, monkeypatch):
     from jinja2 import UndefinedError
 
-    from vasticlaude import templates
+    from vasticlaude.remote import templates
     (tmp_path / "t.sh.j2").write_text("echo {{ arg | q }}\n")
     monkeypatch.setenv("VASTICLAUDE_TEMPLATES", str(tmp_path))
     assert templates.render("t.sh.j2", arg="it's $HOME; rm -rf /") == "echo 'it'\"'\"'s $HOME; rm -rf /'\n"

@@ -16,7 +16,8 @@ import pytest
 
 from test_lifecycle import IMAGE, Cli, charged, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
 
-from vasticlaude import budget, state
+from vasticlaude.core import budget
+from vasticlaude.store import state
 
 FAST = ("--grace", "2", "--check", "1", "--kill-grace", "3")
 GONE = {"destroyed"}
@@ -231,7 +232,7 @@ def test_budget_stops_the_job_and_the_instance(pricey, monkeypatch):
     up = rent(cli, "pricey")
     iid = up["instance_id"]
     ssh(up, "cat > ckpt.py", CHECKPOINTING).check_returncode()
-    cap = round(budget.experiment_spent("pricey") + 0.05, 4)  # ~5 s more at 1 cent a second
+    cap = round(budget.experiment_spent("pricey", state.load()) + 0.05, 4)  # ~5 s more at 1 cent a second
     data = start(cli, "pricey", "--budget-usd", str(cap), "--check", "1", "--kill-grace", "5", "--grace", "60",
                  "--", "python3", "ckpt.py")
     assert data["guard"]["budget_usd"] == cap and data["guard"]["dph"] == pytest.approx(36.0, abs=0.01)
@@ -258,18 +259,18 @@ def test_check_before_rent_counts_hours_already_run_and_the_daily_cap(monkeypatc
                                   "created_at": now - 3 * 3600,
                                   "history": [{"at": now - 3 * 3600, "status": "running"}]}
     limits = budget.Limits(experiment_hours=4)
-    budget.check_before_rent(limits, "e", 1.0, 0.5)
+    budget.check_before_rent(limits, "e", 1.0, 0.5, state.load())
     with pytest.raises(Exception, match="on top of 3.00 h run"):
-        budget.check_before_rent(limits, "e", 1.0, 2)
+        budget.check_before_rent(limits, "e", 1.0, 2, state.load())
     with pytest.raises(Exception, match="daily cap"):
-        budget.check_before_rent(budget.Limits(daily_usd=0.5), "other", 1.0, 1)
+        budget.check_before_rent(budget.Limits(daily_usd=0.5), "other", 1.0, 1, state.load())
 
 
 def test_status_says_stop_at_the_budget_but_stops_nothing(pricey, monkeypatch):
     cli, sim = pricey, pricey.sim
     monkeypatch.setenv("VASTICLAUDE_HOME", str(cli.vchome))
     iid = rent(cli, "watched")["instance_id"]
-    cap = round(budget.experiment_spent("watched") + 0.04, 4)
+    cap = round(budget.experiment_spent("watched", state.load()) + 0.04, 4)
     data = start(cli, "watched", "--budget-usd", str(cap), "--no-watchdog", "--", "sleep", "120")
     assert data["guard"]["watchdog"] is False and not data["guard"]["alive"]
     first = cli.json("status", "--experiment", "watched")

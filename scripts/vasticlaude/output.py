@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import traceback
 from typing import Callable
 
-from .errors import Error
+from vasticlaude.errors import Error
+from vasticlaude.store import paths
 
 ENVELOPE_VERSION = 1
 
@@ -44,3 +47,18 @@ def compact(value: object) -> object:
         return [compact(v) for v in value]
     return value
 
+
+def log_crash(prog: str) -> str:
+    path = paths.ensure_private_dir(paths.home() / "logs") / "errors.log"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {prog} {' '.join(_redacted(sys.argv[1:]))}\n")
+        handle.write(traceback.format_exc())
+    return str(path)
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    out, hide = [], False
+    for arg in argv:
+        out.append("[redacted]" if hide else arg.split("=")[0] + "=[redacted]" if arg.startswith("--api-key=") else arg)
+        hide = arg == "--api-key"
+    return out

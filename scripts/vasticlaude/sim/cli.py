@@ -36,21 +36,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from .. import paths
-from ..errors import API, Error
-from ..output import emit, fail
-
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
+from vasticlaude.store import paths
+from vasticlaude.errors import API, Error
+from vasticlaude.output import emit, fail
+from vasticlaude.sim.client import admin_call, running_info, start_background, stop_background, read_info
 
 
 def main(argv: list[str]) -> int:
@@ -63,13 +54,13 @@ def main(argv: list[str]) -> int:
 
 # ----- serve / start / stop ----------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve  # aiohttp and asyncssh load only for the server itself
+    from vasticlaude.sim.server import serve  # aiohttp and asyncssh load only for the server itself
     serve(_settings(args, args.state or paths.sim_dir()))
     return 0
 
 
 def _settings(args: argparse.Namespace, state: Path):
-    from .server import Settings
+    from vasticlaude.sim.server import Settings
     return Settings(state_dir=Path(state).resolve(), port=args.port, seed=args.seed,
                     time_scale=args.time_scale, api_key=args.api_key,
                     market_file=Path(args.market).resolve() if args.market else None,
@@ -85,26 +76,6 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_background(state: Path, flags: list[str]) -> dict:
-    """Start `sim serve` detached with its log in the state dir; wait until it answers."""
-    paths.ensure_private_dir(state)
-    (state / "sim.json").unlink(missing_ok=True)
-    log = open(state / "sim.log", "ab")
-    cmd = [sys.executable, "-m", "vasticlaude", "sim", "serve", "--state", str(state), *flags]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        info = running_info(state)
-        if info is not None:
-            return info
-        if proc.poll() is not None:
-            raise Error("sim_failed", f"the sandbox exited at start (code {proc.returncode})",
-                        f"See {state / 'sim.log'}.", API)
-        time.sleep(0.05)
-    proc.terminate()
-    raise Error("sim_timeout", f"the sandbox did not answer within {START_TIMEOUT:.0f} s", f"See {state / 'sim.log'}.", API)
-
-
 def _serve_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--port", str(args.port), "--seed", str(args.seed), "--time-scale", str(args.time_scale),
              "--machines", str(args.machines), "--balance", str(args.balance)]
@@ -117,93 +88,32 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     state = Path(args.state or paths.sim_dir()).resolve()
-    info = _read_info(state)
+    info = read_info(state)
     stopped = stop_background(state)
     emit({"stopped": stopped, "pid": info.get("pid") if info else None}, args.json,
          lambda d: "sandbox stopped." if d["stopped"] else "no sandbox was running.")
     return 0
 
 
-def stop_background(state: Path) -> bool:
-    """SIGTERM the sandbox (it stops its containers), SIGKILL if it will not go."""
-    info = _read_info(state)
-    if not info or not _alive(info["pid"]):
-        return False
-    os.kill(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(info["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(info["pid"]):
-        os.kill(info["pid"], signal.SIGKILL)
-        kill_containers(info.get("marker", ""))
-    (state / "sim.json").unlink(missing_ok=True)
-    return True
-
-
-def kill_containers(marker: str) -> int:
-    """Kill every process carrying this sandbox's container marker (the last resort)."""
-    import psutil
-    killed = 0
-    for proc in psutil.process_iter():
-        try:
-            if marker and proc.environ().get("VAST_SIM_CONTAINER", "").startswith(marker + ":"):
-                proc.kill()
-                killed += 1
-        except (psutil.Error, OSError):
-            continue
-    return killed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not a running sandbox
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
-
-
 # ----- status / env ----------------------------------------------------------------------------
-def cmd_status(args: argparse.Namespace) -> int:
-    state = Path(args.state or paths.sim_dir()).resolve()
-    info = running_info(state)
+def _running(args: argparse.Namespace) -> dict:
+    """The info of the sandbox these flags name, or an Error (exit 3) when none is running."""
+    info = running_info(Path(args.state or paths.sim_dir()).resolve())
     if info is None:
         raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
+    return info
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = _running(args)
     data = {**info_view(info), "state": admin_call(info, "GET", "/sim/state")}
     emit(data, args.json, _status_text)
     return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    state = Path(args.state or paths.sim_dir()).resolve()
-    info = running_info(state)
-    if info is None:
-        raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
-    emit(info_view(info), args.json, _env_text)
+    emit(info_view(_running(args)), args.json, _env_text)
     return 0
-
-
-def running_info(state: Path) -> dict | None:
-    """`sim.json` of a sandbox that is up and answering, else None."""
-    info = _read_info(state)
-    if not info or not _alive(info["pid"]):
-        return None
-    try:
-        with urllib.request.urlopen(info["url"] + "/sim/health", timeout=2) as resp:
-            return info if resp.status == 200 else None
-    except OSError:
-        return None
-
-
-def _read_info(state: Path) -> dict | None:
-    try:
-        return json.loads((state / "sim.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def info_view(info: dict) -> dict:
@@ -228,10 +138,7 @@ def _status_text(data: dict) -> str:
 
 # ----- faults ----------------------------------------------------------------------------------
 def cmd_fault(args: argparse.Namespace) -> int:
-    state = Path(args.state or paths.sim_dir()).resolve()
-    info = running_info(state)
-    if info is None:
-        raise Error("sim_down", "no sandbox is running", "Start one with 'vasticlaude sim start'.", API)
+    info = _running(args)
     if args.kind == "clear":
         result = admin_call(info, "DELETE", "/sim/faults")
     else:
@@ -253,21 +160,6 @@ def _fault_spec(args: argparse.Namespace) -> dict:
     if args.unlimited:
         spec["count"] = None
     return spec
-
-
-def admin_call(info: dict, method: str, path: str, body: dict | None = None) -> dict:
-    """One call to the sandbox's /sim/ routes with its own key."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {info['api_key']}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        msg = json.loads(err.read() or b"{}").get("msg", str(err))
-        raise Error("sim_refused", f"the sandbox refused: {msg}", "", API) from None
-    except OSError as err:
-        raise Error("sim_down", f"the sandbox did not answer ({err})", "Is it running? 'vasticlaude sim status'.", API) from None
 
 
 # ----- argument parsing ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from aiohttp import web
 from .app import Sandbox, build_app
 from .faults import FaultBook
 from .lifecycle import Engine
-from ..jsonfile import write_json_atomic
+from vasticlaude.store.jsonfile import write_json_atomic
 from .world import World
 
 log = logging.getLogger("vasticlaude.sim")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import billing, market, query
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
-from ..jsonfile import read_json, write_json_atomic
+from vasticlaude.store.jsonfile import read_json, write_json_atomic
 
 STATE_VERSION = 1
 ONSTART_MAX = 4048

@@ -1,0 +1,278 @@
+"""What vasticlaude's hook scripts share: stdlib only, fast, and never in the user's way.
+
+Why stdlib only: Claude Code runs a hook with whatever `python3` is on PATH, before the
+plugin's own environment exists (or while it is being built), and SessionEnd gets 1.5 s
+shared by every plugin (claude-code-plugin.md §6.5). Importing `vastai` alone takes about a
+second, so anything that talks to Vast runs in a detached `vasticlaude sweep` instead.
+From the package only `vasticlaude.store.paths` and `vasticlaude.core.money` are imported: both are
+stdlib-only (checked by tests/test_hooks.py with `python -X importtime`).
+
+Contract of every hook here: read the event from stdin with a deadline (hookio: a stdin
+that is never closed must not hang the hook), answer on stdout, exit 0 — also on its own
+errors, which are logged to <vasticlaude home>/logs/hooks.log and reported in one line, so
+a broken hook never blocks the user. `VASTICLAUDE_HOOKS=off` turns them all off.
+`VASTICLAUDE_HOOK_PYTHON=/path/to/python` runs background work with that interpreter
+(`-m vasticlaude`) instead of the plugin's launcher `scripts/vc`, and skips preparing the
+launcher's environment (the tests use it; so can a developer with a ready venv).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Import paths come from this file's own location, never from the plugin folder's name:
+# installed plugins live in version-named cache folders (claude-code-plugin.md §13.11).
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(1, str(ROOT / "scripts"))
+
+import hookio  # noqa: E402
+from vasticlaude.core import money as costing  # noqa: E402 — stdlib-only modules of the package
+from vasticlaude.store import paths  # noqa: E402
+
+LAST_REPORT = "last-session-end.json"
+
+
+# ----- the event ----------------------------------------------------------------------------------
+def read_event(wait: float = 1.0, raw: bytes | None = None) -> dict:
+    """The event JSON on stdin (read with a deadline by hookio.read_raw), or {}."""
+    raw = hookio.read_raw(wait) if raw is None else raw
+    try:
+        event = json.loads(raw.decode("utf-8", "replace") or "{}")
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def main(handler, event_name: str, wait: float = 1.0, raw: bytes | None = None) -> int:
+    """Run `handler(event) -> str | None` and print what it returns; exit 0 whatever happens.
+    `raw`: the event's bytes when the caller already read them (its own fast path)."""
+    if hookio.disabled():
+        return 0
+    try:
+        out = handler(read_event(wait, raw))
+    except Exception as err:  # noqa: BLE001 — a broken hook must never block the user
+        where = log_error(event_name)
+        message = f"vasticlaude {event_name} hook failed ({type(err).__name__}); ignored. Details: {where}"
+        print(message, file=sys.stderr)
+        out = json.dumps({"systemMessage": message})
+    if out:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return 0
+
+
+def log_error(event_name: str) -> str:
+    import traceback
+    try:
+        path = paths.ensure_private_dir(paths.home() / "logs") / "hooks.log"
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {event_name}\n{traceback.format_exc()}")
+        return str(path)
+    except OSError:
+        return "(the log could not be written)"
+
+
+# ----- state, read-only ----------------------------------------------------------------------------
+def read_json(path: Path) -> dict | None:
+    """The file's JSON object; None when it does not exist. Raises ValueError when unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(str(err)) from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def load_state() -> tuple[dict | None, bool]:
+    """(instances.json, corrupt): (None, False) when there is none yet."""
+    try:
+        data = read_json(paths.home() / "instances.json")
+    except ValueError:
+        return None, True
+    if data is not None and not isinstance(data.get("instances"), dict):
+        return None, True
+    return data, False
+
+
+def live(data: dict | None) -> list[dict]:
+    """Records not destroyed, oldest first."""
+    if not data:
+        return []
+    recs = [r for r in data["instances"].values() if isinstance(r, dict) and not r.get("destroyed_at")]
+    return sorted(recs, key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
+
+
+def last_report() -> dict | None:
+    try:
+        return read_json(paths.home() / LAST_REPORT)
+    except ValueError:
+        return None
+
+
+def experiment(name: str | None) -> dict:
+    if not name:
+        return {}
+    try:
+        return read_json(paths.home() / "experiments" / name / "experiment.json") or {}
+    except ValueError:
+        return {}
+
+
+def job_in_flight(rec: dict) -> dict | None:
+    """State-only guess that a job runs on this instance: its last `run` started and nothing
+    was pulled after it (the job's end is only known on the instance; `status` asks there).
+    Returns the run's guard as `run` recorded it ({} when none), or None when no job runs."""
+    exp = experiment(rec.get("experiment"))
+    runs = [r for r in exp.get("runs") or [] if str(r.get("instance_id")) == str(rec.get("id"))]
+    if not runs or runs[-1].get("immediate_exit") is not None:
+        return None
+    pulled_at = (exp.get("pull") or {}).get("at") or 0
+    if float(pulled_at) >= float(runs[-1].get("at") or 0):
+        return None
+    guard = exp.get("guard")
+    return guard if isinstance(guard, dict) else {}
+
+
+def guarded(rec: dict, report: dict | None) -> bool:
+    """A job runs under an on-instance watchdog: the last sweep left it so, or `run` started one."""
+    if str(rec.get("id")) in left_guarded(report):
+        return True
+    guard = job_in_flight(rec)
+    return bool(guard and guard.get("watchdog") and guard.get("alive"))
+
+
+def left_guarded(report: dict | None) -> set[str]:
+    """Instances the last sweep left running because an on-instance guard watches them."""
+    return {str(i.get("id")) for i in (report or {}).get("instances") or [] if i.get("action") == "left-guarded"}
+
+
+def since(rec: dict) -> float:
+    """When the record reached its current status."""
+    history = rec.get("history") or []
+    return float(history[-1].get("at") or 0) if history else float(rec.get("created_at") or 0)
+
+
+def stamp(at: float) -> str:
+    return time.strftime("%b %d %H:%M", time.localtime(at)) if at else "?"
+
+
+def money(value: float) -> str:
+    return f"${value:.2f}" if value >= 1 else f"${value:.3f}"
+
+
+def pid_alive(pid: object) -> bool:
+    """True when the process exists and is not a zombie (containers may not reap orphans)."""
+    try:
+        os.kill(int(pid), 0)  # type: ignore[arg-type]
+    except (OSError, ValueError, TypeError, OverflowError):
+        return False
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as handle:  # type: ignore[arg-type]
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ----- the launcher and detached work ---------------------------------------------------------------
+def launcher() -> Path | None:
+    """The plugin's launcher `scripts/vc`, unless an interpreter is pinned."""
+    if os.environ.get("VASTICLAUDE_HOOK_PYTHON"):
+        return None
+    vc = ROOT / "scripts" / "vc"
+    return vc if vc.is_file() and os.access(vc, os.X_OK) else None
+
+
+def vc_command() -> str:
+    """How Claude should call vasticlaude from this plugin (for messages)."""
+    vc = ROOT / "scripts" / "vc"
+    return f'"{vc}"' if vc.is_file() else "vasticlaude"
+
+
+def worker(args: list[str]) -> tuple[list[str], dict]:
+    """The command and environment that run `vasticlaude ARGS` outside the hook."""
+    env = dict(os.environ)
+    vc = launcher()
+    if vc is not None:
+        return [str(vc), *args], env
+    python = os.environ.get("VASTICLAUDE_HOOK_PYTHON") or sys.executable or "python3"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "scripts"), env.get("PYTHONPATH")) if p)
+    return [python, "-m", "vasticlaude", *args], env
+
+
+def spawn(argv: list[str], env: dict, log_name: str, cwd: str | None = None) -> int:
+    """Start `argv` detached (own session, stdio to a log) and return its pid at once.
+
+    Claude Code kills a SessionEnd hook after 1.5 s; a child in its own session with no
+    pipe back to the hook survives that (claude-code-plugin.md §6.5).
+    """
+    import subprocess
+    logs = paths.ensure_private_dir(paths.home() / "logs")
+    extra: dict = {"start_new_session": True}
+    if os.name == "nt":  # pragma: no cover
+        extra = {"creationflags": 0x00000008 | 0x00000200}  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
+    with open(logs / log_name, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv[-6:])}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=cwd if cwd and os.path.isdir(cwd) else None, env=env, close_fds=True, **extra)
+    return proc.pid
+
+
+def project_dir(event: dict) -> str | None:
+    return event.get("cwd") or os.environ.get("CLAUDE_PROJECT_DIR")
+
+
+def session_id(event: dict) -> str:
+    """The session id, made safe for a file name."""
+    raw = str(event.get("session_id") or os.environ.get("CLAUDE_SESSION_ID") or "unknown")
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120] or "unknown"
+
+
+def sweep_running(report: dict | None) -> bool:
+    return bool(report) and not report.get("finished") and pid_alive(report.get("pid"))
+
+
+def total_dph(recs: list[dict]) -> float:
+    return sum(costing.billing_now(r) for r in recs)
+
+
+def claude_pid() -> int:
+    """The Claude Code process that runs this hook (its parent, or the shell's parent).
+
+    Hooks run under `sh -c`, which may or may not exec python; walk up a little on Linux
+    to find the process whose command line names claude, else take the parent.
+    """
+    pid = os.getppid()
+    for _ in range(3):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"claude" in handle.read():
+                    return pid
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                pid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return os.getppid()
+
+
+def mark_session(event: dict, open_: bool) -> None:
+    """sessions/<id>.json while a session is open: a sweep leaves that session's instances alone."""
+    folder = paths.home() / "sessions"
+    path = folder / f"{session_id(event)}.json"
+    if not open_:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"session": session_id(event), "pid": claude_pid(), "at": time.time()}))
+    os.replace(tmp, path)
+

@@ -1,0 +1,101 @@
+"""vasticlaude cost: what every instance, experiment and this session has cost, and bills now.
+
+Estimates come from instances.json alone (each record's $/h and status history:
+GPU while running, storage while the instance exists), so by default this makes no
+API call, imports no `vastai`, writes nothing and answers at once. `--actual` adds
+Vast's own charges (`show invoices-v1 --charges`) beside each estimate.
+
+Usage: vasticlaude cost [--experiment X] [--all] [--actual] [--experiment-usd N]
+                        [--experiment-hours N] [--daily-usd N] [--sandbox] [--api-key KEY] [--json]
+
+Instances destroyed before today (local midnight) are not listed unless --all, but
+every record counts in the experiment totals, so the output stays short as history grows.
+Budgets come from the flags, else the project's .vasticlaude/config.json `budget` block;
+an experiment's hours are the hours its instances have been running.
+The session is $CLAUDE_SESSION_ID (or $VASTICLAUDE_SESSION): instances created under it.
+
+JSON (data):
+  {"instances": [{"id", "label", "experiment", "status", "gpu_name", "dph_now", "running_s",
+                  "exists_s", "gpu_usd", "storage_usd", "total_usd", "created_at", "destroyed_at",
+                  "actual_usd" (with --actual; null when Vast shows no charge yet)}],
+   "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
+                    "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?}],
+   "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
+   "today": {"spent_usd", "daily_cap_usd", "left_usd"},
+   "billing_usd_per_hour": float,      (what the matching instances bill right now)
+   "not_listed": int}                  (destroyed before today, left out without --all)
+Limits not set are null, and so is what is left of them.
+
+Exit codes: 0 ok · 1 instances.json unreadable or bad config · 2 usage ·
+3 (--actual only) Vast or the sandbox could not be reached.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vasticlaude import console
+from vasticlaude.core import budget
+from vasticlaude.core.fmt import duration, usd
+from vasticlaude.ops import costs
+from vasticlaude.store import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude cost", __doc__)
+    p.add_argument("--experiment", help="only this experiment's instances")
+    p.add_argument("--all", action="store_true", help="also list instances destroyed before today")
+    p.add_argument("--actual", action="store_true", help="add Vast's actual charges (one API call)")
+    p.add_argument("--experiment-usd", type=float, help="experiment budget in $ (default: config)")
+    p.add_argument("--experiment-hours", type=float, help="experiment budget in running hours (default: config)")
+    p.add_argument("--daily-usd", type=float, help="daily cap in $ across experiments (default: config)")
+    console.add_target_flags(p)
+    return p
+
+
+def _table(rows: list[dict]) -> list[str]:
+    actual = any("actual_usd" in r for r in rows)
+    head = ["ID", "LABEL", "EXPERIMENT", "STATUS", "$/H NOW", "RUNNING", "STORAGE", "TOTAL"] + (["ACTUAL"] if actual else [])
+    body = [[str(r["id"]), r["label"] or "-", r["experiment"] or "-", r["status"] or "-", f"{r['dph_now']:.4f}",
+             duration(r["running_s"]), usd(r["storage_usd"]), usd(r["total_usd"])]
+            + ([usd(r.get("actual_usd"))] if actual else []) for r in rows]
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body]]
+
+
+def _experiment_line(e: dict) -> str:
+    text = f"experiment {e['experiment'] or '(none)'}: {usd(e['spent_usd'])} spent"
+    if e["budget_usd"] is not None:
+        text += f" of {usd(e['budget_usd'])} (left {usd(e['left_usd'])})"
+    text += f", {e['running_hours']:.2f} h running"
+    if e["budget_hours"] is not None:
+        text += f" of {e['budget_hours']:g} h (left {e['left_hours']:.2f} h)"
+    return text + (f"; Vast charged {usd(e['actual_usd'])}" if "actual_usd" in e else "")
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    lines = _table(data["instances"]) if data["instances"] else ["no instances to list"]
+    if data["not_listed"]:
+        lines.append(f"({data['not_listed']} destroyed before today not listed; --all lists them)")
+    lines += [_experiment_line(e) for e in data["experiments"]]
+    if data["session"]:
+        s = data["session"]
+        lines.append(f"session {s['id']}: {len(s['instances'])} instances ({s['live']} live), "
+                     f"{usd(s['spent_usd'])}, billing ${s['dph_now']:.4f}/h")
+    t = data["today"]
+    cap = f" of daily cap {usd(t['daily_cap_usd'])} (left {usd(t['left_usd'])})" if t["daily_cap_usd"] is not None else ""
+    lines.append(f"today: {usd(t['spent_usd'])}{cap}")
+    lines.append(f"billing now: ${data['billing_usd_per_hour']:.4f}/h")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = config.load()
+    limits = budget.Limits.from_config(cfg, experiment_usd=args.experiment_usd,
+                                       experiment_hours=args.experiment_hours, daily_usd=args.daily_usd)
+    vast = console.connect(args, cfg) if args.actual else None
+    return costs.summary(limits, args.experiment, args.all, vast)

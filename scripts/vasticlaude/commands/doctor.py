@@ -1,0 +1,65 @@
+"""vasticlaude doctor: is this machine ready to rent GPUs on Vast (or on the sandbox)?
+
+Each check says ok, warn or fail, with a one-line next step:
+  config       the project's .vasticlaude/config.json is valid JSON (or absent)
+  api_key      where the Vast API key comes from: its source and last 4 characters only
+  target       the local sandbox or real Vast, and the URL requests go to
+  api          the key works (the API answers) and the account's balance
+  ssh_key      a local public key: ~/.ssh/id_ed25519.pub, ~/.ssh/id_rsa.pub or
+               <vasticlaude home>/ssh/id_ed25519.pub
+  ssh_key_registered  that key is registered on the account (new instances accept it)
+  ssh, rsync   the binaries are on PATH, with their versions
+  home         the vasticlaude home is writable
+  state        instances.json is readable (a corrupt one is rebuilt by 'vasticlaude reconcile')
+
+Usage: vasticlaude doctor [--register-ssh-key] [--sandbox] [--api-key KEY] [--json]
+
+  --register-ssh-key  register the local public key on the account; when there is none,
+                      first create <vasticlaude home>/ssh/id_ed25519 with ssh-keygen
+
+JSON (data): {"ok": bool, "exit_code": int,
+  "target": {"kind": "sandbox"|"vast"|null, "url", "key_source", "key_ends"},
+  "checks": [{"name", "status": "ok"|"warn"|"fail", "detail", "next"}]}
+The API key itself is never printed or written anywhere.
+
+Exit codes: 0 no check failed · 1 a check failed · 3 the API could not be reached.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vasticlaude import console
+from vasticlaude.ops.checks import doctor
+
+
+MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude doctor", __doc__)
+    console.add_target_flags(p)
+    p.add_argument("--register-ssh-key", action="store_true",
+                   help="register the local SSH public key on the account (creating one if needed)")
+    return p
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    target = data["target"]
+    head = f"vasticlaude doctor: {target['kind']} at {target['url']}" if target["url"] else "vasticlaude doctor: no target"
+    lines = [head]
+    for c in data["checks"]:
+        lines.append(f"  {MARK[c['status']]}  {c['name']:<19} {c['detail']}")
+        if c["next"] and c["status"] != "ok":
+            lines.append(f"        {'':<19} → {c['next']}")
+    failed = sum(c["status"] == "fail" for c in data["checks"])
+    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return doctor(console.account_of(args), args.register_ssh_key)

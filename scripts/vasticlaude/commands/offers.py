@@ -1,0 +1,65 @@
+"""vasticlaude offers: the GPU offers that fit, ranked by what the whole run would cost.
+
+Usage:
+  vasticlaude offers [--gpu NAME]... [--num-gpus N] [--min-vram GB] [--min-reliability R]
+                     [--cuda VERSION] [--disk GB] [--max-dph USD] [--region CC]...
+                     [--verified | --any-verified] [--interruptible] [--hours H] [--limit N]
+                     [--sandbox] [--api-key KEY] [--json]
+
+Builds one vastai query (e.g. `num_gpus=1 gpu_name in [RTX_4090,RTX_3090] gpu_ram>=16
+reliability>=0.95 cuda_vers>=12.1 disk_space>=40 dph<=2 geolocation in [US,CA]
+verified=true rentable=true`), searches with the disk priced in (interruptible: bid
+prices), skips machines that failed you in the last 7 days (`up` records them), and
+ranks by the estimated total for the run: (GPU $/h — the minimum bid when interruptible
+— + storage $/h for the disk) × hours. Why total and not $/h: a run is paid as a whole,
+and the estimate is what the budget is checked against. Defaults come from
+.vasticlaude/config.json. GPU names may be written "RTX 4090" or RTX_4090; an unknown
+name is answered with the market's nearest names. When nothing matches, each constraint
+is dropped in turn (cheapest to give up first) and the message names one whose removal
+alone gives results.
+
+JSON data: {"query", "hours", "interruptible", "candidates": [{"offer_id", "machine_id",
+  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "gpu_dph", "storage_dph",
+  "est_total_usd", "reliability", "dlperf_per_usd", "location", "verified",
+  "interruptible"}]} — candidates cheapest total first.
+
+Env: VASTICLAUDE_POLL_SCALE multiplies the waits between retried reads (default 1).
+
+Exit codes: 0 candidates found · 1 no offer matches (the message names what to relax) or
+unknown GPU name · 2 usage · 3 Vast/sandbox API failure.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vasticlaude import console
+from vasticlaude.ops.search import find
+from vasticlaude.store import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude offers", __doc__)
+    console.add_search_flags(p)
+    p.add_argument("--limit", type=int, default=5, help="how many candidates (default 5)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = config.load()
+    return find(console.connect(args, cfg), console.wanted_from(args, cfg, limit=max(1, args.limit)))
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    n = len(data["candidates"])
+    lines = [f"{n} offer{'s' if n != 1 else ''} for {data['hours']:g} h, cheapest total first ({data['query']}):"]
+    for c in data["candidates"]:
+        lines.append(f"  offer {c['offer_id']}: {c['num_gpus']}x {c['gpu_name']} {c['vram_gb']:g} GB  "
+                     f"${c['dph']:.3f}/h  est ${c['est_total_usd']:.2f}  rel {c['reliability']:.3f}  "
+                     f"{c['dlperf_per_usd']:.0f} dlperf/$  {c['location']}  machine {c['machine_id']}"
+                     f"{'' if c['verified'] else '  unverified'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human)

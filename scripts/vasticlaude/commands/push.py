@@ -1,0 +1,100 @@
+"""vasticlaude push: send the working directory to the experiment's instance, set it up, check the GPU.
+
+Usage:
+  vasticlaude push [PATH] [--experiment X | --instance ID] [--include-heavy] [--no-setup]
+                   [--setup-timeout S] [--sandbox] [--api-key KEY] [--json]
+
+PATH (default: the project root) is mirrored into ~/vasticlaude/<experiment>/code/ on the
+instance with rsync over SSH (`-az --delete`), so a second push sends only what changed.
+Checkpoints and outputs live beside code/, never inside it: a push cannot delete them.
+
+What is left out, with git's own rules wherever git is installed (`git ls-files`):
+  - .gitignore at every level, .git/info/exclude and your global excludes; in a git repo,
+    tracked files are sent even when a pattern matches them, exactly like git. Outside a
+    repo the same rules are applied through a throwaway git index; without git, rsync's
+    `:- .gitignore` dir-merge is used (no `!negation` there);
+  - .vasticlaudeignore at every level (gitignore syntax) and the config's "ignore" patterns
+    (gitignore syntax, relative to the repository root, or to PATH outside a repository);
+  - unless --include-heavy: .git, .venv/, venv/, any top-level folder holding a virtualenv
+    (pyvenv.cfg, e.g. env/), __pycache__/, .mypy_cache/, .pytest_cache/,
+    .ipynb_checkpoints/, node_modules/, *.pyc, .DS_Store;
+  - always: .vasticlaude/runs/ (what `vasticlaude pull` brought home).
+Spaces and odd characters in names are fine; symlinks are sent as symlinks.
+
+Before sending, one SSH call installs rsync on the instance when it is missing and reads
+its free disk (`df -Pk $HOME`); a dry run measures what would be sent. A push that would
+not fit with 10% headroom is refused and nothing is sent. Connection failures (rsync exit
+10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s.
+
+Then setup (skip with --no-setup) runs in code/, its output kept in run/setup.log: the
+config's "setup" command; else `python3 -m pip install -r requirements.txt` when
+requirements.txt exists; else `python3 -m pip install -e .` for a pyproject.toml/setup.py;
+the config's "pip_args" (e.g. "--no-index --find-links wheels") are added to these pip
+commands. Last, one SSH call compares `nvidia-smi` with the GPU that was rented; a
+mismatch is a warning, not a failure. experiment.json gets a "push" entry and an event.
+
+JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
+  "Total bytes sent"), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
+  "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} | null,
+  "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...], "exit_code"}
+
+Exit codes: 0 pushed (and set up) · 1 refused (does not fit, no rsync on the instance),
+rsync failed, or setup failed (the JSON still says what was sent) · 2 usage ·
+3 SSH or Vast API trouble.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pathlib import Path
+
+from vasticlaude import console
+from vasticlaude.core.fmt import human_bytes
+from vasticlaude.errors import USAGE, Error
+from vasticlaude.ops.binding import bind
+from vasticlaude.ops.code import push
+from vasticlaude.store import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude push", __doc__)
+    p.add_argument("path", nargs="?", help="folder to push (default: the project root)")
+    console.add_instance_flags(p)
+    p.add_argument("--include-heavy", action="store_true", help="do not apply the default excludes (.git, .venv …)")
+    p.add_argument("--no-setup", action="store_true", help="skip the setup command")
+    p.add_argument("--setup-timeout", type=float, default=3600.0, metavar="S", help="seconds for setup (default 3600)")
+    return p
+
+
+def source_root(args: argparse.Namespace) -> Path:
+    root = Path(args.path).expanduser().resolve() if args.path else config.project_root()
+    if not root.is_dir():
+        raise Error("bad_path", f"{args.path} is not a folder", "Give the folder to push.", USAGE)
+    return root
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    lines = [f"pushed {data['files']} files ({human_bytes(data['bytes_total'])}, {human_bytes(data['bytes_sent'])} "
+             f"sent) to instance {data['instance_id']} for {data['experiment']} in {data['seconds']:g} s"]
+    setup = data["setup"]
+    if setup:
+        verdict = "ok" if setup["exit_code"] == 0 else f"FAILED (exit {setup['exit_code']})"
+        lines.append(f"setup {verdict} in {setup['seconds']:g} s: {setup['command']}")
+        lines += [f"  | {line}" for line in setup["tail"]]
+    gpu = data["gpu"]
+    if gpu["name"]:
+        lines.append(f"gpu: {gpu['count']}x {gpu['name']} ({gpu['memory_mb']} MiB, CUDA {gpu['cuda']})"
+                     + ("" if gpu["matches"] else " - NOT what was rented"))
+    lines += [f"warning: {w}" for w in data["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human)
+
+
+def run(args: argparse.Namespace) -> dict:
+    root = source_root(args)
+    bound = bind(console.connect(args), args.experiment, args.instance)
+    return push(bound, root, args.include_heavy, not args.no_setup, args.setup_timeout)

@@ -1,0 +1,60 @@
+"""vasticlaude report: one Markdown page, with charts, of what an experiment ran, did and cost.
+
+Usage: vasticlaude report [--experiment X] [--out DIR] [--offline] [--json]
+
+Writes `<project>/.vasticlaude/runs/<experiment>/report.md` (or `DIR/report.md` with --out),
+rendered from templates/report.md.j2, beside two charts:
+  cost.png      cumulative estimated cost of the experiment's instances over time
+  metrics.png   the metrics the job log prints (loss, accuracy, …) over steps; left out when none
+The page holds the command, the instances (id, GPU, $/h, location when known), a timeline
+of the experiment's events, the cost (total, GPU vs storage, per instance, the budget when
+experiment.json has one), the exit code and duration, where the results are (the pulled
+copy and the paths on the instance), and the last 20 lines of the job log.
+
+Everything comes from local state (instances.json, experiments/<id>/, the project's
+pulled run files), so a report works offline and after every instance is gone. Only
+when no job.log was pulled and the instance still runs are the log tail and the run files
+(exit code, start, end) read over SSH, in one call, best effort within 20 s (--offline never
+tries); a failure there only makes the log section say "not available". Without --experiment, the most recently active one.
+Each run rewrites the report, so it is safe to run again at any time.
+
+JSON (data):
+  {"experiment": str, "report": path of report.md, "charts": [paths of the PNGs written],
+   "total_usd": float (estimated, as `vasticlaude cost`),
+   "exit_code": int | null}   the job's exit status; null while it runs or was never recorded
+
+Exit codes: 0 report written (whatever the job's own exit status) · 1 unknown experiment,
+or no experiment at all · 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pathlib import Path
+
+from vasticlaude import console
+from vasticlaude.ops.reporting import report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude report", __doc__)
+    p.add_argument("--experiment", help="the experiment (default: the most recently active one)")
+    p.add_argument("--out", help="folder for report.md and the charts (default: <project>/.vasticlaude/runs/<experiment>)")
+    p.add_argument("--offline", action="store_true", help="never fetch the log tail over SSH")
+    return p
+
+
+def human(data: dict) -> str:
+    code = data["exit_code"]
+    lines = [f"report: {data['report']}", "charts: " + ", ".join(data["charts"]),
+             f"total ${data['total_usd']:.4f} · job exit code {code if code is not None else 'unknown'}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    # The job's exit status is data, not this command's: a report of a failed job succeeded.
+    return console.main(argv, build_parser, run, human, exit_code=lambda _data: 0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return report(args.experiment, Path(args.out) if args.out else None, args.offline)

@@ -1,0 +1,133 @@
+"""vasticlaude run: start the experiment's command on its instance, detached, and return.
+
+The command runs under a wrapper rendered from templates/run.sh.j2, started with
+setsid/nohup in its own session and process group: a dropped SSH connection or a
+closed Claude session cannot stop it. The wrapper keeps everything in files that
+`vasticlaude status` reads: job.log (stdout+stderr), exit_code, started_at,
+ended_at, heartbeat (every --heartbeat s). The job gets:
+  VASTICLAUDE_CHECKPOINT_DIR  save checkpoints here (pulled home, used to resume)
+  VASTICLAUDE_OUTPUT_DIR      write results here (what `pull` brings back)
+  VASTICLAUDE_RESUME          1 when the checkpoint dir already holds a checkpoint
+  VASTICLAUDE_EXPERIMENT, VASTICLAUDE_RUN_DIR
+It runs in the pushed code folder (`vasticlaude push` first) unless --workdir says
+otherwise. After starting, it watches for a second so a command that fails at once
+(a typo, a missing file) is reported now rather than at the next status.
+
+Beside the job the same SSH call starts the instance's watchdog (templates/watchdog.sh.j2,
+README "Guards"), so an instance nobody watches cannot bill on: it stops the job and the
+instance when the experiment's budget or hours are used up, and after the job ends it waits
+--grace s for `vasticlaude pull`, then destroys (pulled, or --disposable) or stops the
+instance. It uses the instance's own restricted key, never the account's. A live watchdog
+of an earlier run is retired first, so it cannot stop the instance under the new run.
+--no-watchdog is unsafe: the instance then bills until someone tears it down.
+
+Usage: vasticlaude run [--experiment X] [--instance ID] [--env K=V ...] [--restart]
+                       [--budget-usd USD] [--max-hours H] [--grace S] [--check S] [--kill-grace S]
+                       [--on-end destroy-if-pulled|destroy|stop] [--disposable] [--no-watchdog] -- CMD [ARGS...]
+Defaults: the budget an earlier run of the experiment set, else budget.experiment_usd;
+budget.experiment_hours minus the hours the experiment has already run; the "guard" block of
+.vasticlaude/config.json. Refused (exit 1) when the experiment's budget or hours are used up.
+
+JSON (--json) data: {"experiment", "instance_id", "command", "run_dir", "workdir",
+  "state": "running" | "exited", "exit_code": int|null, "log_tail": [lines],
+  "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "grace_s", "on_end",
+            "check_s", "kill_grace_s", "dph", "already_spent_usd"}}
+
+Exit codes: 0 started (or exited at once with 0) · 1 refused (already running; no
+command; the budget or hours are already used up) or the command failed at once ·
+2 usage · 3 SSH/API trouble.
+"""
+from __future__ import annotations
+
+import argparse
+
+import re
+import shlex
+
+from vasticlaude import console
+from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.ops import job
+from vasticlaude.ops.binding import bind
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude run", __doc__)
+    console.add_instance_flags(p)
+    p.add_argument("--workdir", help="folder on the instance, relative to its $HOME (default: the pushed code)")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the job")
+    p.add_argument("--heartbeat", type=int, default=job.HEARTBEAT, help="seconds between heartbeats")
+    p.add_argument("--restart", action="store_true", help="start even if a run of this experiment is still going")
+    g = p.add_argument_group("guard (the on-instance watchdog; defaults from the config's budget and guard blocks)")
+    g.add_argument("--budget-usd", type=float, help="the experiment's spend cap: at it the job is stopped, then the instance")
+    g.add_argument("--max-hours", type=float, help="hours this run may last (default: budget.experiment_hours left)")
+    g.add_argument("--grace", type=float, metavar="S", help="seconds after the job ends to wait for `pull` (default 600)")
+    g.add_argument("--on-end", choices=job.ON_END, help="after the grace: destroy if pulled, else stop (default) | destroy | stop")
+    g.add_argument("--disposable", action="store_true", help="same as --on-end destroy: nothing on the instance matters")
+    g.add_argument("--check", type=float, metavar="S", help="seconds between the watchdog's checks (default 15)")
+    g.add_argument("--kill-grace", type=float, metavar="S", help="SIGTERM to SIGKILL, time to checkpoint (default 60)")
+    g.add_argument("--no-watchdog", action="store_true", help="UNSAFE: no guard; the instance bills until torn down")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
+    return p
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not ENV_NAME.match(key):
+            raise Error("bad_env", f"--env {pair!r} is not NAME=VALUE", "", USAGE)
+        env[key] = value
+    return env
+
+
+def human(data: dict) -> str:
+    if data["state"] == "exited":
+        tail = "\n".join("  " + line for line in data["log_tail"][-5:])
+        return f"{data['experiment']}: `{data['command']}` exited at once with code {data['exit_code']}\n{tail}"
+    return (f"{data['experiment']}: started `{data['command']}` on instance {data['instance_id']} (detached).\n"
+            f"  guard: {guard_line(data['guard'])}\n"
+            f"  watch: vasticlaude status --experiment {data['experiment']}")
+
+
+def guard_line(guard: dict) -> str:
+    if not guard["watchdog"]:
+        return "NONE (--no-watchdog): the instance bills until you run 'vasticlaude down'"
+    if not guard["alive"]:
+        return "the watchdog did not start: nothing guards this instance"
+    limits = [f"${guard['budget_usd']:g} budget" if guard["budget_usd"] is not None else "no budget",
+              f"{guard['max_hours']:.2f} h" if guard["max_hours"] is not None else "no hour limit"]
+    return (f"watchdog on ({', '.join(limits)}; after the job: {guard['grace_s']:g} s grace, then "
+            f"{guard['on_end']})")
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view)
+
+
+def _json_view(data: dict) -> dict:
+    """--json: the guard without its internal figures or empty settings."""
+    guard = {k: v for k, v in (data.get("guard") or {}).items() if v is not None and k != "already_spent_usd"}
+    return {**data, "guard": guard}
+
+
+def _exit_code(data: dict) -> int:
+    return FAILED if data["state"] == "exited" and data["exit_code"] else 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    argv = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not argv:
+        raise Error("no_command", "no command given", "Put it after --, e.g. vasticlaude run -- python train.py", USAGE)
+    if args.on_end is not None and args.on_end not in job.ON_END:
+        raise Error("bad_guard", f"--on-end must be one of {', '.join(job.ON_END)}", "", USAGE)
+    spec = job.JobSpec(command=argv[0] if len(argv) == 1 else shlex.join(argv), env=_env(args.env),
+                       workdir=args.workdir, heartbeat=args.heartbeat, restart=args.restart, guard=guard_ask(args))
+    return job.start(bind(console.connect(args), args.experiment, args.instance), spec)
+
+
+def guard_ask(args: argparse.Namespace) -> job.GuardAsk:
+    return job.GuardAsk(budget_usd=args.budget_usd, max_hours=args.max_hours, grace_s=args.grace,
+                        check_s=args.check, kill_grace_s=args.kill_grace,
+                        on_end="destroy" if args.disposable else args.on_end, watchdog=not args.no_watchdog)

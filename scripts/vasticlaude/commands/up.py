@@ -1,0 +1,102 @@
+"""vasticlaude up: rent a GPU for an experiment and wait until it answers over SSH.
+
+Usage:
+  vasticlaude up [--experiment ID] [--offer ID] [--image IMAGE] [--disk GB] [--hours H]
+                 [--budget-usd USD] [--interruptible [--bid PRICE]] [--max-attempts N]
+                 [--deadline SECONDS] [--no-wait] [the search flags of `vasticlaude offers`]
+                 [--sandbox] [--api-key KEY] [--json]
+
+Picks the cheapest candidate by estimated total (the ranking of `offers`, same flags), or
+exactly --offer ID (then no failover). Refuses (exit 1, before any rental) when the
+estimate for --hours breaks the per-experiment (--budget-usd) or daily budget. Rents it
+labelled `vasticlaude-<experiment>` with SSH (direct when the host allows) and
+cancel_unavail, so an offer that cannot start fails instead of leaving a stopped
+instance that bills storage. The SSH key is ~/.ssh/id_ed25519 or id_rsa, else one made
+in the vasticlaude home; it is registered on the account when missing and attached.
+
+Safety, in order: the intent to rent is written to instances.json before the create, the
+instance right after it (so a kill -9 at any point leaves something `reconcile` can
+match by label). A create is never blindly retried: after an ambiguous failure (5xx,
+429, timeout) the account is searched by label first and what exists is adopted.
+
+Waiting polls with backoff (2, 4, 8, 16, 16 … s) until the instance is running and an
+SSH probe answers, recording each status in the state and the experiment's events. It
+gives up at once on exited, offline, unknown, stopped, an OCI error, or the deadline
+(default 600 s for pytorch/cuda images, 300 s otherwise), as on 404 no_such_ask / 410:
+what was created is destroyed (and confirmed gone), the machine is skipped by later
+searches for 7 days, and the next candidate on another machine is tried, up to
+--max-attempts (default 3).
+
+Env: VASTICLAUDE_POLL_SCALE multiplies every wait between polls and retried reads
+(default 1; tests use a small value).
+
+JSON data: {"experiment", "instance_id", "label", "offer_id", "gpu_name", "dph",
+  "ssh": {"host", "port", "user": "root", "key"} (host/port null with --no-wait),
+  "attempts": [{"offer_id", "machine_id", "outcome": "ready"|"created"|"failed", "reason"}],
+  "estimate_usd", "waited_s"}
+
+Exit codes: 0 ready (or created, with --no-wait) · 1 refused by a budget, or no offer
+worked (nothing left billing) · 2 usage · 3 Vast/sandbox API failure · 4 an instance
+could not be confirmed destroyed, or it is unknown whether a rental happened (the
+message says what to run).
+"""
+from __future__ import annotations
+
+import argparse
+
+import secrets
+import shutil
+import time
+
+from vasticlaude import console
+from vasticlaude.core import budget
+from vasticlaude.errors import USAGE, Error
+from vasticlaude.ops import launch
+from vasticlaude.store import config, paths
+
+
+def make_plan(args: argparse.Namespace, cfg: dict) -> launch.Plan:
+    experiment = paths.experiment_name(args.experiment or time.strftime("exp-%Y%m%d-") + secrets.token_hex(2))
+    image = args.image or cfg["image"]
+    wanted = console.wanted_from(args, cfg, limit=max(5, 2 * args.max_attempts))
+    if args.bid is not None and not wanted.interruptible:
+        raise Error("bad_bid", "--bid only applies to interruptible rentals", "Add --interruptible, or drop --bid.", USAGE)
+    if not args.no_wait and shutil.which("ssh") is None:
+        raise Error("no_ssh", "the OpenSSH client (ssh) is not installed", "Install openssh-client, or use --no-wait.")
+    return launch.Plan(experiment, image, wanted, args.bid, float(args.deadline or launch.default_deadline(image)),
+                not args.no_wait, max(1, args.max_attempts),
+                budget.Limits.from_config(cfg, experiment_usd=args.budget_usd))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude up", __doc__)
+    p.add_argument("--experiment", help="experiment id (default exp-YYYYMMDD-xxxx); the label is vasticlaude-<id>")
+    p.add_argument("--offer", type=int, help="rent exactly this offer (no failover)")
+    p.add_argument("--image", help="Docker image (default from config: a pytorch image)")
+    p.add_argument("--budget-usd", type=float, help="cap for this experiment's total spend")
+    p.add_argument("--bid", type=float, metavar="PRICE", help="GPU $/h bid when --interruptible (default min bid x1.15)")
+    p.add_argument("--max-attempts", type=int, default=3, help="offers to try, each on another machine (default 3)")
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="boot deadline (default 600 pytorch/cuda, else 300)")
+    p.add_argument("--no-wait", action="store_true", help="return once rented, without waiting for SSH")
+    console.add_search_flags(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = config.load()
+    plan = make_plan(args, cfg)
+    return launch.up(console.connect(args, cfg), plan, args.offer)
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    ssh = data["ssh"]
+    head = (f"instance {data['instance_id']} ({data['gpu_name']}, ${data['dph']:.3f}/h, est "
+            f"${data['estimate_usd']:.2f}) for experiment {data['experiment']}")
+    if ssh["host"] is None:
+        return head + ": rented, not waited for ('vasticlaude reconcile' shows its status)"
+    return f"{head}: ready after {data['waited_s']:g} s\n  ssh -i {ssh['key']} -p {ssh['port']} root@{ssh['host']}"
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human)

@@ -1,0 +1,88 @@
+"""vasticlaude watch: see a run through to its end, keeping checkpoints home and recovering on the way.
+
+Usage:
+  vasticlaude watch [--experiment X] [--interval S] [--sync-interval S] [--no-recover]
+                    [--finish down|pull|none] [--timeout S] [--max-attempts N] [--max-bid USD]
+                    [--preempt-wait S] [--disk GB] [--sandbox] [--api-key KEY] [--json]
+
+Meant to be left running (Claude starts it in the background; a person in a terminal).
+Every --interval (30 s; the first checks after a start or a recovery come after 2, 4, 8
+and 16 s) it takes one `status` snapshot (one API read, one SSH probe); a line on stderr says
+the progress when the job's state or a fault changes, and every 5 minutes otherwise. Then:
+
+- job running: the agreed folders (recovery.sync, default `checkpoints`) are synced home
+  incrementally every --sync-interval (recovery.sync_interval_s, 300 s), so a dead host costs
+  at most that much work; the copy is what a relaunch resumes from.
+- a fault (see `vasticlaude recover --help`): its kind, evidence and plan are printed; a stale
+  heartbeat or failing SSH must last recovery.stale_after_s / unreachable_after_s first. Then
+  `recover` runs (unless --no-recover or recovery.auto is false: watch stops, exit 1, and
+  leaves the decision to you). The job runs again → watching goes on.
+- the job ends with exit 0: pull (verified) and, with --finish down (default), destroy and
+  confirm gone; exit 0. --finish pull keeps the instance (its watchdog destroys it once
+  pulled, unless on_end is stop); --finish none does neither.
+- the code failed, the budget is spent, recoveries ran out, no offer worked: watch stops,
+  exit 1, with what to do. The on-instance watchdog still guards the instance.
+- Vast unreachable: each read is retried (about 40 s); then watch waits 30, 60, 120, 240 s
+  (× VASTICLAUDE_POLL_SCALE) between checks; still failing, it stops with exit 3 and says
+  the state everything was last seen in.
+
+One watch per experiment (a lock beside experiment.json); its last check is kept in
+experiments/<id>/watch.json {pid, at, instance_id, job, fault, fault_since, recoveries,
+syncs, outcome}; a later watch keeps the age of a fault an earlier one saw, so repeated
+`watch --timeout 540` calls (how Claude waits) still confirm a stale heartbeat.
+
+JSON data: {"experiment", "outcome": "finished" | "failed" | "needs_you" | "api_down" |
+  "billing_risk" | "timeout", "message", "job": {"state", "exit_code", "elapsed_s"},
+  "progress": {"percent", "step", "metrics"…} (as status), "instance_id",
+  "recoveries": [{"kind", "action", "from_instance", "to_instance", "seconds", "checkpoint_age_s"}],
+  "syncs", "checkpoint": {"files", "bytes", "local_path"}, "pull": {"files", "bytes", "local_path"},
+  "down": {"destroyed", "failed"}, "spent_usd", "exit_code"}
+
+Exit codes: 0 the job finished with 0 (and was pulled and torn down as --finish says) · 1 it
+needs you (message says why) or --timeout passed · 2 usage · 3 Vast unreachable for good ·
+4 something may still bill (run what the message says).
+"""
+from __future__ import annotations
+
+import argparse
+
+from vasticlaude import console
+from vasticlaude.ops import watching
+from vasticlaude.output import compact
+from vasticlaude.store import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = console.parser("vasticlaude watch", __doc__)
+    console.add_instance_flags(p)
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
+    p.add_argument("--sync-interval", type=float, help="seconds between checkpoint syncs (default recovery.sync_interval_s)")
+    p.add_argument("--no-recover", action="store_true", help="report a fault and stop instead of recovering")
+    p.add_argument("--finish", choices=("down", "pull", "none"), default="down",
+                   help="when the job succeeds: pull then destroy (default), pull only, or nothing")
+    p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (default: never)")
+    console.add_policy_flags(p)
+    return p
+
+
+def human(data: object) -> str:
+    assert isinstance(data, dict)
+    lines = [f"{data['experiment']}: {data['outcome']} — {data['message']}"]
+    for r in data["recoveries"]:
+        lines.append(f"  recovered from {r['kind']} ({r['action']}): instance {r.get('from_instance')} → "
+                     f"{r.get('to_instance')} in {r['seconds']:g} s")
+    if data.get("pull"):
+        lines.append(f"  results: {data['pull']['local_path']} ({data['pull']['files']} files)")
+    lines.append(f"  spent ${data['spent_usd']:.3f}; {data['syncs']} checkpoint syncs")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    return console.main(argv, build_parser, run, human, json_view=compact)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = config.load()
+    plan = watching.WatchPlan(interval=args.interval, sync_interval=args.sync_interval, recover=not args.no_recover,
+                              finish=args.finish, timeout=args.timeout)
+    return watching.watch(console.connect(args, cfg), args.experiment, plan, console.policy_of(args, cfg), cfg)

@@ -1,0 +1,117 @@
+"""The boundary every command shares: argument parsing, the account, errors, exit codes.
+
+A command module defines `build_parser()` and `run(args) -> object` (the data it
+reports) plus `human(data) -> str`. `main()` turns a `vasticlaude.errors.Error` into a
+one-line message (and a JSON envelope with `--json`) with its exit code; anything
+unexpected is logged with its traceback under the vasticlaude home and reported in
+one line, never as a traceback on the user's screen.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from vasticlaude.core.market import Wanted
+from vasticlaude.ops.connect import connect as ops_connect
+from vasticlaude.ops.recovery import Policy
+from vasticlaude.vast.account import Account
+from vasticlaude.vast.gateway import Vast
+from vasticlaude.errors import Error
+from vasticlaude.output import emit, fail, log_crash
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
+    return p
+
+
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sandbox", action="store_true", help="use the local sandbox (started if needed)")
+    p.add_argument("--api-key", help="Vast API key (default: VAST_API_KEY, .env, vastai's key file)")
+
+
+def account_of(args: argparse.Namespace) -> Account:
+    """The account the target flags name (workflows take this record, never the Namespace)."""
+    return Account(api_key=getattr(args, "api_key", None), sandbox=bool(getattr(args, "sandbox", False)))
+
+
+def connect(args: argparse.Namespace, cfg: dict | None = None) -> Vast:
+    """The gateway for the target flags: built once per command and handed to the workflows."""
+    return ops_connect(account_of(args), cfg)
+
+
+def add_instance_flags(p: argparse.ArgumentParser) -> None:
+    """Which experiment's instance a command acts on (resolved by ops.binding.bind)."""
+    add_target_flags(p)
+    p.add_argument("--experiment", help="experiment id (default: the only live one)")
+    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+
+
+def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
+         run: Callable[[argparse.Namespace], object], human: Callable[[object], str],
+         exit_code: Callable[[object], int] | None = None,
+         json_view: Callable[[object], object] | None = None) -> int:
+    """Parse, run, print. The exit code is `exit_code(data)` when given, else data["exit_code"] or 0.
+
+    `json_view` shapes what --json prints (e.g. leaves out empty fields); the exit code and
+    the human text always see the full data.
+    """
+    args = build_parser().parse_args(argv)
+    prog = build_parser().prog
+    try:
+        data = run(args)
+    except Error as err:
+        return fail(err, args.json, prog)
+    except KeyboardInterrupt:
+        return fail(Error("interrupted", "interrupted", "Check 'vasticlaude cost' for anything still billing."), args.json, prog)
+    except Exception as err:  # noqa: BLE001 — the last line of defence
+        log = log_crash(prog)
+        return fail(Error("bug", f"unexpected {type(err).__name__}", f"Details in {log}."), args.json, prog)
+    emit(json_view(data) if args.json and json_view else data, args.json, human)
+    if exit_code is not None:
+        return exit_code(data)
+    return int(data.get("exit_code", 0) or 0) if isinstance(data, dict) else 0
+
+
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    """The search flags, shared with `up` so both rank the same way."""
+    p.add_argument("--gpu", action="append", help='GPU model, repeatable ("RTX 4090" or RTX_4090)')
+    p.add_argument("--num-gpus", type=int, help="GPUs per instance (default 1)")
+    p.add_argument("--min-vram", type=float, metavar="GB", help="minimum memory per GPU")
+    p.add_argument("--min-reliability", type=float, metavar="R", help="0–1 (default 0.95)")
+    p.add_argument("--cuda", type=float, metavar="VERSION", help="minimum CUDA the host driver supports")
+    p.add_argument("--disk", type=float, metavar="GB", help="disk to rent (default 40); priced into $/h")
+    p.add_argument("--max-dph", type=float, metavar="USD", help="maximum GPU + storage $/h")
+    p.add_argument("--region", action="append", metavar="CC", help="country code, repeatable (US, CA, DE…)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--verified", dest="verified", action="store_true", default=None, help="verified hosts only (default)")
+    group.add_argument("--any-verified", dest="verified", action="store_false", help="verified or not")
+    p.add_argument("--interruptible", action="store_true", default=None, help="bid prices: cheaper, can be preempted")
+    p.add_argument("--hours", type=float, metavar="H", help="expected duration, for the total estimate (default 1)")
+    add_target_flags(p)
+
+
+def wanted_from(args: argparse.Namespace, cfg: dict, limit: int = 5) -> Wanted:
+    def pick(flag: object, key: str) -> object:
+        return flag if flag is not None else cfg.get(key)
+    return Wanted(gpus=tuple(args.gpu or cfg.get("gpu") or ()), num_gpus=pick(args.num_gpus, "num_gpus"),
+                  min_vram_gb=pick(args.min_vram, "min_vram_gb"),
+                  min_reliability=pick(args.min_reliability, "min_reliability"), cuda=pick(args.cuda, "cuda"),
+                  disk_gb=float(pick(args.disk, "disk_gb") or 40), max_dph=pick(args.max_dph, "max_dph"),
+                  regions=tuple(c.upper() for c in (args.region or cfg.get("region") or ())),
+                  verified=bool(pick(args.verified, "verified")), interruptible=bool(pick(args.interruptible, "interruptible")),
+                  hours=float(pick(args.hours, "hours") or 1.0), limit=limit)
+
+
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-attempts", type=int, help="recoveries allowed per experiment (default recovery.max_attempts, 3)")
+    p.add_argument("--max-bid", type=float, metavar="USD", help="highest GPU $/h bid for a preempted instance")
+    p.add_argument("--preempt-wait", type=float, metavar="S", help="how long a preempted instance may take (default 600)")
+    p.add_argument("--disk", type=float, metavar="GB", help="disk for the new instance (default: the old × disk_growth when full)")
+
+
+def policy_of(args: argparse.Namespace, cfg: dict) -> Policy:
+    """The recovery policy: the config's recovery block with the policy flags over it."""
+    return Policy.from_config(cfg, max_attempts=args.max_attempts, preempt_wait_s=args.preempt_wait,
+                              max_bid_dph=args.max_bid, disk_gb=args.disk)

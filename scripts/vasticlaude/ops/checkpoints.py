@@ -1,0 +1,85 @@
+"""Checkpoint safety: the local copy of an experiment's checkpoints, kept fresh while the job runs.
+
+`watch` calls `sync_home` every `recovery.sync_interval_s` (and `recover` once more before
+moving when the instance still answers): an incremental, resumable rsync of the agreed
+folders (`recovery.sync`, default `checkpoints`) into the experiment's local runs folder,
+`<project>/.vasticlaude/runs/<experiment>/`, the same place `pull` fills. rsync writes each
+file under a temporary name and renames it, so every local file is a whole file of some
+version; a job that writes its checkpoint the same way (write, then rename) is never seen
+half-written. A dead host then costs at most the work since the last sync.
+
+`send` puts that local copy into the new instance's checkpoint folder before the job is
+restarted, so the job sees VASTICLAUDE_RESUME=1 and continues. Unlike `pull`, a sync
+leaves no `pulled` marker: the watchdog must not take a sync for the end of the run.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from vasticlaude.store import config
+from vasticlaude.remote import ssh
+from vasticlaude.store import state
+from vasticlaude.ops.results import present, transfer
+from vasticlaude.ops.code import remote, rsync
+from vasticlaude.remote.layout import Layout
+
+
+def local_dir(experiment: str) -> Path:
+    """Where the experiment's results and checkpoints live at home (as `pull` puts them)."""
+    exp = state.read_experiment(experiment) or {}
+    root = (exp.get("push") or {}).get("root")
+    return config.runs_dir(experiment, Path(root) if root and Path(root).is_dir() else None)
+
+
+def summary(dest: Path) -> dict:
+    """Files, bytes and the newest modification time of the local checkpoint copy."""
+    files = [p for p in (dest / "checkpoints").rglob("*") if p.is_file() and ".rsync-partial" not in p.parts]
+    stats = [p.stat() for p in files]
+    return {"files": len(files), "bytes": sum(s.st_size for s in stats),
+            "newest": max((s.st_mtime for s in stats), default=None)}
+
+
+def sync_home(route: ssh.Route, experiment: str, paths: list[str]) -> dict:
+    """Pull the agreed folders that exist now; what the local copy holds afterwards."""
+    layout, dest = Layout(experiment), local_dir(experiment)
+    found, _ = present(route, layout, paths)
+    kept = [p for p, ok in zip(paths, found) if ok]
+    dest.mkdir(parents=True, exist_ok=True)
+    received = transfer(route, layout, kept, dest) if kept else 0
+    result = {"at": time.time(), "instance_id": route.instance_id, "local_path": str(dest), "paths": kept,
+              "bytes_received": received, **summary(dest)}
+    with state.experiment(experiment) as exp:
+        exp["checkpoints"] = result
+    return result
+
+
+def send(route: ssh.Route, experiment: str) -> dict:
+    """Copy the local checkpoints into the instance's checkpoint folder (nothing there is deleted)."""
+    layout, dest = Layout(experiment), local_dir(experiment)
+    have = summary(dest)
+    if not have["files"]:
+        return {**have, "sent": False}
+    remote(route, f"mkdir -p {shlex.quote(layout.checkpoints)}", "making the checkpoint folder")
+    rsync(route, [f"{dest / 'checkpoints'}/"], f"remote:{layout.checkpoints}/",
+          ["-az", "--exclude=.rsync-partial/"], "sending the checkpoint")
+    return {**have, "sent": True}
+
+
+def local_exit_code(experiment: str) -> int | None:
+    try:
+        return int((local_dir(experiment) / "run" / "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def ended_home(experiment: str) -> bool:
+    """Does the pulled copy hold the exit code of the experiment's latest run?"""
+    run_dir = local_dir(experiment) / "run"
+    runs = (state.read_experiment(experiment) or {}).get("runs") or []
+    try:
+        started = float((run_dir / "started_at").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return (run_dir / "exit_code").is_file() and bool(runs) and started >= float(runs[-1]["at"]) - 5

@@ -1,0 +1,61 @@
+"""The job's log over SSH: its tail (grep, cut), or followed until the job ends, reconnecting on drops.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+
+from vasticlaude.errors import API, FAILED, Error
+from vasticlaude.output import progress
+from vasticlaude.remote.layout import Layout
+from vasticlaude.core.retry import ssh_pauses
+from vasticlaude.remote.ssh import CONNECTION_FAILED, ssh_argv
+from vasticlaude.remote.ssh import run as ssh_run
+from vasticlaude.ops.binding import Bound
+
+CLEAN = "LC_ALL=C tr -d '\\000-\\010\\013\\014\\016-\\037'"
+
+
+def _reader(log: str, lines: int, width: int, grep: str | None, follow: bool) -> str:
+    """Shell that prints the log's last `lines` lines (of those matching `grep`, when given)."""
+    match = f"grep --line-buffered -F -e {shlex.quote(grep)}" if grep else ""
+    if follow:
+        source = f"tail -n {int(lines)} -F {log}" + (f" | {match}" if match else "")
+    else:
+        source = (f"{match} {log} | tail -n {int(lines)}" if match else f"tail -n {int(lines)} {log}")
+    return f"[ -f {log} ] || {{ echo '@@nolog'; exit 0; }}; {source} | cut -c1-{int(width)} | {CLEAN}"
+
+
+def tail(bound: Bound, lines: int, width: int = 400, grep: str | None = None) -> dict:
+    """The last `lines` lines of the job's log (of those containing `grep`), each cut at `width`."""
+    log = shlex.quote(Layout(bound.experiment).run + "/job.log")
+    proc = ssh_run(bound.route(), _reader(log, lines, width, grep, False), timeout=60)
+    got = proc.stdout.decode("utf-8", "replace").splitlines()
+    if got[:1] == ["@@nolog"]:
+        raise Error("no_log", f"{bound.experiment} has no job log yet", "Start it with 'vasticlaude run -- CMD'.", FAILED)
+    return {"experiment": bound.experiment, "instance_id": bound.instance_id, "lines": got,
+            "truncated": len(got) >= lines}
+
+
+def follow(bound: Bound, lines: int, width: int = 400, grep: str | None = None) -> dict:
+    """Stream the log to stdout; stop when the wrapper has ended; reconnect on dropped connections."""
+    route, layout = bound.route(), Layout(bound.experiment)
+    log, run_dir = shlex.quote(layout.run + "/job.log"), shlex.quote(layout.run)
+    stop_when_done = (f"( while [ ! -f {run_dir}/exit_code ]; do sleep 2; done; sleep 1; "
+                      f"pkill -P $$ tail 2>/dev/null ) & ")
+    pauses, failures = ssh_pauses(), 0
+    while failures <= len(pauses):
+        cmd = stop_when_done + _reader(log, lines, width, grep, True)
+        proc = subprocess.Popen(ssh_argv(route, cmd), stdout=sys.stdout.buffer, stdin=subprocess.DEVNULL)
+        if proc.wait() != CONNECTION_FAILED:
+            return {"experiment": bound.experiment, "instance_id": bound.instance_id, "lines": [], "followed": True}
+        pause = pauses[min(failures, len(pauses) - 1)]
+        failures += 1
+        progress(f"vasticlaude: connection lost; reconnecting in {pause:g} s")
+        time.sleep(pause)
+        lines = 0  # what was shown stays shown; carry on from the end
+    raise Error("ssh_failed", "could not keep following the log", "The job keeps running; try again later.", API)
+
+

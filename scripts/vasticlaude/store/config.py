@@ -1,0 +1,89 @@
+"""Project config: `.vasticlaude/config.json` in the user's repo (all keys optional).
+
+  {"target": "vast" | "sandbox",
+   "gpu": ["RTX 4090", "RTX 3090"], "num_gpus": 1, "min_vram_gb": 16, "min_reliability": 0.95,
+   "cuda": 12.1, "region": ["US", "CA"], "verified": true, "max_dph": 2.0,
+   "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "disk_gb": 40, "interruptible": false,
+   "hours": 2.0,
+   "budget": {"experiment_usd": 10, "experiment_hours": 12, "daily_usd": 30},
+   "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
+   "ignore": ["data/raw/"], "setup": "pip install -r requirements.txt"}
+
+`guard` sets the on-instance watchdog that `run` starts (README "Guards"): how long after
+the job ends it waits for `pull` (grace_s), what it does then (on_end: "destroy-if-pulled",
+"destroy" or "stop"), how often it checks (check_s) and how long a job gets between SIGTERM
+and SIGKILL when a budget is hit (kill_grace_s).
+
+"session_end" (read by `vasticlaude sweep`, which the SessionEnd hook starts): what happens
+to instances when a Claude session ends. Everything not covered below (idle, never set up,
+unreachable, a job running without a live on-instance guard) is always destroyed.
+  {"session_end": {"running": "leave-guarded" | "stop" | "destroy",   (default leave-guarded)
+                   "finished": "destroy" | "stop"}}                   (default destroy)
+  running: a job still running under a live guard — leave it (the guard ends it), or pull
+           and stop (the disk stays and bills storage) or pull and destroy;
+  finished: a job that ended — after a best-effort pull, destroy, or stop to keep the disk.
+
+"recovery" (read by `vasticlaude watch` and `vasticlaude recover`, README "Recovery"):
+  {"recovery": {"auto": true,              watch recovers on its own (false: it reports and stops)
+                "max_attempts": 3,         recoveries per experiment, then it asks you
+                "sync_interval_s": 300,    checkpoints pulled home at least this often while the job runs
+                "sync": ["checkpoints"],   what those pulls bring (relative to the experiment's folder)
+                "preempt_wait_s": 600,     how long a preempted interruptible instance may take to come back
+                "bid_step": 1.25,          each bid raise multiplies the bid by this
+                "max_bid_dph": null,       highest GPU bid (default: the on-demand price, within the budget)
+                "disk_growth": 2.0,        a full disk is re-rented this many times larger
+                "stale_after_s": 600,      a job without heartbeat this long is moved
+                "unreachable_after_s": 300}}  SSH failing this long while Vast says running: moved
+
+Flags beat the file; the file beats the defaults below. The project root is the
+nearest folder upwards holding `.vasticlaude/` or `.git`, else the current folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vasticlaude.errors import Error
+
+DEFAULTS = {
+    "target": None, "gpu": [], "num_gpus": 1, "min_vram_gb": None, "min_reliability": 0.95,
+    "cuda": None, "region": [], "verified": True, "max_dph": None,
+    "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "disk_gb": 40, "interruptible": False,
+    "hours": 1.0, "budget": {"experiment_usd": None, "experiment_hours": None, "daily_usd": None},
+    "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
+    "ignore": [], "setup": None,
+    "recovery": {"auto": True, "max_attempts": 3, "sync_interval_s": 300, "sync": ["checkpoints"],
+                 "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
+                 "stale_after_s": 600, "unreachable_after_s": 300},
+}
+
+
+def project_root(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".vasticlaude").is_dir() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def runs_dir(experiment: str, start: Path | None = None) -> Path:
+    """Where an experiment's results come home: <project>/.vasticlaude/runs/<experiment>/."""
+    return project_root(start) / ".vasticlaude" / "runs" / experiment
+
+
+def load(root: Path | None = None) -> dict:
+    """Defaults overlaid with the project's config file."""
+    path = (root or project_root()) / ".vasticlaude" / "config.json"
+    merged = json.loads(json.dumps(DEFAULTS))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return merged
+    except ValueError as err:
+        raise Error("bad_config", f"{path} is not valid JSON ({err})", "Fix or delete the file.") from None
+    if not isinstance(data, dict):
+        raise Error("bad_config", f"{path} must hold a JSON object", "Fix or delete the file.")
+    nested = {key: {**merged[key], **(data.get(key) or {})} for key in ("budget", "guard", "recovery")}
+    merged.update(data)
+    merged.update(nested)
+    return merged

@@ -1,0 +1,200 @@
+"""The one state store: `instances.json` and `experiments/<id>/` under the vasticlaude home.
+
+Human-readable JSON (and JSON lines for append-only logs), versioned, changed only
+under a file lock and written by atomic replace, so eight sessions writing at once
+lose nothing and a kill -9 at any instant leaves a valid file. A corrupt
+`instances.json` is kept aside (never deleted) and replaced by an empty one that
+`reconcile` refills from the API.
+
+instances.json:
+  {"version": 1, "instances": {"<id>": {id, label, experiment, offer_id, machine_id,
+    gpu_name, num_gpus, dph_total, storage_dph, is_bid, bid_price, disk, image, status,
+    created_at, updated_at, destroyed_at, created_by, history: [...]}},
+   "intents": {"<label>": {label, experiment, offer_id, at, pid}}}
+An intent is written before every create, so a crash between create and record still
+leaves the label to look for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+from vasticlaude.store import paths
+from vasticlaude.store.jsonfile import write_json_atomic
+
+VERSION = 1
+LOCK_TIMEOUT = 60.0
+
+
+def instances_path() -> Path:
+    return paths.home() / "instances.json"
+
+
+def experiment_dir(experiment: str) -> Path:
+    return paths.home() / "experiments" / experiment
+
+
+def _empty() -> dict:
+    return {"version": VERSION, "instances": {}, "intents": {}}
+
+
+def _lock(path: Path) -> FileLock:
+    paths.ensure_private_dir(path.parent)
+    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
+
+
+def load() -> dict:
+    """A snapshot of instances.json (no lock: writers replace the file atomically).
+
+    Read-only: a corrupt file reads as empty with `"corrupt": true` and stays where it
+    is, for the next transaction (reconcile) to set aside and report.
+    """
+    data, _ = _read(instances_path(), move_corrupt=False)
+    return data
+
+
+def _read(path: Path, move_corrupt: bool = True) -> tuple[dict, str | None]:
+    """The file's data, and where a corrupt file was moved (None when it was fine)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("instances"), dict):
+            data.setdefault("intents", {})
+            return data, None
+        raise ValueError("not a vasticlaude instances file")
+    except FileNotFoundError:
+        return _empty(), None
+    except (ValueError, OSError):
+        if not move_corrupt:
+            return {**_empty(), "corrupt": True}, None
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return _empty(), str(path)
+        return _empty(), str(aside)
+
+
+@contextmanager
+def transaction() -> Iterator[dict]:
+    """Read-modify-write of instances.json under the lock; written only if the block succeeds."""
+    path = instances_path()
+    with _lock(path):
+        data, corrupt = _read(path)
+        if corrupt:
+            data["recovered_from"] = corrupt
+        yield data
+        data["version"] = VERSION
+        write_json_atomic(path, data)
+
+
+@contextmanager
+def only_one(path: Path, busy: Exception) -> Iterator[None]:
+    """Hold the lock at `path` for the block, or raise `busy` at once when someone else holds it."""
+    lock = _lock(path.with_suffix(""))  # _lock adds ".lock"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise busy from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def who() -> str:
+    """Who created a record: user@host and the Claude session when there is one."""
+    session = os.environ.get("CLAUDE_SESSION_ID") or os.environ.get("VASTICLAUDE_SESSION") or "-"
+    return f"{os.environ.get('USER', 'user')}@{socket.gethostname()} session={session} pid={os.getpid()}"
+
+
+def record_intent(label: str, experiment: str, offer_id: int) -> None:
+    with transaction() as data:
+        data["intents"][label] = {"label": label, "experiment": experiment, "offer_id": offer_id,
+                                  "at": time.time(), "by": who()}
+
+
+def clear_intent(label: str) -> None:
+    with transaction() as data:
+        data["intents"].pop(label, None)
+
+
+def upsert_instance(instance_id: int, **fields: object) -> dict:
+    """Create or update one instance record; every status change is kept in its history."""
+    now = time.time()
+    with transaction() as data:
+        rec = data["instances"].setdefault(str(instance_id), {"id": instance_id, "created_at": now,
+                                                              "created_by": who(), "history": []})
+        status = fields.get("status")
+        if status and status != rec.get("status"):
+            rec["history"].append({"at": now, "status": status, "why": fields.pop("why", "")})
+        fields.pop("why", None)
+        rec.update(fields, updated_at=now)
+        return dict(rec)
+
+
+def live_instances(data: dict | None = None) -> list[dict]:
+    data = data if data is not None else load()
+    return [r for r in data["instances"].values() if not r.get("destroyed_at")]
+
+
+# ----- experiments -------------------------------------------------------------------------
+def append_event(experiment: str, event: str, **fields: object) -> None:
+    """Append one line to the experiment's event log (`events.jsonl`)."""
+    _append(experiment_dir(experiment) / "events.jsonl", {"at": time.time(), "event": event, **fields})
+
+
+def append_ledger(experiment: str, **fields: object) -> None:
+    """Append one cost entry to the experiment's ledger (`ledger.jsonl`)."""
+    _append(experiment_dir(experiment) / "ledger.jsonl", {"at": time.time(), **fields})
+
+
+def _append(path: Path, entry: dict) -> None:
+    line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+    with _lock(path):
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The entries of a JSONL file; a torn last line (kill -9 mid-write) is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+@contextmanager
+def experiment(experiment_id: str) -> Iterator[dict]:
+    """Read-modify-write of `experiments/<id>/experiment.json` under its lock."""
+    path = experiment_dir(experiment_id) / "experiment.json"
+    with _lock(path):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            data = {"version": VERSION, "id": experiment_id, "created_at": time.time()}
+        yield data
+        data["updated_at"] = time.time()
+        write_json_atomic(path, data)
+
+
+def read_experiment(experiment_id: str) -> dict | None:
+    try:
+        return json.loads((experiment_dir(experiment_id) / "experiment.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
