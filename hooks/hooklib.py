@@ -31,6 +31,7 @@ if str(ROOT / "scripts") not in sys.path:
 
 import hookio  # noqa: E402
 from vasticlaude.core import money as costing  # noqa: E402 — stdlib-only modules of the package
+from vasticlaude.core import fmt  # noqa: E402
 from vasticlaude.store import paths  # noqa: E402
 
 LAST_REPORT = "last-session-end.json"
@@ -163,7 +164,7 @@ def stamp(at: float) -> str:
 
 
 def money(value: float) -> str:
-    return f"${value:.2f}" if value >= 1 else f"${value:.3f}"
+    return fmt.usd(value, small=3)
 
 
 def pid_alive(pid: object) -> bool:

@@ -208,7 +208,7 @@ def test_hooks_json_wires_four_events_to_existing_stdlib_scripts():
 
 # The hooks may import only the package's stdlib-only modules (money and its status words, paths, errors).
 HEAVY = re.compile(r"\| +(vastai|requests|filelock|jinja2|dotenv|asyncssh|urllib3|"
-                   r"vasticlaude\.(?!(?:core|core\.money|core\.lifecycle|store|store\.paths|errors)$)[\w.]+)$", re.M)
+                   r"vasticlaude\.(?!(?:core|core\.money|core\.lifecycle|core\.fmt|store|store\.paths|errors)$)[\w.]+)$", re.M)
 
 
 def importtime(event: str) -> str:
@@ -254,7 +254,7 @@ def test_the_shell_finds_the_state_where_the_package_does(setting, tmp_path):
         env.pop("VASTICLAUDE_HOME")
     else:
         env["VASTICLAUDE_HOME"] = setting.format(tmp=tmp_path)
-    home = json.loads(subprocess.run([sys.executable, "-c", "import json; from vasticlaude import paths; "
+    home = json.loads(subprocess.run([sys.executable, "-c", "import json; from vasticlaude.store import paths; "
                                       "print(json.dumps(str(paths.home())))"], env=env, capture_output=True,
                                      text=True, check=True).stdout)
     write_state(Path(home), [record(1, "running", 0.5, 1)])

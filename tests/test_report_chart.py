@@ -1,87 +1,86 @@
-"""`vasticlaude report` and the pure-Python PNG charts it draws: fast, no sandbox, no network.
+"""`vasticlaude report` and the matplotlib charts it draws: fast, no sandbox, no network.
 
-PNGs are checked by decoding them here (signature, CRCs, IHDR, IDAT pixels), not by
-trusting the encoder; reports are built from hand-made state exactly as the other
-commands write it (state.upsert_instance, state.append_event, state.experiment).
+PNGs are checked by opening them with Pillow (what any viewer does: signature, size,
+pixels) and the chart's texts by reading the matplotlib Figure they come from; reports
+are built from hand-made state exactly as the other commands write it
+(state.upsert_instance, state.append_event, state.experiment).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import struct
+import subprocess
+import sys
 import time
-import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from vasticlaude import cli
-from vasticlaude.commands import report
 from vasticlaude.core import chart
 from vasticlaude.core import money as costing
+from vasticlaude.ops import reporting as report
 from vasticlaude.store import state
 
-WHITE = (255, 255, 255)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HUES = [c for c in chart.PALETTE if len(set(c)) > 1]  # the grey one is also in antialiased black text
 
 
-# ----- a small PNG decoder (only what chart.py writes: 8-bit RGB, filter 0) ------------------
-def decode_png(data: bytes) -> tuple[int, int, list[list[tuple[int, int, int]]]]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature"
-    pos, chunks = 8, []
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, f"CRC of {kind!r}"
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    width, height, depth, ctype, _, _, _ = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, ctype) == (8, 2)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    stride = width * 3 + 1
-    assert len(raw) == stride * height
-    rows = []
-    for y in range(height):
-        line = raw[y * stride:(y + 1) * stride]
-        assert line[0] == 0, "filter type 0"
-        rows.append([tuple(line[1 + 3 * x:4 + 3 * x]) for x in range(width)])
-    return width, height, rows
+def open_png(data: bytes) -> Image.Image:
+    """The PNG as a viewer sees it: signature, then fully decoded (CRCs and zlib checked by Pillow)."""
+    assert data[:8] == PNG_SIGNATURE, "PNG signature"
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    image.load()
+    return image.convert("RGB")
 
 
-def colours_in(rows, box: tuple[int, int, int, int] | None = None) -> set:
-    left, top, right, bottom = box or (0, 0, len(rows[0]) - 1, len(rows) - 1)
-    return {rows[y][x] for y in range(top, bottom + 1) for x in range(left, right + 1)}
+def pixels_of(image: Image.Image, colour: tuple[int, int, int]) -> int:
+    """How many pixels are exactly `colour` (a line's core is; its antialiased edges are not)."""
+    return sum(count for count, rgb in image.getcolors(image.width * image.height) if rgb == colour)
+
+
+def texts(figure) -> set[str]:
+    """Every text on the chart: title, axis labels, legend entries, marks, "no data"."""
+    axes = figure.axes[0]
+    found = {axes.get_title(), axes.get_xlabel(), axes.get_ylabel(), *(t.get_text() for t in axes.texts)}
+    legend = axes.get_legend()
+    return found | ({t.get_text() for t in legend.get_texts()} if legend else set())
 
 
 # ----- charts ------------------------------------------------------------------------------------
-def test_chart_is_a_valid_png_with_one_colour_per_series():
+def test_chart_is_a_png_with_one_colour_per_series_and_real_text():
     series = {"loss": [(i, 2 * math.exp(-i / 50)) for i in range(200)],
               "val_loss": [(i, 2.2 * math.exp(-i / 60) + 0.1) for i in range(0, 200, 20)],
               "acc": [(i, 1 - math.exp(-i / 40)) for i in range(200)]}
-    width, height, rows = decode_png(chart.line_chart(series, "Metrics", "step", "value"))
-    assert (width, height) == (640, 360)
-    plot_area = colours_in(rows, (width // 5, height // 4, width * 3 // 5, height * 3 // 4))
-    assert plot_area - {WHITE}, "something is drawn inside the plot area"
-    everywhere = colours_in(rows)
+    image = open_png(chart.line_chart(series, "Metrics: exp1", "step", "value"))
+    assert image.size == (960, 540)
     for colour in chart.PALETTE[:3]:
-        assert colour in everywhere
-    assert chart.PALETTE[3] not in everywhere  # exactly one colour per series
+        assert pixels_of(image, colour) > 100, colour
+    assert pixels_of(image, chart.PALETTE[3]) == 0  # exactly one colour per series
+    figure = chart.draw(series, "Metrics: exp1", "step", "value")
+    assert {"Metrics: exp1", "step", "value", "loss", "val_loss", "acc"} <= texts(figure)  # lower case kept
+
+
+def test_png_says_it_comes_from_matplotlib():
+    data = chart.line_chart({"a": [(0, 1), (1, 3)]}, "T", "x", "y")
+    assert b"matplotlib" in data[:400]  # the tEXt "Software" chunk
 
 
 def test_chart_size_is_honoured():
-    width, height, _ = decode_png(chart.line_chart({"a": [(0, 0), (1, 1)]}, "t", "x", "y", width=300, height=200))
-    assert (width, height) == (300, 200)
+    assert open_png(chart.line_chart({"a": [(0, 0), (1, 1)]}, "t", "x", "y", width=300, height=200)).size == (300, 200)
 
 
 @pytest.mark.parametrize("series", [
     {}, {"a": []}, {"a": [(float("nan"), 1), (1, float("inf"))]}, {"a": [("x", None)]},
 ], ids=["no-series", "empty-series", "non-finite", "non-numeric"])
 def test_chart_without_data_says_so(series):
-    _, _, rows = decode_png(chart.line_chart(series, "Cost", "minutes", "USD"))
-    seen = colours_in(rows)
-    assert seen - {WHITE}, "title, frame and the NO DATA text are drawn"
-    assert not seen & set(chart.PALETTE)
+    image = open_png(chart.line_chart(series, "Cost", "minutes", "USD"))
+    assert image.getextrema() != ((255, 255), (255, 255), (255, 255)), "title, frame and text are drawn"
+    assert not any(pixels_of(image, colour) for colour in HUES)
+    assert "no data" in texts(chart.draw(series, "Cost", "minutes", "USD"))
 
 
 @pytest.mark.parametrize("series", [
@@ -96,47 +95,39 @@ def test_chart_without_data_says_so(series):
     {"unsorted": [(3, 1), (1, 2), (2, 0)]},
 ], ids=["one-point", "constant", "all-zero", "negative", "huge-range", "tiny", "float-extremes", "many", "unsorted"])
 def test_chart_edge_cases_draw_every_series(series):
-    _, _, rows = decode_png(chart.line_chart(series, "Edge case", "x", "y"))
-    seen = colours_in(rows)
+    image = open_png(chart.line_chart(series, "Edge case", "x", "y"))
     for n in range(len(series)):
-        assert chart.PALETTE[n] in seen
+        assert pixels_of(image, chart.PALETTE[n]) > 0
 
 
 def test_more_series_than_colours_still_renders():
     series = {f"s{n}": [(0, n), (1, n + 1)] for n in range(14)}
-    _, _, rows = decode_png(chart.line_chart(series, "Many", "x", "y"))
-    assert set(chart.PALETTE) <= colours_in(rows)
+    image = open_png(chart.line_chart(series, "Many", "x", "y"))
+    assert all(pixels_of(image, colour) for colour in chart.PALETTE)
+    styles = [line.get_linestyle() for line in chart.draw(series, "Many", "x", "y").axes[0].get_lines()]
+    assert styles[0] != styles[10]  # the eleventh series repeats a colour, not a look
 
 
-def test_axis_covers_the_data_with_few_round_ticks():
-    for lo, hi in [(0, 1), (-0.12, 2.5), (3, 3), (1e-3, 1e12), (-7, -2), (0.001, 0.0013)]:
-        axis = chart.nice_axis(lo, hi)
-        assert axis.lo <= min(lo, hi) and axis.hi >= max(lo, hi)
-        assert 2 <= len(axis.ticks) <= 8
-        labels = [chart.tick_label(t, axis.step) for t in axis.ticks]
-        assert len(set(labels)) == len(labels), labels
-        assert all(len(label) <= 9 for label in labels)
-    assert chart.tick_label(-0.0, 0.5) == "0"
-
-
-def test_font_has_the_glyphs_a_report_needs():
-    needed = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.-_:/$%() "
-    assert set(needed) <= set(chart.GLYPHS)
-    assert all(len(rows) == 7 and all(0 <= r < 32 for r in rows) for rows in chart.GLYPHS.values())
+def test_marks_are_labelled_vertical_lines_within_the_data():
+    figure = chart.draw({"loss": [(1, 2.0), (80, 0.5)]}, "T", "step", "loss",
+                        marks=[(41, "resumed on instance 202"), (500, "off the chart")])
+    assert "resumed on instance 202" in texts(figure) and "off the chart" not in texts(figure)
+    vertical = [line for line in figure.axes[0].get_lines() if list(line.get_xdata()) == [41, 41]]
+    assert len(vertical) == 1
 
 
 def test_write_chart_creates_folders(tmp_path):
     path = chart.write_chart(tmp_path / "a" / "b" / "c.png", {"s": [(0, 1), (1, 2)]}, "T", "x", "y")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert open_png(path.read_bytes()).size == (960, 540)
 
 
-def test_pillow_reads_the_png_too():
-    """A second opinion when Pillow happens to be installed (it comes with vastai)."""
-    image_module = pytest.importorskip("PIL.Image")
-    import io
-    image = image_module.open(io.BytesIO(chart.line_chart({"a": [(0, 1), (1, 3)]}, "T", "x", "y")))
-    image.load()
-    assert image.size == (640, 360) and image.mode == "RGB"
+def test_importing_vasticlaude_does_not_load_matplotlib():
+    """Only `report` pays for matplotlib: it loads when a chart is drawn, not on import."""
+    code = ("import sys, vasticlaude.cli, vasticlaude.core.chart, vasticlaude.ops.reporting, "
+            "vasticlaude.commands.report; print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 # ----- report ------------------------------------------------------------------------------------
@@ -226,8 +217,8 @@ def test_report_from_local_state(project, finished, capsys):
     assert str(project / "results" / "exp1") + "` (3 files, 12,345 bytes" in text and "destroyed" in text
     assert "](cost.png)" in text and "](metrics.png)" in text
     for path in data["charts"]:
-        width, _, rows = decode_png(Path(path).read_bytes())
-        assert width == 640 and chart.PALETTE[0] in colours_in(rows)
+        image = open_png(Path(path).read_bytes())
+        assert image.size == (960, 540) and pixels_of(image, chart.PALETTE[0])
 
 
 def test_failed_job_is_still_a_successful_report(project, capsys):
@@ -255,8 +246,8 @@ def test_report_of_an_experiment_without_instances(project, capsys):
     state.append_event("planned", "note", text="nothing rented yet")
     code, envelope = run_report(capsys, "--experiment", "planned")
     assert code == 0 and envelope["data"]["total_usd"] == 0
-    _, _, rows = decode_png(Path(envelope["data"]["charts"][0]).read_bytes())
-    assert not colours_in(rows) & set(chart.PALETTE)   # the "no data" chart
+    image = open_png(Path(envelope["data"]["charts"][0]).read_bytes())
+    assert not any(pixels_of(image, colour) for colour in HUES)   # the "no data" chart
 
 
 def test_out_folder_and_stale_metrics_removed(project, finished, tmp_path, capsys):
@@ -369,3 +360,154 @@ def test_pull_to_another_folder_and_exit_code_from_events(project, tmp_path, cap
     text = Path(envelope["data"]["report"]).read_text()
     assert code == 0 and envelope["data"]["exit_code"] is None
     assert "from the dest folder" in text and f"`{run_dir / 'job.log'}`" in text
+
+
+# ----- a run that a recovery moved to another instance -----------------------------------------------
+def job_log(first: int, last: int, head: str = "") -> str:
+    """What the demo's train.py prints: a step counter and two metrics per line."""
+    lines = [f"epoch {1 + (s - 1) // 40}/2 step {s}/80 loss={2.0 / (1 + s / 4):.4f} acc={min(0.99, 0.5 + s / 120):.3f}"
+             for s in range(first, last + 1)]
+    return "".join(f"{line}\n" for line in ([head] if head else []) + lines)
+
+
+def put_run_files(project: Path, experiment: str, log: str, started: float, ended: float | None = None,
+                  exit_code: int | None = None) -> Path:
+    """run/ at home as `pull` leaves it: the instance's job.log and the wrapper's files, replacing the last ones."""
+    run_dir = project / ".vasticlaude" / "runs" / experiment / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "job.log").write_text(log)
+    (run_dir / "started_at").write_text(f"{int(started)}\n")
+    for name, value in (("ended_at", ended), ("exit_code", exit_code)):
+        if value is None:
+            (run_dir / name).unlink(missing_ok=True)
+        else:
+            (run_dir / name).write_text(f"{int(value)}\n")
+    return run_dir
+
+
+@pytest.fixture
+def recovered(project: Path) -> dict:
+    """exp2: run on 201 (steps 1-43, checkpoint at 40), host down, recovered onto 202 (steps 41-80).
+
+    The state is what `up`, `run`, `recover` and `pull` write: two records, experiment.json
+    "runs" (one per instance) and "recoveries", and the recover_* events between the runs."""
+    t0 = time.time() - 3600
+    add_instance(201, "exp2", t0, running_for=400)           # running t0+60 .. t0+460
+    add_instance(202, "exp2", t0 + 500, running_for=600)     # running t0+560 .. t0+1160
+    state.append_event("exp2", "run", instance_id=201, command="python train.py", state="running", exit_code=None)
+    with state.experiment("exp2") as exp:
+        exp.update(command="python train.py", runs=[
+            {"at": t0 + 70, "instance_id": 201, "command": "python train.py"},
+            {"at": t0 + 580, "instance_id": 202, "command": "python train.py"}],
+            recoveries=[{"at": t0 + 585, "kind": "host_offline", "action": "relaunch", "from_instance": 201,
+                         "to_instance": 202, "ok": True, "seconds": 120.0}])
+    return {"t0": t0}
+
+
+def finish_on_202(project: Path, t0: float) -> None:
+    """The end: `pull` from 202 replaces run/ at home with 202's files."""
+    put_run_files(project, "exp2", job_log(41, 80, "resuming from step 40"), started=t0 + 578, ended=t0 + 1100,
+                  exit_code=0)
+    with state.experiment("exp2") as exp:
+        exp["pull"] = {"at": t0 + 1110, "local_path": str(project / ".vasticlaude" / "runs" / "exp2"),
+                       "files": 4, "bytes": 999, "instance_id": 202, "paths": ["run"]}
+
+
+def charted(monkeypatch) -> dict:
+    """Capture what the report hands to the chart (and still draw it)."""
+    seen: dict = {}
+    real = report.chart.write_chart
+
+    def spy(path, series, title, x_label, y_label, **kw):
+        seen[Path(path).name] = {"series": series, "x_label": x_label, "marks": list(kw.get("marks") or ())}
+        return real(path, series, title, x_label, y_label, **kw)
+
+    monkeypatch.setattr(report.chart, "write_chart", spy)
+    return seen
+
+
+def test_report_after_a_recovery_joins_both_instances(project, recovered, monkeypatch, capsys):
+    t0 = recovered["t0"]
+    # Mid-run, 201's files came home (a pull, or a sync of run/) and a report was made: it keeps a copy.
+    put_run_files(project, "exp2", job_log(1, 43), started=t0 + 69)
+    code, _ = run_report(capsys, "--experiment", "exp2", "--offline")
+    kept = project / ".vasticlaude" / "runs" / "exp2" / "logs" / "201"
+    assert code == 0 and (kept / "job.log").read_text() == job_log(1, 43)
+    assert (kept / "started_at").read_text() == f"{int(t0 + 69)}\n"
+
+    finish_on_202(project, t0)            # 202's job.log now replaces 201's at home
+    seen = charted(monkeypatch)
+    code, envelope = run_report(capsys, "--experiment", "exp2", "--offline")
+    assert code == 0 and envelope["data"]["exit_code"] == 0
+    metrics = seen["metrics.png"]
+    steps = [x for x, _ in metrics["series"]["loss"]]
+    assert steps == [float(s) for s in range(1, 81)]              # 1-40 from 201, 41-80 from 202, no step twice
+    assert dict(metrics["series"]["loss"])[42.0] == pytest.approx(2.0 / (1 + 42 / 4), abs=1e-4)
+    assert metrics["x_label"] == "step" and metrics["marks"] == [(41.0, "resumed on instance 202")]
+
+    text = Path(envelope["data"]["report"]).read_text()
+    whole = int(t0 + 1100) - int(t0 + 69)                           # 201's start to 202's end: 17m 11s
+    assert f"Duration: {report.duration(whole)} (the whole run, on 2 instances" in text
+    assert report.duration(whole) == "17m 11s" and report.when(t0 + 69) in text
+    assert "| 201 |" in text and "step 1–43" in text and "| 202 |" in text and "step 41–80" in text
+    assert "never came home" not in text
+    assert "step 80/80" in text                                      # the last lines are the last instance's
+    assert (project / ".vasticlaude" / "runs" / "exp2" / "logs" / "202" / "job.log").is_file()
+
+
+def test_report_after_a_recovery_without_the_first_log_says_so(project, recovered, monkeypatch, capsys):
+    """The demo's case: the host died before anything of 201 came home. The chart shows what
+    is there, the report says what is missing, and the duration is still the whole run's."""
+    t0 = recovered["t0"]
+    finish_on_202(project, t0)
+    seen = charted(monkeypatch)
+    code, envelope = run_report(capsys, "--experiment", "exp2", "--offline")
+    assert code == 0
+    assert [x for x, _ in seen["metrics.png"]["series"]["loss"]][0] == 41.0
+    text = Path(envelope["data"]["report"]).read_text()
+    assert "Instance 201 ran part of this run, but its job.log never came home" in text
+    assert "the steps before 41 are missing here" in text
+    assert f"Duration: {report.duration(int(t0 + 1100) - (t0 + 70))} (the whole run" in text  # from 201's run record
+
+
+def started_line(experiment: str, at: float) -> str:
+    """The wrapper's first line in job.log (templates/run.sh.j2)."""
+    return f"vasticlaude: run {experiment} started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(at))} resume=0"
+
+
+def test_an_earlier_run_without_a_recovery_in_between_is_not_joined(project, monkeypatch, capsys):
+    """A second `run` after the first ended is a new run: its report is its own, also where the
+    instance's job.log still holds the first run's output."""
+    t0 = time.time() - 3600
+    add_instance(301, "exp3", t0, running_for=1000)
+    with state.experiment("exp3") as exp:
+        exp["runs"] = [{"at": t0 + 70, "instance_id": 301, "command": "python a.py"},
+                       {"at": t0 + 700, "instance_id": 301, "command": "python b.py"}]
+    first = started_line("exp3", t0 + 69) + "\n" + "".join(f"step {s} loss=9.0\n" for s in range(1, 30))
+    put_run_files(project, "exp3", first + started_line("exp3", t0 + 699) + "\n" + job_log(1, 10),
+                  started=t0 + 699, ended=t0 + 760, exit_code=0)
+    seen = charted(monkeypatch)
+    code, envelope = run_report(capsys, "--experiment", "exp3", "--offline")
+    text = Path(envelope["data"]["report"]).read_text()
+    assert code == 0 and "Duration: 1m 01s\n" in text and "the whole run" not in text
+    loss = seen["metrics.png"]["series"]["loss"]
+    assert [x for x, _ in loss] == [float(s) for s in range(1, 11)] and 9.0 not in [y for _, y in loss]
+
+
+def test_ssh_tail_of_the_new_instance_joins_the_kept_log_of_the_old(project, recovered, monkeypatch, capsys):
+    """202 still runs and nothing of it was pulled: its tail comes over SSH, 201's from the kept copy."""
+    t0 = recovered["t0"]
+    put_run_files(project, "exp2", job_log(1, 43), started=t0 + 69)
+    run_report(capsys, "--experiment", "exp2", "--offline")          # keeps 201's copy
+    (project / ".vasticlaude" / "runs" / "exp2" / "run" / "job.log").unlink()
+    state.upsert_instance(202, status="running", destroyed_at=None)
+    monkeypatch.setattr(report, "target_ready", lambda: True)
+    monkeypatch.setattr(report, "_ssh_tail", lambda exp: (job_log(55, 60).splitlines(), {"started_at": str(int(t0 + 578))}))
+    seen = charted(monkeypatch)
+    code, envelope = run_report(capsys, "--experiment", "exp2")
+    steps = [x for x, _ in seen["metrics.png"]["series"]["loss"]]
+    assert code == 0 and steps == [float(s) for s in range(1, 44)] + [float(s) for s in range(55, 61)]
+    text = Path(envelope["data"]["report"]).read_text()
+    assert "over SSH" in text and "step 60/80" in text and "unknown (no end recorded)" in text
+    kept = project / ".vasticlaude" / "runs" / "exp2" / "logs" / "202" / "job.log"
+    assert kept.read_text() == job_log(55, 60).rstrip("\n")         # what SSH showed is kept too

@@ -10,10 +10,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def usd(value: float | None) -> str:
+def usd(value: float | None, small: int = 4, cents_from: float = 1.0) -> str:
+    """Dollars: cents from `cents_from` up, else `small` decimals (sandbox runs cost fractions of a cent)."""
     if value is None:
         return "-"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+    return f"${value:,.2f}" if abs(value) >= cents_from else f"${value:.{small}f}"
 
 
 def duration(seconds: float) -> str:
