@@ -30,8 +30,8 @@ if str(ROOT / "scripts") not in sys.path:
     sys.path.insert(1, str(ROOT / "scripts"))
 
 import hookio  # noqa: E402
-from vasticlaude.core import money as costing  # noqa: E402 — stdlib-only modules of the package
 from vasticlaude.core import fmt  # noqa: E402
+from vasticlaude.core import money as costing  # noqa: E402 — stdlib-only modules of the package
 from vasticlaude.store import paths  # noqa: E402
 
 LAST_REPORT = "last-session-end.json"

@@ -12,12 +12,12 @@ import argparse
 from typing import Callable
 
 from vasticlaude.core.market import Wanted
+from vasticlaude.errors import Error
 from vasticlaude.ops.connect import connect as ops_connect
 from vasticlaude.ops.recovery import Policy
+from vasticlaude.output import emit, fail, log_crash
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
-from vasticlaude.errors import Error
-from vasticlaude.output import emit, fail, log_crash
 
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:

@@ -31,7 +31,6 @@ import argparse
 from vasticlaude import console
 from vasticlaude.ops.checks import doctor
 
-
 MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 

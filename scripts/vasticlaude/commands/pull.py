@@ -34,7 +34,6 @@ Exit codes: 0 pulled and verified · 1 a path is missing, rsync failed, or sizes
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from vasticlaude import console

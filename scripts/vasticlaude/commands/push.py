@@ -45,7 +45,6 @@ rsync failed, or setup failed (the JSON still says what was sent) · 2 usage ·
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from vasticlaude import console

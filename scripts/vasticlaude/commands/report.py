@@ -3,7 +3,7 @@
 Usage: vasticlaude report [--experiment X] [--out DIR] [--offline] [--json]
 
 Writes `<project>/.vasticlaude/runs/<experiment>/report.md` (or `DIR/report.md` with --out),
-rendered from templates/report.md.j2, beside two charts:
+rendered from templates/report.md.j2, beside two charts (PNG, drawn by matplotlib):
   cost.png      cumulative estimated cost of the experiment's instances over time
   metrics.png   the metrics the job log prints (loss, accuracy, …) over steps; left out when none
 The page holds the command, the instances (id, GPU, $/h, location when known), a timeline
@@ -11,11 +11,19 @@ of the experiment's events, the cost (total, GPU vs storage, per instance, the b
 experiment.json has one), the exit code and duration, where the results are (the pulled
 copy and the paths on the instance), and the last 20 lines of the job log.
 
+A run that recoveries moved from instance to instance is reported whole: the metrics of
+every instance it used are joined by step (a dashed line where it resumed on the next),
+and the duration runs from its first start to its last end. Each instance's job.log is
+kept at home, in <project>/.vasticlaude/runs/<experiment>/logs/<instance id>/, whenever a
+report sees it (pulled, or its tail over SSH); an instance whose log never came home is
+named in the report with the steps that are missing.
+
 Everything comes from local state (instances.json, experiments/<id>/, the project's
 pulled run files), so a report works offline and after every instance is gone. Only
-when no job.log was pulled and the instance still runs are the log tail and the run files
-(exit code, start, end) read over SSH, in one call, best effort within 20 s (--offline never
-tries); a failure there only makes the log section say "not available". Without --experiment, the most recently active one.
+when no job.log of the current instance was pulled and it still runs are the log tail and
+the run files (exit code, start, end) read over SSH, in one call, best effort within 20 s
+(--offline never tries); a failure there only makes the log section say "not available".
+Without --experiment, the most recently active one.
 Each run rewrites the report, so it is safe to run again at any time.
 
 JSON (data):
@@ -29,7 +37,6 @@ or no experiment at all · 2 usage.
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from vasticlaude import console

@@ -40,7 +40,6 @@ command; the budget or hours are already used up) or the command failed at once 
 from __future__ import annotations
 
 import argparse
-
 import re
 import shlex
 

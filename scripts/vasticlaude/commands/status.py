@@ -44,7 +44,6 @@ is spent, or the instance was stopped or is gone · 3 API trouble.
 from __future__ import annotations
 
 import argparse
-
 import json
 
 from vasticlaude import console

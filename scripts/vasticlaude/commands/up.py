@@ -43,7 +43,6 @@ message says what to run).
 from __future__ import annotations
 
 import argparse
-
 import secrets
 import shutil
 import time

@@ -7,6 +7,7 @@ No pyplot: a Figure on an Agg canvas has no global state and never opens a windo
 
   line_chart(series, title, x_label, y_label, width=960, height=540, marks=()) -> bytes
   write_chart(path, series, title, x_label, y_label, ...) -> Path
+  draw(...) -> matplotlib Figure   (what both render; tests read its texts)
 
 `series` is {name: [(x, y), ...]}; `marks` are labelled vertical lines, [(x, label)]
 (the report marks where a run moved to another instance). Empty input gives a chart
@@ -35,7 +36,16 @@ DPI = 150
 def line_chart(series: dict[str, list[Point]], title: str, x_label: str, y_label: str,
                width: int = 960, height: int = 540, marks: Iterable[tuple[float, str]] = ()) -> bytes:
     """A PNG (width × height pixels) line chart of `series`; a "no data" chart when nothing is plottable."""
-    figure, canvas = _figure(max(int(width), 240), max(int(height), 160))
+    figure = draw(series, title, x_label, y_label, width, height, marks)
+    buffer = io.BytesIO()
+    figure.canvas.print_png(buffer)
+    return buffer.getvalue()
+
+
+def draw(series: dict[str, list[Point]], title: str, x_label: str, y_label: str,
+         width: int = 960, height: int = 540, marks: Iterable[tuple[float, str]] = ()):
+    """The chart as a matplotlib Figure on an Agg canvas (what line_chart renders)."""
+    figure, _canvas = _figure(max(int(width), 240), max(int(height), 160))
     axes = figure.add_subplot()
     clean = clean_series(series)
     clean, x_scale, y_scale = _within_range(clean)
@@ -60,9 +70,7 @@ def line_chart(series: dict[str, list[Point]], title: str, x_label: str, y_label
         axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", va="center",
                   fontsize="x-large", color="#777777")
     figure.tight_layout(pad=0.6)
-    buffer = io.BytesIO()
-    canvas.print_png(buffer)
-    return buffer.getvalue()
+    return figure
 
 
 def write_chart(path: str | Path, series: dict[str, list[Point]], title: str, x_label: str, y_label: str,
@@ -107,7 +115,7 @@ def _marks(axes, marks: Iterable[tuple[float, str]], clean: dict[str, list[Point
             continue
         axes.axvline(float(x), color="#555555", linestyle="--", linewidth=0.9, zorder=1)
         right_half = hi > lo and float(x) > (lo + hi) / 2
-        axes.annotate(_short(label, 40), xy=(float(x), 1.0), xycoords=("data", "axes fraction"),
+        axes.annotate(_short(label, 60), xy=(float(x), 1.0), xycoords=("data", "axes fraction"),
                       xytext=(-3 if right_half else 3, -3), textcoords="offset points",
                       ha="right" if right_half else "left", va="top", fontsize="x-small", color="#444444")
 

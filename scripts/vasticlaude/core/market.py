@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from vasticlaude.errors import FAILED, Error
 
-
 RELAX_ORDER = ("region", "verified", "reliability", "max_dph", "cuda", "vram", "disk", "num_gpus", "gpu")
 
 

@@ -12,7 +12,6 @@ import time
 from vasticlaude.core.lifecycle import GONE, GPU_BILLED
 
 
-
 def instance_cost(rec: dict, now: float | None = None) -> dict:
     """Seconds running and existing, and dollars of GPU, storage and total up to `now`."""
     now = now or time.time()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vasticlaude.store import state
 from vasticlaude.errors import FAILED, Error
 from vasticlaude.remote.ssh import Route, route_for, ssh_key
+from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast
 
 

@@ -18,12 +18,13 @@ import shlex
 import time
 from pathlib import Path
 
-from vasticlaude.store import config
-from vasticlaude.remote import ssh
-from vasticlaude.store import state
 from vasticlaude.ops.results import present, transfer
-from vasticlaude.ops.code import remote, rsync
+from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
+from vasticlaude.remote.transfer import remote, rsync, stat
+from vasticlaude.store import config, state
+
+JOB_LOG = "run/job.log"
 
 
 def local_dir(experiment: str) -> Path:
@@ -42,17 +43,29 @@ def summary(dest: Path) -> dict:
 
 
 def sync_home(route: ssh.Route, experiment: str, paths: list[str]) -> dict:
-    """Pull the agreed folders that exist now; what the local copy holds afterwards."""
+    """Pull the agreed folders that exist now, and the job's log; what the local copy holds afterwards."""
     layout, dest = Layout(experiment), local_dir(experiment)
-    found, _ = present(route, layout, paths)
+    found, _ = present(route, layout, [*paths, JOB_LOG])
     kept = [p for p, ok in zip(paths, found) if ok]
     dest.mkdir(parents=True, exist_ok=True)
     received = transfer(route, layout, kept, dest) if kept else 0
+    if found[-1]:
+        received += keep_log(route, layout, dest)
     result = {"at": time.time(), "instance_id": route.instance_id, "local_path": str(dest), "paths": kept,
               "bytes_received": received, **summary(dest)}
     with state.experiment(experiment) as exp:
         exp["checkpoints"] = result
     return result
+
+
+def keep_log(route: ssh.Route, layout: Layout, dest: Path) -> int:
+    """The job log of this instance, kept apart (<runs>/logs/<instance id>/job.log): a report of a run that
+    moved to another machine still shows what the first one did."""
+    folder = dest / "logs" / str(route.instance_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = rsync(route, [f"remote:{layout.run}/{JOB_LOG.split('/')[-1]}"], f"{folder}/", ["-az", "--partial"],
+                  "keeping the job log")
+    return stat(stats, "Total bytes received")
 
 
 def send(route: ssh.Route, experiment: str) -> dict:

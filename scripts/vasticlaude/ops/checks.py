@@ -8,15 +8,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from vasticlaude.store import config
+from vasticlaude.core.retry import schedule
+from vasticlaude.errors import API, FAILED, OK, Error
+from vasticlaude.ops.connect import endpoint
+from vasticlaude.output import progress
+from vasticlaude.store import config, paths, state
 from vasticlaude.vast import account as credentials
 from vasticlaude.vast.account import Account, Endpoint
-from vasticlaude.ops.connect import endpoint
-from vasticlaude.core.retry import schedule
-from vasticlaude.store import paths
-from vasticlaude.store import state
-from vasticlaude.errors import API, FAILED, OK, Error
-from vasticlaude.output import progress
 
 BILLING_URL = "https://cloud.vast.ai/billing/"
 KEYS_URL = "https://cloud.vast.ai/manage-keys/"

@@ -14,15 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vasticlaude.store import config
-from vasticlaude.remote import ssh
-from vasticlaude.store import state
-from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.core.fmt import human_bytes
+from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops.binding import Bound
-from vasticlaude.remote.transfer import file_count, remote, rsync, stat
 from vasticlaude.output import progress
+from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
+from vasticlaude.remote.transfer import file_count, remote, rsync, stat
+from vasticlaude.store import config, state
 
 DEFAULT_EXCLUDES = (".git", ".venv/", "venv/", "__pycache__/", ".mypy_cache/", ".pytest_cache/",
                     ".ipynb_checkpoints/", "node_modules/", "*.pyc", ".DS_Store")

@@ -9,7 +9,13 @@ import os
 from vasticlaude.core.retry import api_pauses
 from vasticlaude.output import progress
 from vasticlaude.store import config, paths
-from vasticlaude.vast.account import Account, Endpoint, real_endpoint, sandbox_by_default, wants_sandbox
+from vasticlaude.vast.account import (
+    Account,
+    Endpoint,
+    real_endpoint,
+    sandbox_by_default,
+    wants_sandbox,
+)
 from vasticlaude.vast.gateway import Vast
 
 SANDBOX_TIME_SCALE = "0.1"  # a rehearsal boots in seconds, not minutes

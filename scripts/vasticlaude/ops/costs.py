@@ -4,17 +4,17 @@ Vast's actual charges are added only when a gateway is passed (cost --actual).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 import json
 import os
 import re
 import time
+from dataclasses import replace
 
 from vasticlaude.core import budget
-from vasticlaude.vast.gateway import Vast
 from vasticlaude.core import money as costing
-from vasticlaude.store import state
 from vasticlaude.errors import Error
+from vasticlaude.store import state
+from vasticlaude.vast.gateway import Vast
 
 
 def read_state() -> dict:

@@ -6,21 +6,21 @@ building the same JobSpec from the run recorded in experiment.json.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import secrets
 import shlex
 import time
+from dataclasses import dataclass, field
 
 from vasticlaude.core import budget
-from vasticlaude.store import config
 from vasticlaude.core import money as costing
-from vasticlaude.store import state
 from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
-from vasticlaude.remote.ssh import Route, run as ssh_run
-from vasticlaude.ops.binding import Bound
+from vasticlaude.remote.ssh import Route
+from vasticlaude.remote.ssh import run as ssh_run
 from vasticlaude.remote.templates import render
+from vasticlaude.store import config, state
 
 HEARTBEAT = 15
 ON_END = ("destroy-if-pulled", "destroy", "stop")

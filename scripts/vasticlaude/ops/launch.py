@@ -11,18 +11,17 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-
 from vasticlaude.core import budget
-from vasticlaude.store import state
-from vasticlaude.ops.teardown import Target, teardown
-from vasticlaude.errors import BILLING_RISK, FAILED, Error
+from vasticlaude.core.lifecycle import record_status
 from vasticlaude.core.market import Candidate, Wanted, candidate
 from vasticlaude.core.retry import schedule
-from vasticlaude.ops.search import find, remember_failed
-from vasticlaude.output import progress
-from vasticlaude.core.lifecycle import record_status
+from vasticlaude.errors import BILLING_RISK, FAILED, Error
 from vasticlaude.ops.reconcile import PREFIX
+from vasticlaude.ops.search import find, remember_failed
+from vasticlaude.ops.teardown import Target, teardown
+from vasticlaude.output import progress
 from vasticlaude.remote.ssh import Key, Route, endpoint, probe, ssh_key
+from vasticlaude.store import state
 from vasticlaude.vast.account import is_registered
 from vasticlaude.vast.gateway import Vast, VastError
 

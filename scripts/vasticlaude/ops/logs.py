@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
+from vasticlaude.core.retry import ssh_pauses
 from vasticlaude.errors import API, FAILED, Error
+from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
-from vasticlaude.core.retry import ssh_pauses
 from vasticlaude.remote.ssh import CONNECTION_FAILED, ssh_argv
 from vasticlaude.remote.ssh import run as ssh_run
-from vasticlaude.ops.binding import Bound
 
 CLEAN = "LC_ALL=C tr -d '\\000-\\010\\013\\014\\016-\\037'"
 

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import time
 
-from vasticlaude.ops import checkpoints
-from vasticlaude.store import config
-from vasticlaude.store import state
-from vasticlaude.core.faults import diagnose, over_budget
-from vasticlaude.errors import Error
-from vasticlaude.core.logparse import progress as parse_progress
-from vasticlaude.output import progress
-from vasticlaude.core.retry import ssh_pauses
-from vasticlaude.core.lifecycle import record_status
 from vasticlaude.core import budget, money
-from vasticlaude.vast.gateway import Vast
+from vasticlaude.core.faults import diagnose, over_budget
+from vasticlaude.core.lifecycle import record_status
+from vasticlaude.core.logparse import progress as parse_progress
+from vasticlaude.core.retry import ssh_pauses
+from vasticlaude.errors import Error
+from vasticlaude.ops import checkpoints
+from vasticlaude.ops.binding import Bound, bind
+from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import run as ssh_run
-from vasticlaude.ops.binding import Bound, bind
 from vasticlaude.remote.templates import render
+from vasticlaude.store import config, state
+from vasticlaude.vast.gateway import Vast
 
 ENDED = {"exited", "killed", "vanished"}
 TAIL_WIDTH = 160

@@ -13,30 +13,26 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import psutil
 from filelock import FileLock, Timeout
 
-from vasticlaude.output import log_crash
-from vasticlaude.ops import results
+from vasticlaude.core import money as costing
+from vasticlaude.core.retry import poll_scale
+from vasticlaude.errors import BILLING_RISK, Error
+from vasticlaude.ops import reconcile, results
 from vasticlaude.ops.binding import bind
 from vasticlaude.ops.connect import connect
 from vasticlaude.ops.observe import observe
 from vasticlaude.ops.teardown import Target, stop, teardown
+from vasticlaude.output import log_crash, progress
 from vasticlaude.sim.client import pid_alive
+from vasticlaude.store import config, paths, state
+from vasticlaude.store.jsonfile import write_json_atomic
 from vasticlaude.vast import account as credentials
 from vasticlaude.vast.account import Account
-from pathlib import Path
-from vasticlaude.store import config
-from vasticlaude.core import money as costing
-from vasticlaude.store import paths
-from vasticlaude.ops import reconcile
-from vasticlaude.store import state
-from vasticlaude.errors import BILLING_RISK, Error
-from vasticlaude.core.retry import poll_scale
-from vasticlaude.output import progress
-from vasticlaude.store.jsonfile import write_json_atomic
 from vasticlaude.vast.gateway import Vast, VastError
 
 T = TypeVar("T")

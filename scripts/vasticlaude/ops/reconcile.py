@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 from vasticlaude.core import money as costing
-from vasticlaude.store import state
 from vasticlaude.core.lifecycle import GPU_BILLED, record_status
+from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast
 
 PREFIX = "vasticlaude-"

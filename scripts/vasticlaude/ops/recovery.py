@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from vasticlaude.core import budget
-from vasticlaude.ops import checkpoints
-from vasticlaude.store import config
-from vasticlaude.ops import code, results
-from vasticlaude.store import state
-from vasticlaude.ops import job
-from vasticlaude.ops.observe import observe
-from vasticlaude.core.faults import fault as fault_of
 from vasticlaude.core.faults import blames_machine
-from vasticlaude.ops.teardown import Target, teardown
-from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
+from vasticlaude.core.faults import fault as fault_of
 from vasticlaude.core.market import Wanted
 from vasticlaude.core.retry import poll_scale
-from vasticlaude.ops.search import remember_failed
-from pathlib import Path
-from vasticlaude.vast.gateway import Vast
-from vasticlaude.output import progress
-from vasticlaude.ops.reconcile import reconcile
-from vasticlaude.remote.ssh import probe, route_for, ssh_key
+from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
+from vasticlaude.ops import checkpoints, code, job, results
 from vasticlaude.ops.binding import Bound, bind
-from vasticlaude.ops.launch import Launcher, Plan, candidates, default_deadline, refuse_if_taken, register
+from vasticlaude.ops.launch import (
+    Launcher,
+    Plan,
+    candidates,
+    default_deadline,
+    refuse_if_taken,
+    register,
+)
+from vasticlaude.ops.observe import observe
+from vasticlaude.ops.reconcile import reconcile
+from vasticlaude.ops.search import remember_failed
+from vasticlaude.ops.teardown import Target, teardown
+from vasticlaude.output import progress
+from vasticlaude.remote.ssh import probe, route_for, ssh_key
+from vasticlaude.store import config, state
+from vasticlaude.vast.gateway import Vast
 
 RAISE_EVERY = 60.0  # seconds between bid raises (× VASTICLAUDE_POLL_SCALE)
 POLL = 5.0

@@ -13,6 +13,7 @@ before any pull) is named in the report, with the steps that are missing for it.
 """
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import shlex
@@ -22,16 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vasticlaude.core import chart
-from vasticlaude.store import config
+from vasticlaude.core import chart, fmt, logparse
 from vasticlaude.core import money as costing
-from vasticlaude.core import logparse
-from vasticlaude.store import paths
-from vasticlaude.store import state
-from vasticlaude.remote import templates
-from vasticlaude.ops.costs import read_state
 from vasticlaude.errors import Error
+from vasticlaude.ops.costs import read_state
+from vasticlaude.remote import templates
 from vasticlaude.remote.layout import Layout
+from vasticlaude.store import config, paths, state
 from vasticlaude.vast.account import Account, wants_sandbox
 
 LOG_LINES = 20
@@ -44,6 +42,7 @@ MARK = "@@vasticlaude-run-file "
 MAX_METRICS = 6                     # as many series as a reader tells apart on one chart
 LOGS = "logs"                       # runs/<experiment>/logs/<instance id>/: the log kept of each instance
 MATCH_S = 3600.0                    # a run file's started_at this close to a recorded run belongs to it
+STARTED = re.compile(r"vasticlaude: run \S+ started (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")  # run.sh.j2's first line
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -410,7 +409,7 @@ def metrics_of(parts: list[dict]) -> dict:
     merged: dict[str, list[tuple[float, float]]] = {}
     offset = 0.0
     for part in parts:
-        found, stepped = part_series(part.get("lines") or [])
+        found, stepped = part_series(this_run(part.get("lines") or [], part.get("run_at")))
         xs = [x for points in found.values() for x, _ in points]
         if not stepped:
             found = {k: [(x + offset, y) for x, y in v] for k, v in found.items()}
@@ -437,13 +436,30 @@ def metrics_of(parts: list[dict]) -> dict:
         later = next((p["first_step"] for p in parts[n + 1:] if p["first_step"] is not None), None)
         if "lines" not in part:
             gap = f"the steps before {later:g} are" if later is not None and later > 1 else "what it logged is"
+            why = "it was given up in a recovery before any pull" if n < len(parts) - 1 else "nothing of it was pulled"
             notes.append(f"Instance {part['instance_id']} ran part of this run, but its job.log never came home "
-                         f"(the instance was given up in a recovery before any pull), so {gap} missing here.")
+                         f"({why}), so {gap} missing here.")
         elif n and part["first_step"] is not None:
-            marks.append((part["first_step"], f"resumed on instance {part['instance_id']}"))
+            before = parts[n - 1]
+            lost = "" if "lines" in before else f" (log of {before['instance_id']} missing)"
+            marks.append((part["first_step"], f"resumed on instance {part['instance_id']}{lost}"))
     series = {name: points for name, points in merged.items() if points}
     return {"parts": parts, "series": series, "marks": marks, "notes": notes,
             "x_label": "step" if stepped_any or not series else "metric line in the log"}
+
+
+def this_run(lines: list[str], run_at: float | None) -> list[str]:
+    """The lines from the wrapper's start line of the run recorded at `run_at` on: an instance that
+    ran an earlier command has its output in the same job.log, before that line."""
+    if run_at is None:
+        return lines
+    start = 0
+    for n, line in enumerate(lines):
+        if line.startswith("vasticlaude: run "):
+            found = STARTED.match(line)
+            if found and calendar.timegm(time.strptime(found.group(1), "%Y-%m-%dT%H:%M:%SZ")) <= run_at + 60:
+                start = n
+    return lines[start:]
 
 
 def part_series(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], bool]:
@@ -521,9 +537,11 @@ def target_ready() -> bool:
 
 def _ssh_tail(experiment: str) -> tuple[list[str], dict]:
     """One SSH call: `tail -n 20 job.log`, then one marked line per run file."""
-    from vasticlaude.remote import ssh
-    from vasticlaude.ops.binding import bind  # only here: this is the one part that needs the API and SSH
+    from vasticlaude.ops.binding import (
+        bind,  # only here: this is the one part that needs the API and SSH
+    )
     from vasticlaude.ops.connect import connect
+    from vasticlaude.remote import ssh
     bound = bind(connect(Account()), experiment)
     script = (f"cd {shlex.quote(Layout(experiment).run)} || exit 3; tail -n {LOG_LINES} job.log; echo; "
               f"for f in {' '.join(RUN_FILES)}; do printf '{MARK}%s=%s\\n' \"$f\" \"$(cat \"$f\" 2>/dev/null)\"; done")
@@ -582,14 +600,11 @@ def top_series(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[t
 # ----- formatting ----------------------------------------------------------------------------
 def usd(value: float) -> str:
     """Dollars as the report prints them: 4 decimals below $100 (sandbox runs cost fractions of a cent)."""
-    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:.4f}"
+    return fmt.usd(value, small=4, cents_from=100)
 
 
 def duration(seconds: float) -> str:
-    seconds = int(round(max(0.0, float(seconds))))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+    return fmt.duration(seconds, exact=True)
 
 
 def when(stamp: object) -> str:

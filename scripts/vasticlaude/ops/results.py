@@ -9,14 +9,13 @@ import shlex
 import time
 from pathlib import Path, PurePosixPath
 
-from vasticlaude.store import config
-from vasticlaude.remote import ssh
-from vasticlaude.store import state
 from vasticlaude.errors import FAILED, USAGE, Error
-from vasticlaude.output import progress
 from vasticlaude.ops.binding import Bound
-from vasticlaude.remote.transfer import remote, rsync, stat
+from vasticlaude.output import progress
+from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
+from vasticlaude.remote.transfer import remote, rsync, stat
+from vasticlaude.store import config, state
 
 DEFAULT_PATHS = ("outputs", "checkpoints", "run")
 PARTIAL_DIR = ".rsync-partial"

@@ -9,8 +9,8 @@ import time
 from dataclasses import asdict, replace
 
 from vasticlaude.core.market import Wanted, query_of, rank, resolve_gpus, terms
-from vasticlaude.store import state
 from vasticlaude.errors import FAILED, Error
+from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast
 
 FAILED_MACHINE_TTL = 7 * 24 * 3600  # a host that failed once is worth avoiding for a while, not forever

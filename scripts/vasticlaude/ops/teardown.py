@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from vasticlaude.store import state
-from vasticlaude.errors import BILLING_RISK
 from vasticlaude.core.retry import schedule
-from vasticlaude.output import progress
+from vasticlaude.errors import BILLING_RISK
 from vasticlaude.ops.reconcile import PREFIX, close_record, new_record, write_final_cost
+from vasticlaude.output import progress
+from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast, VastError
 
 CONFIRM_POLLS = 6  # about 15 s of backoff before a destroy counts as unconfirmed

@@ -10,20 +10,19 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 from vasticlaude.core import budget
-from vasticlaude.ops import checkpoints
-from vasticlaude.ops import results, teardown
-from vasticlaude.ops.binding import bind
-from vasticlaude.vast.gateway import Vast
-from dataclasses import dataclass
-from vasticlaude.store import state
-from vasticlaude.errors import API, BILLING_RISK, FAILED, USAGE, Error
-from vasticlaude.store.jsonfile import write_json_atomic
 from vasticlaude.core.retry import poll_scale
-from vasticlaude.output import progress
-from vasticlaude.ops.recovery import Assessment, Policy, assess, recover
+from vasticlaude.errors import API, BILLING_RISK, FAILED, USAGE, Error
+from vasticlaude.ops import checkpoints, results, teardown
+from vasticlaude.ops.binding import bind
 from vasticlaude.ops.observe import one_line
+from vasticlaude.ops.recovery import Assessment, Policy, assess, recover
+from vasticlaude.output import progress
+from vasticlaude.store import state
+from vasticlaude.store.jsonfile import write_json_atomic
+from vasticlaude.vast.gateway import Vast
 
 API_PAUSES = (30.0, 60.0, 120.0, 240.0)  # between failing checks, then watch gives up
 SAY_EVERY = 300.0  # seconds between progress lines while nothing changes

@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 from filelock import FileLock
 
 from vasticlaude.core.retry import ssh_pauses
-from vasticlaude.store import paths
 from vasticlaude.errors import API, Error
 from vasticlaude.output import progress
+from vasticlaude.store import paths
 
 CONNECTION_FAILED = 255
 

@@ -349,7 +349,9 @@ class Sandbox:
                 "faults": self.faults.describe(), "offers": len(self.world.data["offers"])}
 
     async def add_fault(self, call: Call) -> object:
-        from .admin import apply_fault  # the fault catalogue lives with the admin helpers
+        from .admin import (
+            apply_fault,  # the fault catalogue lives with the admin helpers
+        )
         result = await apply_fault(self, call.body)
         self.changed()
         return {"success": True, **result}

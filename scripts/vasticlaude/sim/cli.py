@@ -38,10 +38,16 @@ import argparse
 import json
 from pathlib import Path
 
-from vasticlaude.store import paths
 from vasticlaude.errors import API, Error
 from vasticlaude.output import emit, fail
-from vasticlaude.sim.client import admin_call, running_info, start_background, stop_background, read_info
+from vasticlaude.sim.client import (
+    admin_call,
+    read_info,
+    running_info,
+    start_background,
+    stop_background,
+)
+from vasticlaude.store import paths
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +60,9 @@ def main(argv: list[str]) -> int:
 
 # ----- serve / start / stop ----------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vasticlaude.sim.server import serve  # aiohttp and asyncssh load only for the server itself
+    from vasticlaude.sim.server import (
+        serve,  # aiohttp and asyncssh load only for the server itself
+    )
     serve(_settings(args, args.state or paths.sim_dir()))
     return 0
 

@@ -17,8 +17,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from vasticlaude.sim.market import country_code, normalize_offer_type, numeric_driver_version
-from vasticlaude.sim.market import price_offer
+from vasticlaude.sim.market import (
+    country_code,
+    normalize_offer_type,
+    numeric_driver_version,
+    price_offer,
+)
 
 DEFAULT_LIMIT = 64  # what Vast returns when the body has no "limit"
 DEFAULT_STORAGE_GB = 5.0

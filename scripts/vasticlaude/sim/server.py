@@ -18,10 +18,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from vasticlaude.store.jsonfile import write_json_atomic
+
 from .app import Sandbox, build_app
 from .faults import FaultBook
 from .lifecycle import Engine
-from vasticlaude.store.jsonfile import write_json_atomic
 from .world import World
 
 log = logging.getLogger("vasticlaude.sim")

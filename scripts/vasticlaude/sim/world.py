@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vasticlaude.store.jsonfile import read_json, write_json_atomic
+
 from . import billing, market, query
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
-from vasticlaude.store.jsonfile import read_json, write_json_atomic
 
 STATE_VERSION = 1
 ONSTART_MAX = 4048
@@ -258,7 +259,9 @@ def _env_dict(env: object) -> dict[str, str]:
     if env is None:
         return {}
     if isinstance(env, str):
-        from vastai.utils import parse_env  # the CLI's own parser: the string form means the same
+        from vastai.utils import (
+            parse_env,  # the CLI's own parser: the string form means the same
+        )
         env = parse_env(env)
     if not isinstance(env, dict):
         raise bad_request("env must be an object of variables.")

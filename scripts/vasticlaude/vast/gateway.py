@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from vasticlaude.vast.account import Endpoint
 from vasticlaude.core.retry import api_pauses
 from vasticlaude.errors import API, Error
 from vasticlaude.output import progress
+from vasticlaude.vast.account import Endpoint
 
 T = TypeVar("T")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
