@@ -1,4 +1,4 @@
-"""The one place that builds ssh and rsync commands, and runs them with patience.
+"""The one place that builds ssh and rsync commands, and runs them (through `sh`) with patience.
 
 Every call to an instance goes through here: the direct route when the host maps
 port 22, Vast's proxy otherwise; host keys pinned per instance without prompts
@@ -107,11 +107,23 @@ def rsync_argv(route: Route, sources: Sequence[str], dest: str, extra: Sequence[
     return ["rsync", "-e", rsync_shell(route), *extra, *[fix(s) for s in sources], fix(dest)]
 
 
+def call(argv: list[str], timeout: float, input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run ssh or rsync once through `sh` (no shell, no TTY, stdin closed unless given); its outcome.
+
+    Raises subprocess.TimeoutExpired when it did not end within `timeout` s (sh kills it)."""
+    import sh  # only the commands that reach an instance pay for it
+    try:
+        done = sh.Command(argv[0])(*argv[1:], _in=input_bytes or b"", _timeout=timeout, _ok_code=range(256),
+                                   _tty_in=False, _tty_out=False, _return_cmd=True)
+    except sh.TimeoutException:
+        raise subprocess.TimeoutExpired(argv, timeout) from None
+    return subprocess.CompletedProcess(argv, done.exit_code, done.stdout, done.stderr)
+
+
 def probe(route: Route, timeout: float = 30) -> bool:
     """Does `ssh root@host true` answer right now (no retry)?"""
     try:
-        return subprocess.run(ssh_argv(route, "true"), stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout).returncode == 0
+        return call(ssh_argv(route, "true"), timeout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -132,8 +144,7 @@ def retrying(argv: list[str], what: str, *, timeout: float, input_bytes: bytes |
     last = ""
     for attempt, pause in enumerate((*backoff, None)):
         try:
-            proc = subprocess.run(argv, input=input_bytes, capture_output=True, timeout=timeout,
-                                  stdin=None if input_bytes is not None else subprocess.DEVNULL)
+            proc = call(argv, timeout, input_bytes)
         except subprocess.TimeoutExpired:
             proc, last = None, f"no answer within {timeout:g} s"
         else:
