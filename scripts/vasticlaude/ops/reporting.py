@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vasticlaude.core import chart, fmt, logparse
+from vasticlaude.core import budget, chart, fmt, logparse
 from vasticlaude.core import money as costing
 from vasticlaude.errors import Error
 from vasticlaude.ops.costs import read_state
@@ -161,7 +161,7 @@ def cost_section(records: list[dict], exp: dict, now: float) -> dict:
             sums[key] += spent[key]
         rows.append({"id": cell(rec.get("id")), "running": duration(spent["running_s"]), "gpu": usd(spent["gpu_usd"]),
                      "storage": usd(spent["storage_usd"]), "total": usd(spent["total_usd"])})
-    limit = budget_of(exp)
+    limit = budget.experiment_budget(None, exp, config.load())
     return {"total": usd(sums["total_usd"]), "gpu": usd(sums["gpu_usd"]), "storage": usd(sums["storage_usd"]),
             "instances": rows, "total_usd": round(sums["total_usd"], 6),
             "budget": usd(limit) if limit is not None else "",
@@ -178,16 +178,6 @@ def recovery_section(exp: dict, records: list[dict], now: float, total: float) -
     lost = sum(costing.instance_cost(rec, now)["total_usd"] for rec in records if rec.get("id") in moved)
     share = f" ({100 * lost / total:.0f} % of the total)" if total > 0 else ""
     return {"rows": rows, "given_up": usd(lost) + share if moved else ""}
-
-
-def budget_of(exp: dict) -> float | None:
-    """The experiment's $ budget as experiment.json records it (several spellings accepted)."""
-    raw = exp.get("budget_usd")
-    if raw is None and isinstance(exp.get("budget"), dict):
-        raw = exp["budget"].get("usd", exp["budget"].get("experiment_usd"))
-    elif raw is None:
-        raw = exp.get("budget")
-    return _number(raw)
 
 
 def run_facts(exp: dict, found: dict, events: list[dict], log: dict | None = None) -> dict:
