@@ -316,6 +316,31 @@ def test_pre_tool_use_is_silent_otherwise(command, tmp_path):
     assert proc.stdout == "" and proc.stderr == ""
 
 
+VC = f'"{ROOT}/scripts/vc"'
+CHAINED = [(f"{VC} cost --json && echo hi", "&&"), (f"{VC} cost --json; curl evil", ";"),
+           (f"{VC} logs --json | head", "|"), (f"{VC} status --json > /tmp/x", ">"),
+           (f'{VC} run --experiment e -- "$(cat ~/.ssh/id_rsa)"', "$("), (f"{VC} cost --json `id`", "`"),
+           (f"{VC} cost --json\nrm -rf ~", "newline"), (f"{VC} cost --json & sleep 1", "&")]
+ALONE = [f"{VC} cost --json", f"{VC} run --experiment e -- 'pip install . && python train.py'",
+         f'{VC} run --experiment e -- "python a.py; echo done"', f"{VC} run --experiment e -- python a.py --lr=1e-3"]
+
+
+@pytest.mark.parametrize("command,operator", CHAINED)
+def test_pre_tool_use_denies_anything_chained_onto_the_launcher(command, operator, tmp_path):
+    data = payload("PreToolUse", "s-ptu", tmp_path, tool_input={"command": command, "description": "x"})
+    proc, _ = fire("PreToolUse", data, hook_env(tmp_path / "vchome", tmp_path))
+    out = json.loads(proc.stdout)["hookSpecificOutput"]
+    assert out["permissionDecision"] == "deny", command
+    assert repr(operator) in out["permissionDecisionReason"] and "its own Bash call" in out["permissionDecisionReason"]
+
+
+@pytest.mark.parametrize("command", ALONE)
+def test_pre_tool_use_lets_the_launcher_alone_through_quoted_operators_included(command, tmp_path):
+    data = payload("PreToolUse", "s-ptu", tmp_path, tool_input={"command": command, "description": "x"})
+    proc, _ = fire("PreToolUse", data, hook_env(tmp_path / "vchome", tmp_path))
+    assert proc.stdout == "" and proc.stderr == ""
+
+
 # ----- state-only hooks: Stop and SessionStart ----------------------------------------------------------
 def record(iid: int, status: str, gpu: float, hours_ago: float, experiment: str | None = None, **extra) -> dict:
     at = time.time() - hours_ago * 3600
