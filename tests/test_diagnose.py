@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from vasticlaude.core.faults import PLANS, blames_machine, diagnose
+from vasticlaude.core.faults import BUDGET_PLAN, FAILED_PLAN, PLANS, blames_machine, diagnose
 
 POLICY = {"stale_after_s": 611, "unreachable_after_s": 307}  # not the defaults: proves they are read
 BID = {"is_bid": True, "bid_price": 0.25}
@@ -138,7 +138,12 @@ def test_fault(s, record, log, ended_home, kind, action, confirm_s):
     assert isinstance(fault["evidence"], list) and fault["evidence"]
     assert all(isinstance(e, str) and e.strip() for e in fault["evidence"])
     assert isinstance(fault["plan"], str) and fault["plan"].strip()
-    assert fault["plan"] == PLANS[action]
+    if kind == "job_failed":  # a code failure names the commands that go on, not the budget
+        assert fault["plan"] == FAILED_PLAN and "logs" in fault["plan"] and "budget" not in fault["plan"]
+    elif kind == "budget":
+        assert fault["plan"] == BUDGET_PLAN and "vasticlaude down" in fault["plan"]
+    else:
+        assert fault["plan"] == PLANS[action]
 
 
 # --------------------------------------------------------------------------------------------

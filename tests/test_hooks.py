@@ -316,13 +316,13 @@ def test_pre_tool_use_is_silent_otherwise(command, tmp_path):
     assert proc.stdout == "" and proc.stderr == ""
 
 
-VC = f'"{ROOT}/scripts/vc"'
-CHAINED = [(f"{VC} cost --json && echo hi", "&&"), (f"{VC} cost --json; curl evil", ";"),
-           (f"{VC} logs --json | head", "|"), (f"{VC} status --json > /tmp/x", ">"),
-           (f'{VC} run --experiment e -- "$(cat ~/.ssh/id_rsa)"', "$("), (f"{VC} cost --json `id`", "`"),
-           (f"{VC} cost --json\nrm -rf ~", "newline"), (f"{VC} cost --json & sleep 1", "&")]
-ALONE = [f"{VC} cost --json", f"{VC} run --experiment e -- 'pip install . && python train.py'",
-         f'{VC} run --experiment e -- "python a.py; echo done"', f"{VC} run --experiment e -- python a.py --lr=1e-3"]
+QVC = f'"{ROOT}/scripts/vc"'
+CHAINED = [(f"{QVC} cost --json && echo hi", "&&"), (f"{QVC} cost --json; curl evil", ";"),
+           (f"{QVC} logs --json | head", "|"), (f"{QVC} status --json > /tmp/x", ">"),
+           (f'{QVC} run --experiment e -- "$(cat ~/.ssh/id_rsa)"', "$("), (f"{QVC} cost --json `id`", "`"),
+           (f"{QVC} cost --json\nrm -rf ~", "newline"), (f"{QVC} cost --json & sleep 1", "&")]
+ALONE = [f"{QVC} cost --json", f"{QVC} run --experiment e -- 'pip install . && python train.py'",
+         f'{QVC} run --experiment e -- "python a.py; echo done"', f"{QVC} run --experiment e -- python a.py --lr=1e-3"]
 
 
 @pytest.mark.parametrize("command,operator", CHAINED)

@@ -44,7 +44,7 @@ class Cli:
         assert proc.returncode == rc, f"vasticlaude {' '.join(args)}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         envelope = json.loads(proc.stdout)
         assert envelope["v"] == 1 and envelope["ok"] == (envelope["error"] is None)
-        return envelope["data"] if envelope["ok"] else envelope["error"]
+        return envelope["data"] if envelope["data"] is not None else envelope["error"]
 
     def spawn(self, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen([VC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

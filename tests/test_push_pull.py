@@ -42,7 +42,7 @@ class User:
         proc = self.run(*args, "--json", cwd=cwd)
         assert proc.returncode == rc, f"{' '.join(args)}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         env = json.loads(proc.stdout)
-        return (env["data"] if env["ok"] else env["error"]), proc.stderr
+        return (env["data"] if env["data"] is not None else env["error"]), proc.stderr
 
     def up(self, experiment: str, disk: str = "8") -> dict:
         data, _ = self.json("up", "--experiment", experiment, "--image", "vastai/base:0.0.2", "--disk", disk,

@@ -9,19 +9,27 @@ one line, never as a traceback on the user's screen.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Callable
 
 from vasticlaude.core.market import Wanted
-from vasticlaude.errors import Error
+from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops.connect import connect as ops_connect
 from vasticlaude.ops.recovery import Policy
-from vasticlaude.output import emit, fail, log_crash
+from vasticlaude.output import emit, fail, log_crash, spell
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is an Error (exit 2) that main() reports like any other (an envelope with --json)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise Error("usage", f"{message}", f"Run {self.prog} --help for the flags.", USAGE)
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
     return p
 
@@ -51,14 +59,21 @@ def add_instance_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
          run: Callable[[argparse.Namespace], object], human: Callable[[object], str],
          exit_code: Callable[[object], int] | None = None,
-         json_view: Callable[[object], object] | None = None) -> int:
+         json_view: Callable[[object], object] | None = None,
+         explain: Callable[[object, int], Error] | None = None) -> int:
     """Parse, run, print. The exit code is `exit_code(data)` when given, else data["exit_code"] or 0.
 
     `json_view` shapes what --json prints (e.g. leaves out empty fields); the exit code and
-    the human text always see the full data.
+    the human text always see the full data. A non-zero exit is never `ok`: the envelope
+    carries `explain(data, code)` (what failed, and the next command) as its error, and the
+    data that explains it (a log tail, the checks) stays in `data`.
     """
-    args = build_parser().parse_args(argv)
-    prog = build_parser().prog
+    command = build_parser()
+    prog = command.prog
+    try:
+        args = command.parse_args(argv)
+    except Error as err:
+        return fail(err, "--json" in argv, prog)
     try:
         data = run(args)
     except Error as err:
@@ -68,10 +83,33 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
     except Exception as err:  # noqa: BLE001 — the last line of defence
         log = log_crash(prog)
         return fail(Error("bug", f"unexpected {type(err).__name__}", f"Details in {log}."), args.json, prog)
-    emit(json_view(data) if args.json and json_view else data, args.json, human)
-    if exit_code is not None:
-        return exit_code(data)
-    return int(data.get("exit_code", 0) or 0) if isinstance(data, dict) else 0
+    code = exit_code(data) if exit_code is not None else \
+        int(data.get("exit_code", 0) or 0) if isinstance(data, dict) else 0
+    error = None
+    if code:
+        error = explain(data, code) if explain else unexplained(data, code)
+        error.exit_code = code
+    try:
+        emit(json_view(data) if args.json and json_view else data, args.json, human, error)
+    except BrokenPipeError:  # `cost | head`: the reader has what it wanted
+        quiet_stdout()
+    if error is not None and args.json:
+        print(spell(f"{prog}: {error.message}. {error.hint}".strip().replace("..", ".")), file=sys.stderr)
+    return code
+
+
+def quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null, so the interpreter's final flush says nothing."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def unexplained(data: object, code: int) -> Error:
+    """The error of a result that carries its own message (and maybe a hint or next step)."""
+    found = data if isinstance(data, dict) else {}
+    return Error(str(found.get("outcome") or "failed"), str(found.get("message") or f"failed (exit {code})"),
+                 str(found.get("hint") or found.get("next") or ""), code)
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:

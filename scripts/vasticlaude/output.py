@@ -4,6 +4,8 @@ progress and logs on stderr. The envelope is `{"v": 1, "ok": bool, "data": …, 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 import traceback
@@ -15,27 +17,55 @@ from vasticlaude.store import paths
 ENVELOPE_VERSION = 1
 
 
-def emit(data: object, as_json: bool, human: Callable[[object], str]) -> None:
+VERBS = ("sim", "demo", "offers", "up", "down", "reconcile", "doctor", "cost", "report", "push", "pull", "run",
+         "status", "logs", "sweep", "watch", "recover")
+# "vasticlaude VERB" as a suggestion, not as a progress line's prefix ("vasticlaude up: renting…").
+SUGGESTION = re.compile(r"\bvasticlaude (?=(?:%s)\b(?!:))" % "|".join(VERBS))
+
+
+def spell(text: str) -> str:
+    """A suggested command as the reader can run it: under the plugin's launcher, the launcher's path
+    (the only thing Claude is allowed to run); as an installed CLI, `vasticlaude` as written."""
+    launcher = os.environ.get("VASTICLAUDE_LAUNCHER")
+    if not launcher or "vasticlaude " not in text:
+        return text
+    return SUGGESTION.sub(f'"{launcher}" '.replace("\\", "\\\\"), text)
+
+
+def spelled(value: object) -> object:
+    """Every string in a JSON value, spelled for the reader."""
+    if isinstance(value, str):
+        return spell(value)
+    if isinstance(value, dict):
+        return {k: spelled(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [spelled(v) for v in value]
+    return value
+
+
+def emit(data: object, as_json: bool, human: Callable[[object], str], error: Error | None = None) -> None:
+    """The result on stdout; with `error` (a non-zero exit) the envelope says ok: false and why."""
     if as_json:
-        print(json.dumps({"v": ENVELOPE_VERSION, "ok": True, "data": data, "error": None},
+        print(json.dumps({"v": ENVELOPE_VERSION, "ok": error is None, "data": spelled(data),
+                          "error": spelled(error.as_dict()) if error else None},
                          separators=(",", ":"), sort_keys=True))
     else:
         text = human(data)
         if text:
-            print(text)
+            print(spell(text))
 
 
 def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
     if as_json:
-        print(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": err.as_dict()},
+        print(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
                          separators=(",", ":"), sort_keys=True))
     hint = f" {err.hint}" if err.hint else ""
-    print(f"{prog}: {err.message}.{hint}".replace("..", "."), file=sys.stderr)
+    print(spell(f"{prog}: {err.message}.{hint}".replace("..", ".")), file=sys.stderr)
     return err.exit_code
 
 
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(spell(message), file=sys.stderr, flush=True)
 
 
 def compact(value: object) -> object:

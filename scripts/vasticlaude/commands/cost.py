@@ -8,7 +8,9 @@ Vast's own charges (`show invoices-v1 --charges`) beside each estimate.
 Usage: vasticlaude cost [--experiment X] [--all] [--actual] [--experiment-usd N]
                         [--experiment-hours N] [--daily-usd N] [--sandbox] [--api-key KEY] [--json]
 
-Instances destroyed before today (local midnight) are not listed unless --all, but
+Listings are bounded unless --all: the newest 20 instances, of those live or destroyed
+today (local midnight); the 20 experiments live or active today, live ones first. What is
+left out still counts in every total. Instances destroyed before today are not listed, but
 every record counts in the experiment totals, so the output stays short as history grows.
 Budgets come from the flags, else the project's .vasticlaude/config.json `budget` block;
 an experiment's hours are the hours its instances have been running.
@@ -18,12 +20,13 @@ JSON (data):
   {"instances": [{"id", "label", "experiment", "status", "gpu_name", "dph_now", "running_s",
                   "exists_s", "gpu_usd", "storage_usd", "total_usd", "created_at", "destroyed_at",
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
-   "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
+   "experiments": [{"experiment", "instances", "live", "last_at", "dph_now", "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?}],
    "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
    "today": {"spent_usd", "daily_cap_usd", "left_usd"},
    "billing_usd_per_hour": float,      (what the matching instances bill right now)
-   "not_listed": int}                  (destroyed before today, left out without --all)
+   "not_listed": int,                  (instances left out without --all)
+   "total_usd": float}                 (every instance matched, listed or not)
 Limits not set are null, and so is what is left of them.
 
 Exit codes: 0 ok · 1 instances.json unreadable or bad config · 2 usage ·
@@ -77,6 +80,7 @@ def human(data: object) -> str:
     lines = _table(data["instances"]) if data["instances"] else ["no instances to list"]
     if data["not_listed"]:
         lines.append(f"({data['not_listed']} destroyed before today not listed; --all lists them)")
+    lines.append(f"all instances together: {usd(data['total_usd'])}")
     lines += [_experiment_line(e) for e in data["experiments"]]
     if data["session"]:
         s = data["session"]

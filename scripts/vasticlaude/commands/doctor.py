@@ -1,13 +1,15 @@
 """vasticlaude doctor: is this machine ready to rent GPUs on Vast (or on the sandbox)?
 
-Each check says ok, warn or fail, with a one-line next step:
+Each check says ok, note (something `up` does itself: no step for you), warn or fail (it
+blocks a rental), with a one-line next step:
   config       the project's .vasticlaude/config.json is valid JSON (or absent)
   api_key      where the Vast API key comes from: its source and last 4 characters only
   target       the local sandbox or real Vast, and the URL requests go to
   api          the key works (the API answers) and the account's balance
   ssh_key      a local public key: ~/.ssh/id_ed25519.pub, ~/.ssh/id_rsa.pub or
                <vasticlaude home>/ssh/id_ed25519.pub
-  ssh_key_registered  that key is registered on the account (new instances accept it)
+  ssh_key_registered  that key is registered on the account (new instances accept it);
+               a missing key or registration is a note: `up` makes and registers one
   ssh, rsync   the binaries are on PATH, with their versions
   home         the vasticlaude home is writable
   state        instances.json is readable (a corrupt one is rebuilt by 'vasticlaude reconcile')
@@ -19,19 +21,21 @@ Usage: vasticlaude doctor [--register-ssh-key] [--sandbox] [--api-key KEY] [--js
 
 JSON (data): {"ok": bool, "exit_code": int,
   "target": {"kind": "sandbox"|"vast"|null, "url", "key_source", "key_ends"},
-  "checks": [{"name", "status": "ok"|"warn"|"fail", "detail", "next"}]}
+  "checks": [{"name", "status": "ok"|"note"|"warn"|"fail", "detail", "next"}]}
 The API key itself is never printed or written anywhere.
 
-Exit codes: 0 no check failed · 1 a check failed · 3 the API could not be reached.
+Exit codes: 0 nothing blocks a rental · 1 a check failed (error.message names it, error.hint
+says what to do) · 3 the API could not be reached.
 """
 from __future__ import annotations
 
 import argparse
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.ops.checks import doctor
 
-MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+MARK = {"ok": "ok  ", "note": "note", "warn": "warn", "fail": "FAIL"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +60,16 @@ def human(data: object) -> str:
     return "\n".join(lines)
 
 
+def explain(data: dict, code: int) -> Error:
+    """What blocks a rental, and the first thing to do about it."""
+    failed = [c for c in data["checks"] if c["status"] == "fail"]
+    names = ", ".join(c["name"] for c in failed) or "the API"
+    first = failed[0] if failed else {"detail": "Vast could not be reached", "next": "Check the network, then run vasticlaude doctor again."}
+    return Error("not_ready", f"not ready to rent: {names} ({first['detail']})", first.get("next") or "", code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, explain=explain)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.ops import teardown
 
 
@@ -61,5 +62,12 @@ def human(data: object) -> str:
     return "\n".join(lines) or "nothing to take down"
 
 
+def explain(data: dict, code: int) -> Error:
+    ids = " ".join(str(f["id"]) for f in data["failed"])
+    reasons = "; ".join(f"{f['id']}: {f['reason']}" for f in data["failed"])
+    return Error("not_confirmed_gone", f"could not confirm instance(s) {ids} destroyed ({reasons[:300]}): they may "
+                 "still bill", f"Run vasticlaude down {ids} again now.", code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, explain=explain)

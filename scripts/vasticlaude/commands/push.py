@@ -48,8 +48,9 @@ import argparse
 from pathlib import Path
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.core.fmt import human_bytes
-from vasticlaude.errors import USAGE, Error
+from vasticlaude.errors import USAGE
 from vasticlaude.ops.binding import bind
 from vasticlaude.ops.code import push
 from vasticlaude.store import config
@@ -89,8 +90,17 @@ def human(data: object) -> str:
     return "\n".join(lines)
 
 
+def explain(data: dict, code: int) -> Error:
+    setup = data.get("setup") or {}
+    last = next((line for line in reversed(setup.get("tail") or []) if line.strip()), "no output")
+    return Error("setup_failed", f"the code was sent, but setup `{setup.get('command')}` exited with "
+                 f"{setup.get('exit_code')} (`{last[:160]}`; the whole output is in run/setup.log on the instance)",
+                 f"Fix the setup (or the config's \"setup\"), then vasticlaude push --experiment {data['experiment']} again.",
+                 code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, explain=explain)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.ops import recovery
 from vasticlaude.store import config
 
@@ -84,5 +85,12 @@ def exit_code(data: object) -> int:
     return int(data.get("exit_code", 0)) if isinstance(data, dict) else 0
 
 
+def explain(data: dict, code: int) -> Error:
+    fault = data.get("fault") or {"kind": "fault", "evidence": ["?"], "plan": ""}
+    return Error("needs_you", f"{fault['kind']}: {'; '.join(fault['evidence'])[:300]}: not recovered automatically",
+                 f"{fault['plan']}. Read vasticlaude logs --experiment {data['experiment']} and vasticlaude status "
+                 f"--experiment {data['experiment']}.", code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, exit_code=exit_code)
+    return console.main(argv, build_parser, run, human, exit_code=exit_code, explain=explain)

@@ -44,7 +44,8 @@ import re
 import shlex
 
 from vasticlaude import console
-from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.errors import Error
+from vasticlaude.errors import FAILED, USAGE
 from vasticlaude.ops import job
 from vasticlaude.ops.binding import bind
 
@@ -101,8 +102,16 @@ def guard_line(guard: dict) -> str:
             f"{guard['on_end']})")
 
 
+def explain(data: dict, code: int) -> Error:
+    last = next((line for line in reversed(data["log_tail"]) if line.strip()), "no output")
+    exp = data["experiment"]
+    return Error("command_failed", f"the command exited at once with code {data['exit_code']} (`{last[:160]}`)",
+                 f"Read vasticlaude logs --experiment {exp}, fix the code, then vasticlaude push --experiment {exp} "
+                 f"and vasticlaude run --experiment {exp} -- CMD again.", code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view)
+    return console.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view, explain=explain)
 
 
 def _json_view(data: dict) -> dict:

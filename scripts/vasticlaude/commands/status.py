@@ -47,7 +47,7 @@ import argparse
 import json
 
 from vasticlaude import console
-from vasticlaude.errors import FAILED
+from vasticlaude.errors import FAILED, Error
 from vasticlaude.ops import observe
 from vasticlaude.ops.binding import bind
 from vasticlaude.ops.observe import HUMAN_MAX, TAIL_WIDTH, one_line
@@ -117,8 +117,15 @@ def exit_code(data: dict) -> int:
     return 0 if ok else FAILED
 
 
+def explain(data: dict, code: int) -> Error:
+    job = data["job"]
+    what = "timed out" if data.get("timed_out") else f"ended: {data.get('reason')}"
+    return Error("not_succeeded", f"the wait {what}; the job is {job['state']}"
+                 + (f" (exit {job['exit_code']})" if job.get("exit_code") is not None else ""), data["next"], code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, exit_code=exit_code, json_view=compact_view)
+    return console.main(argv, build_parser, run, human, exit_code=exit_code, json_view=compact_view, explain=explain)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.ops import reaping
 
 
@@ -78,8 +79,14 @@ def human(data: dict) -> str:
     return "\n".join(lines)
 
 
+def explain(data: dict, code: int) -> Error:
+    undone = "; ".join(f"{u['id'] or ''} {u['what']}: {u['why']}".strip() for u in data["undone"])
+    return Error("undone", f"not everything could be checked or torn down ({undone[:300]})",
+                 "Run vasticlaude down --all (or vasticlaude sweep again once Vast answers).", code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, explain=explain)
 
 
 def run(args: argparse.Namespace) -> dict:

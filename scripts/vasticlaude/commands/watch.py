@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.errors import Error
 from vasticlaude.ops import watching
 from vasticlaude.output import compact
 from vasticlaude.store import config
@@ -77,8 +78,20 @@ def human(data: object) -> str:
     return "\n".join(lines)
 
 
+def explain(data: dict, code: int) -> Error:
+    """The outcome and the command that goes on from it."""
+    exp = data["experiment"]
+    hints = {"failed": f"Read vasticlaude logs --experiment {exp}, fix the code, vasticlaude push --experiment {exp}, "
+                       f"vasticlaude run --experiment {exp} -- CMD, then vasticlaude watch --experiment {exp}.",
+             "billing_risk": f"Run vasticlaude down --experiment {exp} now.",
+             "api_down": f"When Vast answers again: vasticlaude watch --experiment {exp}.",
+             "timeout": f"Nothing is wrong: vasticlaude watch --experiment {exp} goes on watching."}
+    hint = hints.get(data["outcome"], f"Then vasticlaude watch --experiment {exp} again.")
+    return Error(data["outcome"], data["message"], hint, code)
+
+
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, json_view=compact)
+    return console.main(argv, build_parser, run, human, json_view=compact, explain=explain)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -37,7 +37,8 @@ def diagnose(snap: dict, record: dict, log: list[str], policy: dict, ended_home:
     if job.get("state") == "exited" and job.get("exit_code") == 0:
         return None  # success is success, even when it went past the budget on the way
     if job.get("signal") in ("budget", "max_hours") or over_budget(snap["cost"]):
-        return fault("budget", [f"the experiment's {job.get('signal') or 'budget'} is used up"], "none")
+        return fault("budget", [f"the experiment's {job.get('signal') or 'budget'} is used up"], "none",
+                     plan=BUDGET_PLAN)
     if status == "stopped" and record.get("is_bid") and not _stopped_by_us(record):
         bid = f"bid ${float(record.get('bid_price') or 0):.3f}/h"
         meant = inst.get("intended") in (None, "running")
@@ -69,7 +70,9 @@ def _jobfault(job: dict, disk: dict, log: list[str], policy: dict) -> dict | Non
             f"the job was stopped by a signal ({job.get('signal')})"
         return fault("job_lost", [why + " (the container restarted or was preempted)"], "restart")
     if state == "exited" and job.get("exit_code") not in (0, None):
-        return fault("job_failed", [f"the command exited with code {job['exit_code']}"], "none")
+        last = next((line.strip() for line in reversed(log) if line.strip()), "")
+        return fault("job_failed", [f"the command exited with code {job['exit_code']}"
+                                    + (f" (`{last[:160]}`)" if last else "")], "none", plan=FAILED_PLAN)
     return None
 
 
@@ -106,9 +109,17 @@ PLANS = {
 }
 
 
-def fault(kind: str, evidence: list[str], action: str, confirm_s: float = 0.0) -> dict:
-    """The one shape of a fault (see the module docstring)."""
-    return {"kind": kind, "evidence": evidence, "action": action, "confirm_s": confirm_s, "plan": PLANS[action]}
+# What needs you, said with the commands that go on (spelled for the reader by output.spell).
+FAILED_PLAN = ("the command failed, not the machine: read its log (vasticlaude logs), fix the code, then "
+               "vasticlaude push and vasticlaude run again; nothing is retried automatically")
+BUDGET_PLAN = ("the budget is used up: pull what you need (vasticlaude pull), then vasticlaude down; or raise "
+               "the budget (--budget-usd) and run again")
+
+
+def fault(kind: str, evidence: list[str], action: str, confirm_s: float = 0.0, plan: str | None = None) -> dict:
+    """The one shape of a fault (see the module docstring); `plan` says it better than the action's when given."""
+    return {"kind": kind, "evidence": evidence, "action": action, "confirm_s": confirm_s,
+            "plan": plan or PLANS[action]}
 
 
 def blames_machine(kind: str) -> bool:

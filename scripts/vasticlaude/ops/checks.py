@@ -108,8 +108,7 @@ def local_public_keys() -> list[Path]:
 def _ssh_key_check() -> dict:
     keys = local_public_keys()
     if not keys:
-        return check("ssh_key", "fail", "no SSH public key (~/.ssh/id_ed25519.pub, ~/.ssh/id_rsa.pub, "
-                     f"{generated_key()}.pub)", f"Run 'vasticlaude doctor --register-ssh-key' to create {generated_key()}.")
+        return check("ssh_key", "note", f"no SSH key yet: `up` makes {generated_key()} itself (nothing to do)")
     kind = keys[0].read_text(encoding="utf-8", errors="replace").split()[:1] or ["?"]
     return check("ssh_key", "ok", f"{keys[0]} ({kind[0]})")
 
@@ -128,8 +127,7 @@ def _registered_check(client, register: bool) -> dict:
             _create_key()
         keys = local_public_keys()
         if not keys:
-            return check("ssh_key_registered", "fail", "no local public key to compare",
-                         "Run 'vasticlaude doctor --register-ssh-key'.")
+            return check("ssh_key_registered", "note", "no key to compare yet: `up` makes and registers one itself")
         return _compare_keys(client, keys, register)
     except VastError as err:
         return check("ssh_key_registered", "fail", err.message, err.hint)
@@ -144,8 +142,7 @@ def _compare_keys(client, keys: list[Path], register: bool) -> dict:
         if credentials.is_registered(path.read_text(encoding="utf-8", errors="replace"), rows):
             return check("ssh_key_registered", "ok", f"{path} is registered on the account")
     if not register:
-        return check("ssh_key_registered", "fail", f"{keys[0]} is not registered on the account",
-                     "Run 'vasticlaude doctor --register-ssh-key' (new instances then accept it).")
+        return check("ssh_key_registered", "note", f"{keys[0]} is not on the account yet: `up` registers it itself")
     client.add_ssh_key(keys[0].read_text(encoding="utf-8").strip())
     progress(f"vasticlaude doctor: registered {keys[0]} on the account")
     return check("ssh_key_registered", "ok", f"{keys[0]} registered now (instances created from now on accept it)")

@@ -17,6 +17,10 @@ from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast
 
 
+MAX_INSTANCES = 20     # rows listed unless --all: a listing must not grow with months of use
+MAX_EXPERIMENTS = 20
+
+
 def read_state() -> dict:
     """instances.json as it is; unlike state.load(), never moves a corrupt file (cost writes nothing)."""
     path = state.instances_path()
@@ -45,10 +49,15 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
         add_actual(rows, fetch_actual(vast, recs, now))
     cutoff = 0.0 if everything else time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     listed = [r for r in rows if not r["destroyed_at"] or r["destroyed_at"] >= cutoff]
-    return {"instances": listed, "experiments": experiments(rows, limits, experiment, vast is not None),
+    exps = experiments(rows, limits, experiment, vast is not None)
+    if not everything:  # live or active today, newest first; what is left out still counts in the totals
+        exps = [e for e in exps if e["live"] or e["last_at"] >= cutoff or (experiment and e["experiment"] == experiment)]
+        exps = sorted(exps, key=lambda e: (-e["live"], -e["last_at"]))[:MAX_EXPERIMENTS]
+    return {"instances": listed[-MAX_INSTANCES:] if not everything else listed, "experiments": exps,
             "session": session(data, now), "today": today(data, limits, now),
             "billing_usd_per_hour": round(float(sum(r["dph_now"] for r in rows)), 6),
-            "not_listed": len(rows) - len(listed)}
+            "not_listed": len(rows) - min(len(listed), len(listed) if everything else MAX_INSTANCES),
+            "total_usd": round(sum(r["total_usd"] for r in rows), 6)}
 
 
 def instance_row(rec: dict, now: float) -> dict:
@@ -102,6 +111,7 @@ def _experiment(name: str, rows: list[dict], limits: budget.Limits, actual: bool
         cap = budget.experiment_budget(None, state.read_experiment(name), {"budget": {"experiment_usd": limits.experiment_usd}})
         limits = replace(limits, experiment_usd=cap)
     out = {"experiment": name or None, "instances": len(rows), "live": sum(not r["destroyed_at"] for r in rows),
+           "last_at": max((r["destroyed_at"] or time.time() for r in rows), default=0),
            "dph_now": round(sum(r["dph_now"] for r in rows), 6), "spent_usd": round(spent, 6),
            "running_hours": round(hours, 4), "budget_usd": limits.experiment_usd,
            "left_usd": _left(limits.experiment_usd, spent), "budget_hours": limits.experiment_hours,

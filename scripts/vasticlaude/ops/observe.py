@@ -229,7 +229,7 @@ def _job_step(data: dict) -> str:
         return f"nothing runs yet: vasticlaude push, then vasticlaude run --experiment {exp} -- CMD"
     if data["instance"]["status"] == "stopped":
         return (f"instance stopped (its watchdog stops it after an unpulled run or at a limit): storage still "
-                f"bills; start it (vastai start instance {data['instance_id']}) to pull, or vasticlaude down --experiment {exp}")
+                f"bills; the user can start it in Vast's console to pull, or vasticlaude down --experiment {exp}")
     return f"instance {data['instance']['status']}: check 'vasticlaude reconcile'; tear down with vasticlaude down --experiment {exp}"
 
 
