@@ -182,6 +182,7 @@ class User:
         for proc in self.procs:
             if proc.poll() is None:
                 kill_session(proc.pid)
+                proc.kill()  # one that leads no session of its own (a fake Claude) is not in the group
                 proc.wait(timeout=10)
 
 
@@ -265,8 +266,11 @@ def test_a_stdin_that_is_never_closed_does_not_hang_a_hook(tmp_path):
     for sent in (b"", b'{"session_id": "half'):
         proc = subprocess.Popen(["sh", "-c", command_of("SessionEnd")], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        proc.stdin.write(sent)
-        proc.stdin.flush()
+        try:
+            proc.stdin.write(sent)
+            proc.stdin.flush()
+        except BrokenPipeError:  # it exited without reading stdin (no state: the fast path), as it may
+            pass
         start = time.monotonic()
         try:
             assert proc.wait(timeout=5) == 0
@@ -705,11 +709,7 @@ def test_one_session_ending_leaves_another_open_sessions_idle_instance(user, sim
     user.env = env_of_a
     iid = user.up("a-idle")
     user.env = original
-    user.session_end("sess-b")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (vchome / "last-session-end.json").exists():
-        time.sleep(0.3)
-    time.sleep(1.0)
+    wait_worker(user.session_end("sess-b"))  # its report is written early and complete only at its end
     last = json.loads((vchome / "last-session-end.json").read_text())
     assert iid in user.account(), last
     entry = [i for i in last["instances"] if str(i["id"]) == str(iid)][0]

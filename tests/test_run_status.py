@@ -40,7 +40,8 @@ def put_code(up: dict, experiment: str) -> None:
 def test_run_status_wait_logs(cli, sim):
     up = cli.json("up", "--experiment", "train", "--image", IMAGE, "--disk", "8")
     put_code(up, "train")
-    started = start(cli, "train", "python3", "train.py", "80")
+    # 160 steps of 0.1 s: the job still runs when `status --wait` starts, even on a busy machine
+    started = start(cli, "train", "python3", "train.py", "160")
     assert started["state"] == "running" and started["instance_id"] == up["instance_id"]
 
     busy = cli.run("run", "--experiment", "train", "--", "python3", "train.py")
@@ -49,7 +50,7 @@ def test_run_status_wait_logs(cli, sim):
     time.sleep(1.5)
     snap = cli.json("status", "--experiment", "train")
     assert snap["job"]["state"] == "running" and snap["instance"]["status"] == "running"
-    assert snap["progress"]["step"].endswith("/80") and "loss" in snap["progress"]["metrics"]
+    assert snap["progress"]["step"].endswith("/160") and "loss" in snap["progress"]["metrics"]
     assert snap["log_tail"] and snap["gpu"]["count"] == 1 and snap["disk"]["size_gb"] > 0
     human = cli.run("status", "--experiment", "train")
     assert human.returncode == 0 and len(human.stdout.encode()) <= 1500 and "next:" in human.stdout
@@ -59,11 +60,11 @@ def test_run_status_wait_logs(cli, sim):
     assert done.returncode == 0, done.stderr
     snap = json.loads(done.stdout)["data"]
     assert snap["job"]["state"] == "exited" and snap["job"]["exit_code"] == 0
-    assert snap["job"]["elapsed_s"] >= 8
+    assert snap["job"]["elapsed_s"] >= 16
     assert "train: running" in done.stderr  # progress lines went to stderr
 
     logs = cli.json("logs", "--experiment", "train", "-n", "50")
-    assert any("step 80/80" in line for line in logs["lines"]) and "ended" in logs["lines"][-1]
+    assert any("step 160/160" in line for line in logs["lines"]) and "ended" in logs["lines"][-1]
     assert cli.json("logs", "--experiment", "train", "-n", "3", "--grep", "step 3")["lines"]
 
 
