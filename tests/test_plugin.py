@@ -74,12 +74,26 @@ def run_claude(claude: str, args: list[str], env: dict, cwd: Path = ROOT, timeou
 
 @pytest.fixture(scope="session")
 def plugin_data(tmp_path_factory) -> dict:
-    """One launcher env for the session, built the way a user's first call builds it."""
-    data = tmp_path_factory.mktemp("plugin-data")
-    env = {**os.environ, "CLAUDE_PLUGIN_DATA": str(data), "VASTICLAUDE_HOME": str(data / "vchome")}
-    started = time.monotonic()
-    proc = subprocess.run([str(VC), "--prepare"], capture_output=True, text=True, env=env, timeout=600)
-    return {"dir": data, "proc": proc, "seconds": time.monotonic() - started}
+    """One launcher env for the session, built the way a user's first call builds it.
+
+    Built once per run, not once per xdist worker: the first worker to need it builds it in the
+    run's temp folder under a lock, and the others wait for that build and get its result."""
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # <run>/popen-gwN -> <run>, common to this run's workers only
+    data, result = shared / "plugin-data", shared / "plugin-data.json"
+    with FileLock(str(shared / "plugin-data.lock")):
+        if not result.exists():
+            data.mkdir(exist_ok=True)
+            env = {**os.environ, "CLAUDE_PLUGIN_DATA": str(data), "VASTICLAUDE_HOME": str(data / "vchome")}
+            started = time.monotonic()
+            proc = subprocess.run([str(VC), "--prepare"], capture_output=True, text=True, env=env, timeout=600)
+            result.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
+                                          "stderr": proc.stderr, "seconds": time.monotonic() - started}))
+        built = json.loads(result.read_text())
+    proc = subprocess.CompletedProcess([str(VC), "--prepare"], built["returncode"], built["stdout"], built["stderr"])
+    return {"dir": data, "proc": proc, "seconds": built["seconds"]}
 
 
 def vc(plugin_data: dict, *args: str, **env: str) -> subprocess.CompletedProcess:
