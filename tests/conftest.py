@@ -23,21 +23,35 @@ for _name in ("VAST_API_KEY", "VAST_URL"):
     os.environ.pop(_name, None)
 os.environ["VASTAI_NO_UPDATE_CHECK"] = "1"
 
+# Fixtures whose tests start a sandbox, an SSH endpoint or Claude Code: never `unit` tests.
+PROCESS_FIXTURES = {"sim", "fresh_sim", "claude", "plugin_data", "loop_thread"}
+
 
 # ----- parallel runs ---------------------------------------------------------------------------
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """How many workers `-n auto` starts: PYTEST_XDIST_AUTO_NUM_WORKERS if set; else two per CPU
-    this process may use, 2 to 8. The tests mostly wait (sandboxes, ssh, polls), so two per CPU keeps
+    """How many workers `-n auto` starts: PYTEST_XDIST_AUTO_NUM_WORKERS if set; none for
+    `-m unit` (it takes seconds; starting workers would take longer); else two per CPU this
+    process may use, 2 to 8. The tests mostly wait (sandboxes, ssh, polls), so two per CPU keeps
     the CPUs busy; more only slows the CPU-bound parts (vastai/vasticlaude process starts) and
     squeezes the real-time windows some tests observe a running job in."""
     wanted = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if wanted:
         return int(wanted)
+    if (config.option.markexpr or "").strip() == "unit":
+        return 0
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return min(8, max(2, 2 * cpus))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A `unit` test may not use a fixture that starts a sandbox, SSH endpoint or Claude Code."""
+    for item in items:
+        uses = PROCESS_FIXTURES & set(item.fixturenames)
+        if item.get_closest_marker("unit") and uses:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but starts processes ({', '.join(sorted(uses))})")
 
 
 # ----- isolation -------------------------------------------------------------------------------

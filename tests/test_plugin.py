@@ -158,6 +158,7 @@ def doc_files() -> list[Path]:
     return sorted([*SKILLS.rglob("*.md"), *(ROOT / "commands").rglob("*.md")])
 
 
+@pytest.mark.unit
 def test_skill_frontmatter_limits():
     names = set()
     for path in skill_files():
@@ -176,6 +177,7 @@ def test_skill_frontmatter_limits():
     assert SLASH_COMMANDS | {"vast-gpu", "vast-monitor"} == names
 
 
+@pytest.mark.unit
 def test_skill_paths_exist():
     for path in doc_files():
         text = path.read_text(encoding="utf-8")
@@ -282,6 +284,7 @@ def test_two_sessions_never_build_at_once(tmp_path):
     assert not (tmp_path / "data" / "venv.lock").exists()
 
 
+@pytest.mark.unit
 def test_launcher_says_when_python_is_too_old(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -17,6 +17,8 @@ import pytest
 
 from vasticlaude import chart, cli, costing, report, state
 
+pytestmark = pytest.mark.unit  # pure: no sandbox, SSH or Claude Code
+
 WHITE = (255, 255, 255)
 
 

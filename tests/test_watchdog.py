@@ -251,6 +251,7 @@ def test_budget_stops_the_job_and_the_instance(pricey, monkeypatch):
 
 
 # ----- budgets checked before renting -----------------------------------------------------------
+@pytest.mark.unit
 def test_check_before_rent_counts_hours_already_run_and_the_daily_cap(monkeypatch, tmp_path):
     now = time.time()
     with state.transaction() as data:
