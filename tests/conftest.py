@@ -1,4 +1,11 @@
-"""Shared fixtures: a real sandbox per test module, stopped even when tests fail."""
+"""Shared fixtures: a real sandbox per test module, stopped even when tests fail.
+
+The suite runs on pytest-xdist workers (`-n auto --dist worksteal`, pyproject.toml). Each
+worker is a separate process with its own temp folder (pytest's basetemp/popen-gwN), HOME,
+VASTICLAUDE_HOME per test, and sandboxes of its own on ports the OS picks, so no two workers
+share state; a module's tests may run on several workers, each with its own `sim`. `-n 0`
+runs everything in one process, as before.
+"""
 from __future__ import annotations
 
 import os
@@ -16,6 +23,57 @@ for _name in ("VAST_API_KEY", "VAST_URL"):
     os.environ.pop(_name, None)
 os.environ["VASTAI_NO_UPDATE_CHECK"] = "1"
 
+# Fixtures whose tests start a sandbox, an SSH endpoint or Claude Code: never `unit` tests.
+PROCESS_FIXTURES = {"sim", "fresh_sim", "claude", "plugin_data", "loop_thread"}
+
+
+# ----- parallel runs ---------------------------------------------------------------------------
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many workers `-n auto` starts: PYTEST_XDIST_AUTO_NUM_WORKERS if set; none for
+    `-m unit` (it takes seconds; starting workers would take longer); else two per CPU this
+    process may use, 2 to 8. The tests mostly wait (sandboxes, ssh, polls), so two per CPU keeps
+    the CPUs busy; more only slows the CPU-bound parts (vastai/vasticlaude process starts) and
+    squeezes the real-time windows some tests observe a running job in."""
+    wanted = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if wanted:
+        return int(wanted)
+    if (config.option.markexpr or "").strip() == "unit":
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(8, max(2, 2 * cpus))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A `unit` test may not use a fixture that starts a sandbox, SSH endpoint or Claude Code."""
+    for item in items:
+        uses = PROCESS_FIXTURES & set(item.fixturenames)
+        if item.get_closest_marker("unit") and uses:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but starts processes ({', '.join(sorted(uses))})")
+
+
+# ----- isolation -------------------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _worker_home(tmp_path_factory: pytest.TempPathFactory):
+    """A HOME of this worker's own, so no test reads or writes the real one (~/.ssh, caches…).
+    pip's user config (an index or proxy it may need) stays where pip finds it."""
+    saved = {name: os.environ.get(name) for name in ("HOME", "PIP_CONFIG_FILE")}
+    real_home = Path(saved["HOME"] or Path.home())
+    pip_conf = Path(os.environ.get("XDG_CONFIG_HOME") or real_home / ".config") / "pip" / "pip.conf"
+    if saved["PIP_CONFIG_FILE"] is None and pip_conf.is_file():
+        os.environ["PIP_CONFIG_FILE"] = str(pip_conf)
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +82,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory):
-    """A sandbox at time scale 0 (no artificial delays) for one test module."""
+    """A sandbox at time scale 0 (no artificial delays) for one test module (on each worker
+    that runs tests of the module)."""
     base = tmp_path_factory.mktemp("sim")
     sandbox = Sim(state=base / "state", home=base / "home")
     sandbox.home.mkdir()

@@ -18,6 +18,8 @@ import pytest
 
 from vasticlaude.core.faults import BUDGET_PLAN, FAILED_PLAN, PLANS, blames_machine, diagnose
 
+pytestmark = pytest.mark.unit  # pure: no sandbox, SSH or Claude Code
+
 POLICY = {"stale_after_s": 611, "unreachable_after_s": 307}  # not the defaults: proves they are read
 BID = {"is_bid": True, "bid_price": 0.25}
 ON_DEMAND = {"is_bid": False}

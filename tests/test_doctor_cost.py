@@ -184,6 +184,7 @@ def run_cost(monkeypatch, now: float, *argv: str) -> dict:
     return cost.run(cost.build_parser().parse_args(list(argv)))
 
 
+@pytest.mark.unit
 def test_cost_exact_figures_and_budgets(tmp_path, monkeypatch):
     noon, data = known_state()
     write_state(data)
@@ -217,6 +218,7 @@ def test_cost_exact_figures_and_budgets(tmp_path, monkeypatch):
     assert out["today"] == {"spent_usd": 2.558667, "daily_cap_usd": 20, "left_usd": 17.441333}
 
 
+@pytest.mark.unit
 def test_cost_one_experiment_and_human_table(tmp_path, monkeypatch):
     noon, data = known_state()
     write_state(data)
@@ -234,6 +236,7 @@ def test_cost_one_experiment_and_human_table(tmp_path, monkeypatch):
     assert empty["instances"] == [] and empty["experiments"][0]["spent_usd"] == 0
 
 
+@pytest.mark.unit
 def test_cost_folds_instances_destroyed_before_today(tmp_path, monkeypatch):
     noon, data = known_state()
     mid = time.mktime(time.localtime(noon)[:3] + (0, 0, 0, 0, 0, -1))
@@ -255,6 +258,7 @@ def snapshot(root: Path) -> dict:
     return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.unit
 def test_cost_makes_no_api_call_imports_no_vastai_and_writes_nothing(tmp_path):
     _, data = known_state()
     write_state(data)
@@ -314,6 +318,7 @@ def test_cost_actual_beside_the_estimate(pinned, tmp_path):
 
 
 # ----- every command's --help, and no secret anywhere -----------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
 def test_every_command_has_help(name, tmp_path):
     proc = vc(name, "--help", env=client_env(tmp_path), cwd=tmp_path)
@@ -321,6 +326,7 @@ def test_every_command_has_help(name, tmp_path):
     assert proc.stdout.strip()
 
 
+@pytest.mark.unit
 def test_top_level_help(tmp_path):
     proc = vc("--help", env=client_env(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0 and "doctor" in proc.stdout and "cost" in proc.stdout

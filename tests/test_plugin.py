@@ -74,12 +74,26 @@ def run_claude(claude: str, args: list[str], env: dict, cwd: Path = ROOT, timeou
 
 @pytest.fixture(scope="session")
 def plugin_data(tmp_path_factory) -> dict:
-    """One launcher env for the session, built the way a user's first call builds it."""
-    data = tmp_path_factory.mktemp("plugin-data")
-    env = {**os.environ, "CLAUDE_PLUGIN_DATA": str(data), "VASTICLAUDE_HOME": str(data / "vchome")}
-    started = time.monotonic()
-    proc = subprocess.run([str(VC), "--prepare"], capture_output=True, text=True, env=env, timeout=600)
-    return {"dir": data, "proc": proc, "seconds": time.monotonic() - started}
+    """One launcher env for the session, built the way a user's first call builds it.
+
+    Built once per run, not once per xdist worker: the first worker to need it builds it in the
+    run's temp folder under a lock, and the others wait for that build and get its result."""
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # <run>/popen-gwN -> <run>, common to this run's workers only
+    data, result = shared / "plugin-data", shared / "plugin-data.json"
+    with FileLock(str(shared / "plugin-data.lock")):
+        if not result.exists():
+            data.mkdir(exist_ok=True)
+            env = {**os.environ, "CLAUDE_PLUGIN_DATA": str(data), "VASTICLAUDE_HOME": str(data / "vchome")}
+            started = time.monotonic()
+            proc = subprocess.run([str(VC), "--prepare"], capture_output=True, text=True, env=env, timeout=600)
+            result.write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
+                                          "stderr": proc.stderr, "seconds": time.monotonic() - started}))
+        built = json.loads(result.read_text())
+    proc = subprocess.CompletedProcess([str(VC), "--prepare"], built["returncode"], built["stdout"], built["stderr"])
+    return {"dir": data, "proc": proc, "seconds": built["seconds"]}
 
 
 def vc(plugin_data: dict, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -144,6 +158,7 @@ def doc_files() -> list[Path]:
     return sorted([*SKILLS.rglob("*.md"), *(ROOT / "commands").rglob("*.md")])
 
 
+@pytest.mark.unit
 def test_skill_frontmatter_limits():
     names = set()
     for path in skill_files():
@@ -162,6 +177,7 @@ def test_skill_frontmatter_limits():
     assert SLASH_COMMANDS | {"vast-gpu", "vast-monitor"} == names
 
 
+@pytest.mark.unit
 def test_skill_paths_exist():
     for path in doc_files():
         text = path.read_text(encoding="utf-8")
@@ -268,6 +284,7 @@ def test_two_sessions_never_build_at_once(tmp_path):
     assert not (tmp_path / "data" / "venv.lock").exists()
 
 
+@pytest.mark.unit
 def test_launcher_says_when_python_is_too_old(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()

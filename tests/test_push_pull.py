@@ -139,6 +139,7 @@ def local_push(root: Path, dest: Path, cfg: dict, tmp: Path, heavy: bool = False
     return {str(p.relative_to(dest)) for p in dest.rglob("*")}
 
 
+@pytest.mark.unit
 def test_ignore_rules_follow_git_in_a_repo_outside_one_and_without_git(tmp_path, monkeypatch):
     cfg = {"ignore": ["*.tmpdata"]}
     repo = tmp_path / "repo"

@@ -250,7 +250,8 @@ def test_full_disk_is_pulled_relaunched_with_more_disk_and_finished(cli, sim, pr
 
 # ----- SSH drops -----------------------------------------------------------------------------------
 def test_status_and_pull_complete_through_repeated_ssh_drops(cli, sim, project):  # noqa: F811
-    up = launch(cli, "drops", "15", str(STEP_S), "20000")
+    # 15 steps of 3 x STEP_S: the job must still run when the first status looks, even on a busy machine
+    up = launch(cli, "drops", "15", str(3 * STEP_S), "20000")
     iid = up["instance_id"]
     sim.fault("ssh-drop", instance=iid, refuse=3)
     snap = cli.json("status", "--experiment", "drops")

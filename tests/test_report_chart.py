@@ -24,6 +24,8 @@ from vasticlaude.core import money as costing
 from vasticlaude.ops import reporting as report
 from vasticlaude.store import state
 
+pytestmark = pytest.mark.unit  # pure: no sandbox, SSH or Claude Code
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HUES = [c for c in chart.PALETTE if len(set(c)) > 1]  # the grey one is also in antialiased black text
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
@@ -67,7 +68,14 @@ def test_preemption_kills_processes_keeps_data_and_resumes_on_a_winning_bid(sim)
     iid = sim.sdk().create_instance(id=offer["id"], image="vastai/base:0.0.2", disk=4, ssh=True,
                                     direct=True, bid_price=bid)["new_contract"]
     row = sim.wait_status(iid, "running")
-    sim.ssh(row, "echo keep > data.txt; setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null &")
+    # `ps` on an instance sees every process of this machine (the sandbox has no PID namespace),
+    # so the process to look for must be this test's own, not any `sleep 300` of another sandbox.
+    nap = f"sleep 300.{uuid.uuid4().int % 10**9:09d}"
+    sim.ssh(row, f"echo keep > data.txt; setsid nohup {nap} >/dev/null 2>&1 < /dev/null &")
+    deadline = time.monotonic() + 10
+    while nap not in sim.ssh(row, "ps -eo args").stdout:  # it runs (so its absence later means killed)
+        assert time.monotonic() < deadline, f"{nap} never started"
+        time.sleep(0.1)
     sim.fault("preempt", instance=iid, bid=bid * 2)
     row = sim.instance(iid)
     assert (row["actual_status"], row["intended_status"]) == ("stopped", "running")
@@ -78,7 +86,7 @@ def test_preemption_kills_processes_keeps_data_and_resumes_on_a_winning_bid(sim)
     sim.vastai("change", "bid", str(iid), "--price", str(bid * 2.5))
     row = sim.wait_status(iid, "running")
     assert sim.ssh(row, "cat data.txt").stdout.strip() == "keep"
-    assert "sleep 300" not in sim.ssh(row, "ps -eo args").stdout
+    assert nap not in sim.ssh(row, "ps -eo args").stdout
 
 
 def test_host_death(sim):

@@ -29,6 +29,8 @@ from vasticlaude.sim.market import (GPU_NAMES, MARKET_EPOCH, generate_market, gp
                                     price_offer, storage_dph)
 from vasticlaude.sim.query import DEFAULT_LIMIT, QueryError, filter_instances, search
 
+pytestmark = pytest.mark.unit  # pure: no sandbox, SSH or Claude Code
+
 # vast-api.md §8, minus the fields priced per search.
 STORED_FIELDS = """
 id ask_contract_id bundle_id machine_id host_id gpu_name num_gpus gpu_ram gpu_total_ram gpu_frac
