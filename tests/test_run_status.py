@@ -61,7 +61,7 @@ def test_run_status_wait_logs(cli, sim):
     snap = json.loads(done.stdout)["data"]
     assert snap["job"]["state"] == "exited" and snap["job"]["exit_code"] == 0
     assert snap["job"]["elapsed_s"] >= 16
-    assert "train: running" in done.stderr  # progress lines went to stderr
+    assert "vasticlaude: train: " in done.stderr and "train: " not in done.stdout  # progress lines: stderr only
 
     logs = cli.json("logs", "--experiment", "train", "-n", "50")
     assert any("step 160/160" in line for line in logs["lines"]) and "ended" in logs["lines"][-1]

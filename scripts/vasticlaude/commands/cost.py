@@ -20,7 +20,7 @@ JSON (data):
   {"instances": [{"id", "label", "experiment", "status", "gpu_name", "dph_now", "running_s",
                   "exists_s", "gpu_usd", "storage_usd", "total_usd", "created_at", "destroyed_at",
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
-   "experiments": [{"experiment", "instances", "live", "last_at", "dph_now", "spent_usd", "running_hours",
+   "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?}],
    "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
    "today": {"spent_usd", "daily_cap_usd", "left_usd"},

@@ -44,10 +44,12 @@ ckpt = os.path.join(ckpt_dir, "state.json")
 step = json.load(open(ckpt))["step"] if os.environ.get("VASTICLAUDE_RESUME") == "1" else 0
 print(f"resuming from step {step}" if step else "starting", flush=True)
 total = 60
+metrics = lambda s: (2.0 / (1 + s / 4), min(0.99, 0.5 + s / 120))  # noqa: E731
+loss, acc = metrics(step)  # a resume at the last checkpoint has no step left to run
 while step < total:
     step += 1
     time.sleep(0.1)
-    loss, acc = 2.0 / (1 + step / 4), min(0.99, 0.5 + step / 120)
+    loss, acc = metrics(step)
     print(f"epoch {1 + (step - 1) // 30}/2 step {step}/{total} loss={loss:.4f} acc={acc:.3f}", flush=True)
     if step % 5 == 0:
         json.dump({"step": step}, open(ckpt + ".tmp", "w"))

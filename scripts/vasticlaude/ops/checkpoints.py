@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from vasticlaude.ops.results import present, transfer
+from vasticlaude.errors import Error
+from vasticlaude.output import progress
 from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.transfer import remote, rsync, stat
@@ -63,8 +65,12 @@ def keep_log(route: ssh.Route, layout: Layout, dest: Path) -> int:
     moved to another machine still shows what the first one did."""
     folder = dest / "logs" / str(route.instance_id)
     folder.mkdir(parents=True, exist_ok=True)
-    stats = rsync(route, [f"remote:{layout.run}/{JOB_LOG.split('/')[-1]}"], f"{folder}/", ["-az", "--partial"],
-                  "keeping the job log")
+    try:  # best effort, one try: the checkpoints matter, this copy only helps the report
+        stats = rsync(route, [f"remote:{layout.run}/{JOB_LOG.split('/')[-1]}"], f"{folder}/", ["-az", "--partial"],
+                      "keeping the job log", backoff=())
+    except Error as err:
+        progress(f"vasticlaude: the job log of instance {route.instance_id} was not kept this time ({err.message[:120]})")
+        return 0
     return stat(stats, "Total bytes received")
 
 

@@ -53,6 +53,8 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     if not everything:  # live or active today, newest first; what is left out still counts in the totals
         exps = [e for e in exps if e["live"] or e["last_at"] >= cutoff or (experiment and e["experiment"] == experiment)]
         exps = sorted(exps, key=lambda e: (-e["live"], -e["last_at"]))[:MAX_EXPERIMENTS]
+    for e in exps:
+        e.pop("last_at")  # for the order only
     return {"instances": listed[-MAX_INSTANCES:] if not everything else listed, "experiments": exps,
             "session": session(data, now), "today": today(data, limits, now),
             "billing_usd_per_hour": round(float(sum(r["dph_now"] for r in rows)), 6),
