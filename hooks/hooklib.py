@@ -148,9 +148,71 @@ def guarded(rec: dict, report: dict | None) -> bool:
     return bool(guard and guard.get("watchdog") and guard.get("alive"))
 
 
-def left_guarded(report: dict | None) -> set[str]:
-    """Instances the last sweep left running because an on-instance guard watches them."""
-    return {str(i.get("id")) for i in (report or {}).get("instances") or [] if i.get("action") == "left-guarded"}
+def left_guarded(report: dict | None) -> dict[str, float]:
+    """Instances the last sweep left running because an on-instance guard watches them, and when."""
+    at = float((report or {}).get("finished_at") or (report or {}).get("started_at") or 0)
+    return {str(i.get("id")): at for i in (report or {}).get("instances") or [] if i.get("action") == "left-guarded"}
+
+
+# ----- the account, asked once ---------------------------------------------------------------------
+LIVE_TIMEOUT = 2.0   # one API call at session start; the hook's own limit is 10 s
+REAL_URL = "https://console.vast.ai"
+
+
+def account_rows(recs: list[dict]) -> tuple[dict[int, dict] | None, str]:
+    """The account's instance rows by id, from one `GET /api/v1/instances/` to the URL the live records
+    were rented on (the sandbox's key for the sandbox, else VAST_API_KEY or vastai's key file);
+    (None, why) when it cannot be asked or does not answer within LIVE_TIMEOUT."""
+    import urllib.request
+    urls = [str(r.get("target") or "") for r in recs if r.get("target")]
+    url = max(set(urls), key=urls.count) if urls else (os.environ.get("VAST_URL") or REAL_URL)
+    key = account_key(url)
+    if not key:
+        return None, ""  # nothing to ask with: the local record is all there is
+    request = urllib.request.Request(url.rstrip("/") + "/api/v1/instances/?limit=100",
+                                     headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=LIVE_TIMEOUT) as reply:
+            rows = json.loads(reply.read().decode("utf-8")).get("instances") or []
+        return {int(r["id"]): r for r in rows if isinstance(r, dict) and "id" in r}, ""
+    except Exception as err:  # noqa: BLE001 — any failure means "as last seen"
+        return None, f"{url} did not answer ({type(err).__name__})"
+
+
+def account_key(url: str) -> str | None:
+    """The key for `url`: the local sandbox's own when it is that sandbox, else the user's Vast key."""
+    try:
+        sim = read_json(paths.sim_dir() / "sim.json") or {}
+    except ValueError:
+        sim = {}
+    if sim.get("url") and sim["url"].rstrip("/") == url.rstrip("/"):
+        return sim.get("api_key")
+    if os.environ.get("VAST_API_KEY"):
+        return os.environ["VAST_API_KEY"].strip()
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for path in (Path(config) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            continue
+    return None
+
+
+def job_ended(rec: dict) -> int | None:
+    """The exit code of the instance's last run when its end is known at home (pulled or synced), else None."""
+    exp = experiment(rec.get("experiment"))
+    runs = [r for r in exp.get("runs") or [] if str(r.get("instance_id")) == str(rec.get("id"))]
+    if not runs:
+        return None
+    if runs[-1].get("immediate_exit") is not None:
+        return int(runs[-1]["immediate_exit"])
+    pulled = exp.get("pull") or {}
+    if float(pulled.get("at") or 0) < float(runs[-1].get("at") or 0):
+        return None
+    try:
+        return int((Path(pulled.get("local_path") or "") / "run" / "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def since(rec: dict) -> float:

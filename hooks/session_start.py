@@ -1,11 +1,13 @@
-"""SessionStart hook: say what still bills, start background work, never call the API.
+"""SessionStart hook: say what still bills (asking the account once), start background work.
 
 Tells Claude (additionalContext) and the user (systemMessage) in a few lines, under 1.5 KB
 whatever the number of instances: what is still running or stopped-but-billing, since
 when, its $/h and what it has cost, the last sweep's summary, what needs a decision, and any
 recovery that did not finish (`recovering` in an experiment.json).
-From local state only (instances.json, experiment.json, last-session-end.json): the API is
-for the background work. That work is started detached, so the session never waits:
+From local state (instances.json, experiment.json, last-session-end.json) and ONE call to the
+account (`GET /api/v1/instances/`, at most 2 s), so a stopped instance is said to bill storage
+only and one gone bills nothing; when the account does not answer, the lines say "as last
+recorded" and when. That work is started detached, so the session never waits:
 - `scripts/vc --prepare`, which builds the launcher's environment (so the first command
   does not wait for it), when the launcher exists;
 - `vasticlaude sweep --reason session-start --only-orphans` when the last sweep left
@@ -22,6 +24,7 @@ import time
 
 import hooklib
 from hooklib import money
+from vasticlaude.core.lifecycle import record_status
 
 MAX_BYTES = 1500   # the whole stdout, JSON included
 MAX_LISTED = 6
@@ -35,7 +38,9 @@ def handle(event: dict) -> str | None:
     export_session(event)
     prepare(event)
     follow_up = needs_follow_up(report) and start_orphan_sweep(event)
-    head, items, decision = instance_lines(hooklib.live(data), report)
+    recs = hooklib.live(data)
+    rows, why = hooklib.account_rows(recs) if recs else (None, "")
+    head, items, decision = instance_lines(recs, report, rows, why)
     if corrupt:
         head.insert(0, "vasticlaude: instances.json is corrupt, so what bills is unknown: run "
                        f"`{hooklib.vc_command()} reconcile` (it keeps the old file aside and rebuilds it).")
@@ -74,15 +79,25 @@ def start_orphan_sweep(event: dict) -> int:
     return hooklib.spawn(argv, env, "sweep.log", cwd=hooklib.project_dir(event))
 
 
-def instance_lines(recs: list[dict], report: dict | None) -> tuple[list[str], list[str], list[str]]:
-    """(header, one line per live instance — the most expensive first, what needs a decision)."""
+def instance_lines(recs: list[dict], report: dict | None, rows: dict[int, dict] | None = None,
+                   why: str = "") -> tuple[list[str], list[str], list[str]]:
+    """(header, one line per live instance — the most expensive first, what needs a decision).
+
+    With the account's `rows` each record's status is the live one (a stopped instance bills
+    storage only; one gone from the account bills nothing); without, it is as last recorded."""
     if not recs:
         return [], [], []
+    gone = [r for r in recs if rows is not None and int(r["id"]) not in rows]
+    recs = [as_seen(r, rows) for r in recs if r not in gone]
     guarded = hooklib.left_guarded(report)
     total = hooklib.total_dph(recs)
     spent = sum(hooklib.costing.instance_cost(r)["total_usd"] for r in recs)
+    seen = "now" if rows is not None else f"as last recorded, {last_recorded()}" + (f": {why}" if why else "")
     head = [f"vasticlaude: {len(recs)} instance(s) still exist and bill {money(total)}/h "
-            f"({money(spent)} spent so far):"]
+            f"({money(spent)} spent so far; {seen}):"] if recs else []
+    if gone:
+        head.append(f"Gone from the account since last seen (nothing bills): {' '.join(str(r['id']) for r in gone[:8])}; "
+                    f"`{hooklib.vc_command()} reconcile` records it.")
     ranked = sorted(recs, key=lambda r: -hooklib.costing.billing_now(r))
     items = [instance_line(r, guarded) for r in ranked]
     undecided = [str(r["id"]) for r in recs if needs_decision(r, report)]
@@ -95,7 +110,22 @@ def instance_lines(recs: list[dict], report: dict | None) -> tuple[list[str], li
     return head, items, decision
 
 
-def instance_line(rec: dict, guarded: set[str]) -> str:
+def as_seen(rec: dict, rows: dict[int, dict] | None) -> dict:
+    """The record with the account's current status (what it bills now), when the account answered."""
+    row = (rows or {}).get(int(rec["id"]))
+    if row is None:
+        return rec
+    return {**rec, "status": record_status(row)}
+
+
+def last_recorded() -> str:
+    try:
+        return hooklib.stamp(os.stat(hooklib.paths.home() / "instances.json").st_mtime)
+    except OSError:
+        return "?"
+
+
+def instance_line(rec: dict, guarded: dict[str, float]) -> str:
     status = str(rec.get("status") or "?")
     cost = hooklib.costing.instance_cost(rec)
     note = note_for(rec, guarded)
@@ -104,11 +134,15 @@ def instance_line(rec: dict, guarded: set[str]) -> str:
             f"spent {money(cost['total_usd'])}" + (f"; {note}" if note else ""))
 
 
-def note_for(rec: dict, guarded: set[str]) -> str:
+def note_for(rec: dict, guarded: dict[str, float]) -> str:
+    if rec.get("status") in ("stopped", "exited"):
+        return "stopped (by its watchdog or by hand), disk kept: storage bills"
+    ended = hooklib.job_ended(rec)
+    if ended is not None:
+        return (f"its job ended (exit {ended}) and the results are home; the instance bills until "
+                f"`{hooklib.vc_command()} down --experiment {rec.get('experiment')}`")
     if str(rec.get("id")) in guarded:
-        return "job left running under its guard"
-    if rec.get("status") == "stopped":
-        return "stopped, disk kept: storage bills"
+        return f"job left running under its guard (last sweep, {hooklib.stamp(guarded[str(rec.get('id'))])})"
     guard = hooklib.job_in_flight(rec)
     if guard is None:
         return ""

@@ -622,6 +622,38 @@ def test_controller_killed_at_each_step_then_session_end_leaves_only_guarded_job
     print(f"fault matrix: the sweep finished in {took:.1f} s")
 
 
+def test_session_start_asks_the_account_a_job_that_ended_and_a_stopped_instance_are_told_as_they_are(user, sim):
+    """SessionStart reads the live status (one API call): no GPU billing for a stopped instance, and a job
+    whose end came home is said to have ended, not to be running under its guard."""
+    ended, stopped = user.up("ss-ended"), user.up("ss-stopped")
+    push(user, "ss-ended")
+    user.run("run", "--experiment", "ss-ended", "--no-watchdog", "--", "python3", "train.py", "3")  # stays up
+    wait_job_end(user, "ss-ended")
+    user.run("pull", "--experiment", "ss-ended")
+    from vastai import VastAI
+    VastAI(api_key=sim.api_key, server_url=sim.url, retry=10).stop_instance(id=stopped)  # as its watchdog would
+    deadline = time.monotonic() + 30
+    while user.account()[stopped]["actual_status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    said = json.loads(user.session_start())["hookSpecificOutput"]["additionalContext"]
+    line = {iid: next(ln for ln in said.splitlines() if ln.startswith(f"- {iid} ")) for iid in (ended, stopped)}
+    assert "its job ended (exit 0)" in line[ended] and "down --experiment ss-ended" in line[ended], said
+    assert "under its guard" not in line[ended]
+    assert "stopped" in line[stopped] and "storage bills" in line[stopped], said
+    storage = user.account()[stopped]["storage_total_cost"]
+    assert f"${storage:.3f}/h" in line[stopped], (storage, line[stopped])  # storage only, no GPU
+    assert "; now)" in said.splitlines()[0]  # the account answered: these are live figures
+
+    sim_url = sim.url
+    state = json.loads((user.vchome / "instances.json").read_text())
+    for rec in state["instances"].values():  # an account that does not answer: as last recorded
+        rec["target"] = "http://127.0.0.1:9"
+    (user.vchome / "instances.json").write_text(json.dumps(state))
+    offline = json.loads(user.session_start())["hookSpecificOutput"]["additionalContext"]
+    assert "as last recorded" in offline.splitlines()[0] and "did not answer" in offline.splitlines()[0], offline
+    assert sim_url not in offline
+
+
 def test_two_session_ends_at_once_do_the_work_once(user, sim):
     ids = [user.up(f"twin{i}") for i in range(3)]
     pids = [user.session_end(f"twin-session-{i}") for i in range(2)]
