@@ -4,25 +4,30 @@ Each kind reproduces one failure the product must survive (vast-api.md §10,
 landscape.md): offers that vanish or cannot schedule, instances that never start,
 preemption, dead hosts and containers, dropped SSH, API errors and slowness, an
 empty balance. Offer- and machine-level faults apply to instances rented later;
-instance-level ones act at once.
+instance-level ones act at once. The realism kinds (what the real Vast does, each
+from a named source) are in realism.py.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import realism
 from .errors import bad_request
 
 if TYPE_CHECKING:
     from .app import Sandbox
 
 OFFER_FAULTS = {"offer-vanish", "offer-busy", "stuck-loading", "fail-start"}
-KINDS = sorted(OFFER_FAULTS | {"http", "slow", "preempt", "host-down", "container-exit", "ssh-drop", "balance"})
+KINDS = sorted(OFFER_FAULTS | {"http", "slow", "preempt", "host-down", "container-exit", "ssh-drop", "balance"}
+               | realism.KINDS)
 
 
 async def apply_fault(sandbox: "Sandbox", spec: dict) -> dict:
     kind = spec.get("kind")
     if kind not in KINDS:
         raise bad_request(f"unknown fault kind {kind!r}; one of: {', '.join(KINDS)}")
+    if kind in realism.KINDS:
+        return await realism.apply(sandbox, kind, spec)
     if kind in ("http", "slow"):
         rule = dict(spec, status=0) if kind == "slow" else spec
         return {"rule": sandbox.faults.add(rule).__dict__}
@@ -34,7 +39,7 @@ async def apply_fault(sandbox: "Sandbox", spec: dict) -> dict:
 
 
 def _offer_fault(sandbox: "Sandbox", kind: str, spec: dict) -> dict:
-    offers = _target_offers(sandbox, spec)
+    offers = target_offers(sandbox, spec)
     for offer in offers:
         faults = offer.setdefault("faults", {})
         if kind == "offer-vanish":
@@ -51,7 +56,7 @@ def _offer_fault(sandbox: "Sandbox", kind: str, spec: dict) -> dict:
     return {"offers": [o["id"] for o in offers]}
 
 
-def _target_offers(sandbox: "Sandbox", spec: dict) -> list[dict]:
+def target_offers(sandbox: "Sandbox", spec: dict) -> list[dict]:
     if "offer" in spec:
         offer = sandbox.world.offer(int(spec["offer"]))
         if offer is None:
@@ -67,8 +72,8 @@ def _target_offers(sandbox: "Sandbox", spec: dict) -> list[dict]:
 
 def _fail_mode(spec: dict) -> str:
     mode = spec.get("mode", "exited")
-    if mode not in ("exited", "created"):
-        raise bad_request("mode must be 'exited' or 'created'")
+    if mode not in realism.FAIL_MODES:
+        raise bad_request(f"mode must be one of: {', '.join(realism.FAIL_MODES)}")
     return mode
 
 
@@ -87,14 +92,27 @@ async def _instance_fault(sandbox: "Sandbox", kind: str, spec: dict) -> dict:
         competing = float(spec.get("bid") or round(float(rec["bid_price"]) * 1.5, 4))
         await engine.preempt(rec, competing, spec.get("seconds"), spec.get("intended") or "running")
     elif kind == "host-down":
-        await engine.host_down(rec)
+        await engine.host_down(rec, _seconds(spec))
     elif kind == "container-exit":
-        await engine.container_exit(rec)
+        await engine.container_exit(rec, _seconds(spec))
     elif kind == "ssh-drop":
         engine.drop_ssh(rec, int(spec.get("refuse", 0)))
     else:
         raise bad_request(f"{kind} does not apply to an instance")
     return {"instance": rec["id"], "actual_status": rec["actual_status"]}
+
+
+def _seconds(spec: dict) -> float | None:
+    """--seconds of a transient outage (none: it lasts)."""
+    if spec.get("seconds") is None:
+        return None
+    try:
+        seconds = float(spec["seconds"])
+    except (TypeError, ValueError):
+        raise bad_request("seconds must be a number") from None
+    if seconds < 0:
+        raise bad_request("seconds must not be negative")
+    return seconds
 
 
 def _balance(sandbox: "Sandbox", spec: dict) -> dict:

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from . import billing
+from . import billing, realism
 from .errors import ApiError, bad_request, forbidden, not_found
 from .faults import FaultBook
 from .lifecycle import Engine
@@ -126,12 +126,19 @@ class Sandbox:
     async def create(self, call: Call) -> object:
         rec = self.world.create_instance(call.int_arg(), call.body, time.time())
         self.changed()
+        if rec.pop("lost_bid", None) is not None:  # the contract exists; the answer is an error
+            raise ApiError(400, "insufficient_bid", rec["status_msg"], extra={"new_contract": rec["id"]})
         return {"success": True, "new_contract": rec["id"], "instance_api_key": rec["instance_api_key"]}
 
     # ----- instances -------------------------------------------------------------------
     async def show_instance(self, call: Call) -> object:
-        rec = self.world.find_instance(call.int_arg())
-        return {"instances": self.world.row(rec, time.time()) if rec else None}
+        iid = call.int_arg()
+        rec = self.world.find_instance(iid)
+        if rec is None:  # gone: null, or what the real Vast may answer instead (realism)
+            dead = self.world.data["instances"].get(str(iid))
+            return {"instances": realism.gone_row(self.world.data, dead, iid,
+                                                  lambda r: self.world.row(r, time.time()))}
+        return {"instances": self.world.row(rec, time.time())}
 
     async def list_v1(self, call: Call) -> object:
         rows = self._rows(call.query_json("select_filters", {}))
@@ -148,6 +155,8 @@ class Sandbox:
                 "label_counts": _label_counts(rows)}
 
     async def list_v0(self, call: Call) -> object:
+        if realism.active(self.world.data, None, "list-v0-gone") is not None:
+            raise ApiError(410, "gone", realism.GONE_V0_MSG)
         rows = self._rows({})
         return {"instances": rows, "instances_found": len(rows)}
 
@@ -268,6 +277,8 @@ class Sandbox:
         return {"success": True, "key": key, **key}
 
     async def list_keys(self, call: Call) -> object:
+        if realism.active(self.world.data, None, "ssh-keys-wrapped") is not None:
+            return {"ssh_keys": self.world.data["ssh_keys"]}
         return self.world.data["ssh_keys"]
 
     async def delete_key(self, call: Call) -> object:
@@ -324,6 +335,11 @@ class Sandbox:
                 rows.append({"type": "charge", "amount": round(item["amount"], 6), "instance_id": rec["id"],
                              "description": f"Instance {rec['id']} {kind} charges", "quantity": item["seconds"] / 3600,
                              "rate": rate, "timestamp": rec["billing"]["last"]})
+            for kind, item in billing.bandwidth_items(rec):
+                rows.append({"type": "charge", "amount": round(item["amount"], 6), "instance_id": rec["id"],
+                             "description": f"Instance {rec['id']} {kind} bandwidth charges",
+                             "quantity": item["bytes"] / billing.GB, "rate": billing.bandwidth_rate(rec, kind),
+                             "timestamp": rec["billing"]["last"]})
         rows += [{"type": "payment", "amount": p["amount"], "description": "Credit added",
                   "timestamp": p["timestamp"], "instance_id": None} for p in self.world.data["payments"]]
         spent = sum(r["amount"] for r in rows if r["type"] == "charge")
@@ -346,7 +362,8 @@ class Sandbox:
                                                   "gpu_name", "dph_total", "ssh_port", "disk_space", "disk_usage")}
                               for r in rows],
                 "spent": sum(billing.total(r) for r in self.world.data["instances"].values()),
-                "faults": self.faults.describe(), "offers": len(self.world.data["offers"])}
+                "faults": self.faults.describe(), "offers": len(self.world.data["offers"]),
+                "realism": self.world.data.get("realism", {})}
 
     async def add_fault(self, call: Call) -> object:
         from .admin import (
@@ -360,8 +377,10 @@ class Sandbox:
         self.faults.clear()
         for offer in self.world.data["offers"]:
             offer.pop("faults", None)
-        for rec in self.world.live_instances():
+        for rec in self.world.data["instances"].values():
             rec["faults"] = {}
+        self.world.data["realism"] = {}
+        await self.engine.refresh_all()
         self.changed()
         return {"success": True}
 

@@ -6,29 +6,59 @@ directory. No root, no network, no money.
 
 Usage:
   vasticlaude sim serve [--port N] [--state DIR] [--seed S] [--time-scale X] [--api-key KEY]
-                        [--market FILE] [--machines N] [--balance USD]
+                        [--market FILE] [--machines N] [--balance USD] [--realism]
   vasticlaude sim start [same flags; state defaults to $VASTICLAUDE_HOME/sim]
   vasticlaude sim stop | status | env
   vasticlaude sim fault KIND [--instance I | --offer O | --machine M] [options]
   vasticlaude sim fault clear
 
+--realism (or `sim fault realism`) turns on every realism behaviour below at once, the
+per-instance ones at Vast-like rates (seeded), durations scaled by --time-scale.
+
 Fault kinds:
   offer-vanish    the offer is gone when rented (404 no_such_ask); --when now hides it at once
   offer-busy      the offer cannot schedule: 410 with cancel_unavail, else a stopped instance
   stuck-loading   instances never leave `loading`
-  fail-start      instances end `exited` (or `created` with --mode created) with an OCI error
+  fail-start      instances end `exited` (or `created` with --mode created) with an OCI error;
+                  --mode manifest: stays `created`, "manifest ... not found"; --mode docker-build:
+                  `loading` with intended `stopped`, "docker_build() error..."
   preempt         an interruptible instance is outbid: stopped, processes killed, data kept;
                   it resumes when its bid reaches --bid (default 1.5x) or after --seconds;
                   --intended stopped also marks it stopped by intent (as dstack sees Vast do),
                   so it waits for a `start` before it can resume
-  host-down       the host goes offline: SSH gone, processes killed, billing paused
-  container-exit  the container dies: `exited`
+  host-down       the host goes offline: SSH gone, processes killed, billing paused;
+                  with --seconds S it comes back after S and the container restarts
+  container-exit  the container dies: `exited` (with --seconds S: restarted after S)
   ssh-drop        current SSH connections drop; --refuse N new ones are refused too
   http            the next --count requests (or a --rate share) matching --path/--method get
                   --status (429, 500, 502, 503, 504…), with --retry-after S; --ghost lets the
                   request take effect anyway (an ambiguous create)
   slow            the next --count matching requests wait --delay seconds
   balance         --set USD or --add USD (zero balance stops instances)
+
+Realism kinds (what the real Vast does; sources in README.md). Scope: --instance I (now),
+--offer O / --machine M (instances rented there later), or none (every instance; --rate P
+for a seeded share of them):
+  ip-whitespace      public_ipaddr ends in a newline
+  ssh-keys-wrapped   GET /ssh/ answers {"ssh_keys": [...]} instead of a list (global)
+  destroyed-404      a gone instance's GET answers 404 no_such_instance
+                     (--mode destroyed|terminated: a row whose status says so)
+  direct-ssh-dead    --mode null (ports["22/tcp"] is null, port closed) | refuse | blackhole
+  proxy-ssh-dead     --mode tls (answers garbage) | refuse | blackhole; direct still works
+  frozen             --instance I [--seconds S]: paused, GPU billed, SSH unanswered
+  rebooting          --instance I [--seconds S]: reboot through `rebooting` now; without
+                     --instance every API reboot reads `rebooting` for --seconds first
+  scheduling         [--seconds S]: a start waits in `scheduling` ("Your GPU is currently in
+                     use.") for S seconds, or until the fault is cleared
+  unknown            --instance I [--seconds S]: no heartbeat for S (default 10) seconds
+  bid-too-low        [--bid B]: an interruptible create bidding under B (default 1.25 x
+                     min_bid) gets 400 insufficient_bid and a stopped instance billing storage
+  slow-boot          [--seconds S]: the first image pull takes S (default 600) seconds,
+                     with pull progress in status_msg
+  bandwidth-billing  bytes through the instance's SSH ports are billed at inet_*_cost $/GB
+  image-minimal      [--tools rsync,curl,pkill]: those commands are missing in the instance
+  df-host            df inside the instance reports the host's disk
+  list-v0-gone       GET /api/v0/instances/ answers 410 (vastai 1.9.1 uses v1)
 
 Exit codes: 0 ok · 1 failed · 2 usage · 3 the sandbox is not running or refused the call.
 """
@@ -72,7 +102,7 @@ def _settings(args: argparse.Namespace, state: Path):
     return Settings(state_dir=Path(state).resolve(), port=args.port, seed=args.seed,
                     time_scale=args.time_scale, api_key=args.api_key,
                     market_file=Path(args.market).resolve() if args.market else None,
-                    machines=args.machines, balance=args.balance)
+                    machines=args.machines, balance=args.balance, realism=args.realism)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -91,6 +121,8 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--api-key", args.api_key]
     if args.market:
         flags += ["--market", str(Path(args.market).resolve())]
+    if args.realism:
+        flags.append("--realism")
     return flags
 
 
@@ -141,6 +173,7 @@ def _status_text(data: dict) -> str:
     lines += [f"  {i['id']} {i['actual_status']:<8} {i['gpu_name']} ${i['dph_total']:.3f}/h {i['label'] or ''}"
               for i in state["instances"]]
     lines += [f"  fault: {f}" for f in state["faults"]]
+    lines += [f"  realism: {kind} {json.dumps(spec, sort_keys=True)}" for kind, spec in sorted(state.get("realism", {}).items())]
     return "\n".join(lines)
 
 
@@ -156,7 +189,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 
 _FAULT_FIELDS = ("instance", "offer", "machine", "mode", "status", "count", "rate", "retry_after", "path",
-                 "method", "ghost", "delay", "seconds", "bid", "refuse", "set", "add", "when", "intended")
+                 "method", "ghost", "delay", "seconds", "bid", "refuse", "set", "add", "when", "intended", "tools")
 
 
 def _fault_spec(args: argparse.Namespace) -> dict:
@@ -208,6 +241,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--market", help="JSON file of offers to use instead of the generated market")
     p.add_argument("--machines", type=int, default=60, help="size of the generated market")
     p.add_argument("--balance", type=float, default=100.0, help="starting credit in USD")
+    p.add_argument("--realism", action="store_true",
+                   help="turn on every realism behaviour (what the real Vast does; see the fault kinds)")
 
 
 def _fault_flags(p: argparse.ArgumentParser) -> None:
@@ -216,7 +251,10 @@ def _fault_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=int)
     for flag in ("--rate", "--retry-after", "--delay", "--seconds", "--bid", "--set", "--add"):
         p.add_argument(flag, type=float)
-    p.add_argument("--mode", choices=("exited", "created"))
+    p.add_argument("--mode", choices=("exited", "created", "manifest", "docker-build", "null", "refuse",
+                                      "blackhole", "tls", "404", "destroyed", "terminated"),
+                   help="fail-start, direct-ssh-dead, proxy-ssh-dead, destroyed-404: how")
+    p.add_argument("--tools", help="image-minimal: commands missing from the image (default rsync,curl,pkill)")
     p.add_argument("--when", choices=("on-rent", "now"))
     p.add_argument("--intended", choices=("running", "stopped"), help="preempt: the intended state Vast shows")
     p.add_argument("--path", help="regex on the request path (e.g. 'asks' for creates)")

@@ -31,6 +31,13 @@ Honest limits, by design:
   longer found by :meth:`Container.processes`; jobs do not do that in practice.
 - **GPU.** There is none. ``nvidia-smi`` reports the configured GPU and shows high utilisation
   while some job process of the container burns CPU (a heuristic refreshed every second).
+- **Minimal images** (realism ``image-minimal``): commands such as rsync, curl and pkill are
+  taken off ``PATH`` by replacing the host's bin directories with a directory of links to
+  everything else; ``command -v rsync`` fails and a remote ``rsync --server`` exits 127, but an
+  absolute path (``/usr/bin/rsync``) still reaches the host's binary.
+- **df** reports the rented disk (quota) for the home directory, unless the realism
+  ``df-host`` behaviour makes it report the host's filesystem as Docker often does
+  (moby/moby #22677). ``os.statvfs`` always sees the host's filesystem.
 """
 
 from __future__ import annotations
@@ -106,7 +113,8 @@ class Container:
     """
 
     def __init__(self, instance_id: int, home: Path, env: dict[str, str], disk_gb: float,
-                 gpu: GpuSpec, marker: str) -> None:
+                 gpu: GpuSpec, marker: str, hidden_tools: tuple[str, ...] = (),
+                 df_host: bool = False) -> None:
         self.instance_id = instance_id
         # Resolved, so HOME, $PWD and getcwd() agree (macOS: /tmp is /private/tmp).
         self.home = Path(home).resolve()
@@ -115,7 +123,10 @@ class Container:
         self.quota_bytes = int(disk_gb * GIB)
         self.gpu = gpu
         self.marker = marker
-        self.env = _build_env(env, self.home, marker, self.tools_dir)
+        self.user_env = dict(env)
+        self.hidden_tools = tuple(hidden_tools)
+        self.df_host = df_host
+        self.env = _build_env(env, self.home, marker, self.tools_dir, self._bin_farm())
         self.init_pid: int | None = None
         self._clamped = False
         self._usage = (0, -1e9)  # (bytes, monotonic time) of the last enforce_quota()
@@ -136,7 +147,8 @@ class Container:
         self.tools_dir.mkdir(parents=True, exist_ok=True)
         _install_tools(self.tools_dir)
         facts = {"instance_id": self.instance_id, "home": str(self.home),
-                 "quota_bytes": self.quota_bytes, "gpu": asdict(self.gpu)}
+                 "quota_bytes": self.quota_bytes, "gpu": asdict(self.gpu),
+                 "df": "host" if self.df_host else "quota"}
         _atomic_write(self.tools_dir / "container.json", json.dumps(facts, indent=1))
         _atomic_write(self.tools_dir / "vastai.target", _vastai_target() + "\n")
         lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
@@ -144,6 +156,37 @@ class Container:
         for name, text in ((".bashrc", _BASHRC), (".profile", _PROFILE)):
             if not (self.home / name).exists():
                 _atomic_write(self.home / name, text)
+
+    def configure(self, hidden_tools: tuple[str, ...], df_host: bool) -> None:
+        """Change the image's missing commands and what df reports; new sessions see it."""
+        hidden_tools = tuple(hidden_tools)
+        if hidden_tools == self.hidden_tools and df_host == self.df_host:
+            return
+        self.hidden_tools, self.df_host = hidden_tools, df_host
+        self.env = _build_env(self.user_env, self.home, self.marker, self.tools_dir, self._bin_farm())
+        self._prepare_files()
+
+    def _bin_farm(self) -> Path | None:
+        """A directory of links to every command on PATH except the hidden ones (None: no hiding)."""
+        if not self.hidden_tools:
+            return None
+        farm = self.home.parent / f"bin-{self.instance_id}"
+        shutil.rmtree(farm, ignore_errors=True)
+        farm.mkdir(parents=True)
+        for folder in _base_path(self.tools_dir):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name in self.hidden_tools or (farm / entry.name).exists():
+                    continue
+                try:
+                    if entry.is_file() and os.access(entry.path, os.X_OK):
+                        os.symlink(entry.path, farm / entry.name)
+                except OSError:
+                    continue
+        return farm
 
     # ------------------------------------------------------------- processes
 
@@ -273,6 +316,17 @@ class Container:
                     pass
             time.sleep(0.02)
         return len(victims)
+
+    def signal_all(self, sig: int) -> int:
+        """Send `sig` once to every process of the container (SIGSTOP/SIGCONT: freeze, thaw)."""
+        sent = 0
+        for proc in self.processes():
+            try:
+                proc.send_signal(sig)
+                sent += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return sent
 
     def kill_jobs(self) -> int:
         """Kill everything but init: what preemption or stop does (the data stays)."""
@@ -449,13 +503,21 @@ class _Load:
 # ----------------------------------------------------------------- helpers
 
 
-def _build_env(user_env: dict[str, str], home: Path, marker: str,
-               tools: Path) -> dict[str, str]:
-    """A clean environment: nothing of the sandbox's own env except PATH tail and LANG."""
+def _base_path(tools: Path) -> list[str]:
+    """The container's PATH: its tools, the usual bin directories, then the caller's."""
     base = [str(tools), "/usr/local/bin", "/usr/bin", "/bin"]
     caller = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in base]
+    return base + caller
+
+
+def _build_env(user_env: dict[str, str], home: Path, marker: str,
+               tools: Path, farm: Path | None = None) -> dict[str, str]:
+    """A clean environment: nothing of the sandbox's own env except PATH tail and LANG.
+
+    With a bin `farm` (hidden commands) PATH is the tools and the farm only."""
+    path = [str(tools), str(farm)] if farm is not None else _base_path(tools)
     default_lang = "en_US.UTF-8" if sys.platform == "darwin" else "C.UTF-8"
-    env = {"PATH": ":".join(base + caller), "LANG": os.environ.get("LANG") or default_lang}
+    env = {"PATH": ":".join(path), "LANG": os.environ.get("LANG") or default_lang}
     # Names that are not shell identifiers (Vast's "-p 8080:8080" pseudo-entries) are dropped.
     env.update({k: str(v) for k, v in user_env.items() if _ENV_NAME.match(k)})
     if "PATH" in user_env and not env["PATH"].startswith(str(tools) + ":"):

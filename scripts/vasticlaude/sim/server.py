@@ -20,6 +20,7 @@ from aiohttp import web
 
 from vasticlaude.store.jsonfile import write_json_atomic
 
+from . import realism
 from .app import Sandbox, build_app
 from .faults import FaultBook
 from .lifecycle import Engine
@@ -39,6 +40,7 @@ class Settings:
     machines: int = 60
     balance: float = 100.0
     host: str = "127.0.0.1"
+    realism: bool = False
 
 
 def serve(settings: Settings) -> None:
@@ -55,6 +57,8 @@ async def _main(settings: Settings) -> None:
     url = f"http://{settings.host}:{port}"
     engine = Engine(world, settings.state_dir, url, settings.time_scale, marker_for(settings.state_dir))
     runner.app["sandbox"].engine = engine
+    if settings.realism:  # every realism behaviour (realism.py), durations at this time scale
+        world.data["realism"] = realism.profile(settings.time_scale)
     await engine.recover()
     write_json_atomic(settings.state_dir / "sim.json", {
         "url": url, "port": port, "pid": os.getpid(), "api_key": world.data["api_key"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vasticlaude.store.jsonfile import read_json, write_json_atomic
 
-from . import billing, market, query
+from . import billing, market, query, realism
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 
 STATE_VERSION = 1
@@ -150,7 +150,10 @@ class World:
 
     def create_instance(self, offer_id: int, body: dict, now: float) -> dict:
         offer = self._rentable_offer(offer_id, body)
-        spec = _launch_spec(body, offer)
+        bid_rule = offer.get("faults", {}).get("bid-too-low")
+        if bid_rule is None:
+            bid_rule = realism.active(self.data, None, "bid-too-low")
+        spec = _launch_spec(body, offer, check_min_bid=bid_rule is None)
         rec = {
             "id": self._next_id("instance"), "offer_id": offer["id"], "machine_id": offer["machine_id"],
             "host_id": offer["host_id"], "offer": market.price_offer(offer, "bid" if spec["is_bid"] else "on-demand", spec["disk"]),
@@ -165,6 +168,16 @@ class World:
             # Without cancel_unavail Vast still makes the contract, stopped, billing storage.
             rec.update(actual_status="stopped", cur_state="stopped", next_state="stopped",
                        status_msg="Unable to schedule: the GPU is in use; instance created stopped")
+        if bid_rule is not None and spec["is_bid"]:
+            floor = float(bid_rule.get("bid") or float(offer["min_bid"]) * float(bid_rule.get("factor", 1.25)))
+            if spec["bid_price"] < floor:
+                # dstack (api_client.py, PR #4036): Vast creates the interruptible instance
+                # stopped and answers an error; the contract exists and bills storage.
+                rec.update(actual_status="stopped", cur_state="stopped", next_state="stopped",
+                           preempted={"competing_bid": floor, "until": None},
+                           status_msg=f"Bid ${spec['bid_price']:.4f}/h is below the winning bid "
+                                      f"${floor:.4f}/h: instance created stopped",
+                           lost_bid=floor)
         self.data["instances"][str(rec["id"])] = rec
         return rec
 
@@ -191,7 +204,7 @@ class World:
 
     # ----- rendering ---------------------------------------------------------------
     def row(self, rec: dict, now: float) -> dict:
-        return render_instance(rec, now, self.user["balance"])
+        return realism.adjust_row(self.data, rec, render_instance(rec, now, self.user["balance"]))
 
 
 def _new_world(seed: int, api_key: str | None, market_file: Path | None,
@@ -218,7 +231,7 @@ def _check_ssh_key(text: object) -> str:
     return text.strip()
 
 
-def _launch_spec(body: dict, offer: dict) -> dict:
+def _launch_spec(body: dict, offer: dict, check_min_bid: bool = True) -> dict:
     """Validate a create-instance body (vast-api.md §7) into the record's launch fields."""
     image = body.get("image")
     if not image and not body.get("template_hash_id"):
@@ -235,7 +248,7 @@ def _launch_spec(body: dict, offer: dict) -> dict:
         price = _number(price, "price")
         if not 0.001 <= price <= 128:
             raise bad_request("price must be between 0.001 and 128 $/h.", "invalid_price")
-        if price < float(offer["min_bid"]):
+        if check_min_bid and price < float(offer["min_bid"]):
             raise bad_request(f"Bid ${price:.4f}/h is below the minimum bid ${offer['min_bid']:.4f}/h.", "invalid_price")
     label = body.get("label")
     if label is not None and not isinstance(label, str):
