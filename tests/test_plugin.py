@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from model_standin import StandIn, VastRunScript, text_of, tool_results
+from model_standin import Reply, StandIn, VastRunScript, offers_bash, text_of, tool_results
 
 ROOT = Path(__file__).resolve().parents[1]
 VC = ROOT / "scripts" / "vc"
@@ -310,7 +310,7 @@ for step in range(1, 13):
         json.dump({"step": step}, open(os.path.join(ckpt, "state.json"), "w"))
 open(os.path.join(out, "result.txt"), "w").write("trained\\n")
 '''
-FLOW = ["offers", "up", "push", "run", "watch", "report"]
+FLOW = ["doctor", "offers", "up", "push", "run", "watch", "report", "cost"]
 
 
 class Session:
@@ -341,7 +341,8 @@ class Session:
 
     def vc(self, *args: str) -> dict:
         """A launcher call outside Claude (as the user's shell would make it); its JSON data."""
-        proc = subprocess.run([str(VC), *args, "--json"], capture_output=True, text=True, env=self.env(),
+        cut = args.index("--") if "--" in args else len(args)  # flags before a command's own arguments
+        proc = subprocess.run([str(VC), *args[:cut], "--json", *args[cut:]], capture_output=True, text=True, env=self.env(),
                               cwd=self.project, timeout=300, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return json.loads(proc.stdout)["data"]
@@ -408,7 +409,11 @@ def test_vast_run_end_to_end_under_claude(claude, plugin_data, tmp_path):
         data = {step: envelope(r) for step, r in zip(FLOW, results)}
         assert all(d["ok"] for d in data.values()), {k: v["error"] for k, v in data.items() if not v["ok"]}
         up = data["up"]["data"]
-        assert str(up["offer_id"]) in script.issued[1]  # the offer came from offers' JSON
+        assert str(up["offer_id"]) in script.issued[FLOW.index("up")]  # the offer came from offers' JSON
+        assert all(cmd.startswith(f'"{VC}" ') and cmd.split()[1] == step for cmd, step in zip(script.issued, FLOW))
+        doctor = data["doctor"]["data"]  # a fresh home: the key is made and registered by up, a note, not a failure
+        assert {c["name"]: c["status"] for c in doctor["checks"]}["ssh_key"] == "note"
+        assert data["cost"]["data"]["billing_usd_per_hour"] == 0
         assert data["offers"]["data"]["candidates"] and data["push"]["data"]["files"] >= 1
         assert data["run"]["data"]["state"] in ("running", "exited")
         watched = data["watch"]["data"]  # waits, pulls (verified) and destroys
@@ -443,6 +448,97 @@ def test_hooks_under_claude(claude, plugin_data, tmp_path):
             time.sleep(1)
         assert session.sandbox_instances() == [], "the SessionEnd worker left an unguarded instance"
         session.wait_for_sweep(deadline)
+    finally:
+        session.stop_sandbox()
+
+
+class Scripted:
+    """A model that issues the given Bash calls in turn; each may read the results so far."""
+
+    def __init__(self, calls: list):
+        self.calls, self.issued = calls, []
+
+    def __call__(self, body: dict) -> Reply:
+        if not offers_bash(body):
+            return Reply(text="vasticlaude")
+        results = tool_results(body)
+        if len(results) >= len(self.calls):
+            return Reply(text="done")
+        call = self.calls[len(results)]
+        command = call(results) if callable(call) else call
+        self.issued.append(command)
+        return Reply(bash=command, description="scripted")
+
+
+FAILING = "import sys\nprint('loading config', flush=True)\nsys.exit('KeyError: learning_rate missing from config')\n"
+
+
+def test_a_failing_job_says_why_and_its_hint_runs_under_claude(claude, plugin_data, tmp_path):
+    """run exits 1 with error.hint naming the launcher's logs command; following the hint word for word works."""
+    session = Session(claude, plugin_data, tmp_path)
+    (session.project / "train.py").write_text(FAILING)
+    up = session.vc("up", "--sandbox", "--experiment", "bad", "--image", "vastai/base:0.0.2", "--disk", "8")
+    session.vc("push", "--sandbox", "--experiment", "bad", "--no-setup")
+
+    def follow_hint(results: list[dict]) -> str:
+        hint = envelope(results[-1])["error"]["hint"]
+        found = re.search(r'"/[^"]+/scripts/vc" logs[^,]*?--experiment bad', hint)
+        assert found, f"the hint names no runnable logs command: {hint}"
+        return found.group(0) + " --json"
+
+    script = Scripted([f'"{VC}" run --sandbox --experiment bad --json -- python train.py', follow_hint,
+                       f'"{VC}" down --sandbox --experiment bad --json'])
+    try:
+        proc = session.run("/vast-run --sandbox python train.py", script)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        results = tool_results([b for b in session.standin.requests() if b.get("tools")][-1])
+        assert len(results) == 3, [text_of(r)[:300] for r in results]
+        failed = envelope(results[0])
+        assert failed["ok"] is False and failed["error"]["code"] == "command_failed", failed
+        assert "exited at once with code 1" in failed["error"]["message"] and "learning_rate" in failed["error"]["message"]
+        assert failed["data"]["log_tail"], "the log tail that explains stays in data"
+        logs = envelope(results[1])
+        assert logs["ok"] and any("learning_rate" in line for line in logs["data"]["lines"]), logs
+        assert envelope(results[2])["ok"] and session.sandbox_instances() == []
+        assert up["instance_id"]
+    finally:
+        session.stop_sandbox()
+
+
+def test_a_command_chained_onto_the_launcher_is_denied_under_claude(claude, plugin_data, tmp_path):
+    """The grant is for the launcher alone: `vc cost --json && …` is denied by the PreToolUse hook, with its reason."""
+    session = Session(claude, plugin_data, tmp_path)
+    marker = tmp_path / "chained-ran"
+    script = Scripted([f'"{VC}" cost --json && touch {marker}', f'"{VC}" cost --json'])
+    proc = session.run("/vast-cost", script)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = tool_results([b for b in session.standin.requests() if b.get("tools")][-1])
+    assert len(results) == 2, [text_of(r)[:300] for r in results]
+    assert "its own Bash call" in text_of(results[0]) and "'&&'" in text_of(results[0]), text_of(results[0])[:500]
+    assert not marker.exists(), "the chained command ran"
+    assert envelope(results[1])["ok"]  # the launcher alone still runs
+
+
+def test_session_start_tells_an_ended_job_and_a_stopped_instance_under_claude(claude, plugin_data, tmp_path):
+    session = Session(claude, plugin_data, tmp_path)
+    try:
+        ended = session.vc("up", "--sandbox", "--experiment", "ended", "--image", "vastai/base:0.0.2", "--disk", "8")
+        session.vc("push", "--sandbox", "--experiment", "ended", "--no-setup")
+        session.vc("run", "--sandbox", "--experiment", "ended", "--no-watchdog", "--", "python", "train.py")
+        session.vc("status", "--sandbox", "--experiment", "ended", "--wait", "--interval", "0.5", "--timeout", "60")
+        session.vc("pull", "--sandbox", "--experiment", "ended")
+        stopped = session.vc("up", "--sandbox", "--experiment", "halted", "--image", "vastai/base:0.0.2", "--disk", "8")
+        info = json.loads((session.vchome / "sim" / "sim.json").read_text())
+        req = urllib.request.Request(f"{info['url']}/api/v0/instances/{stopped['instance_id']}/", method="PUT",
+                                     data=b'{"state": "stopped"}', headers={"Authorization": f"Bearer {info['api_key']}",
+                                                                             "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()  # as its watchdog stops it
+        time.sleep(1)
+        proc = session.run("/vast-status", Scripted([]))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        first = json.dumps([b for b in session.standin.requests() if b.get("tools")][0])
+        assert f"{ended['instance_id']} ended: running" in first and "its job ended (exit 0)" in first, first[:3000]
+        assert f"{stopped['instance_id']} halted: stopped" in first and "storage bills" in first
     finally:
         session.stop_sandbox()
 

@@ -43,7 +43,7 @@ ckpt_dir, out_dir = os.environ["VASTICLAUDE_CHECKPOINT_DIR"], os.environ["VASTIC
 ckpt = os.path.join(ckpt_dir, "state.json")
 step = json.load(open(ckpt))["step"] if os.environ.get("VASTICLAUDE_RESUME") == "1" else 0
 print(f"resuming from step {step}" if step else "starting", flush=True)
-total = 60
+total = 100  # 10 s: the fault lands mid-run even on a busy machine
 metrics = lambda s: (2.0 / (1 + s / 4), min(0.99, 0.5 + s / 120))  # noqa: E731
 loss, acc = metrics(step)  # a resume at the last checkpoint has no step left to run
 while step < total:

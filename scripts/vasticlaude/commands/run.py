@@ -44,6 +44,7 @@ import re
 import shlex
 
 from vasticlaude import console
+from vasticlaude.core.faults import last_words
 from vasticlaude.errors import Error
 from vasticlaude.errors import FAILED, USAGE
 from vasticlaude.ops import job
@@ -103,7 +104,7 @@ def guard_line(guard: dict) -> str:
 
 
 def explain(data: dict, code: int) -> Error:
-    last = next((line for line in reversed(data["log_tail"]) if line.strip()), "no output")
+    last = last_words(data["log_tail"]) or "no output"
     exp = data["experiment"]
     return Error("command_failed", f"the command exited at once with code {data['exit_code']} (`{last[:160]}`)",
                  f"Read vasticlaude logs --experiment {exp}, fix the code, then vasticlaude push --experiment {exp} "

@@ -70,7 +70,7 @@ def _jobfault(job: dict, disk: dict, log: list[str], policy: dict) -> dict | Non
             f"the job was stopped by a signal ({job.get('signal')})"
         return fault("job_lost", [why + " (the container restarted or was preempted)"], "restart")
     if state == "exited" and job.get("exit_code") not in (0, None):
-        last = next((line.strip() for line in reversed(log) if line.strip()), "")
+        last = last_words(log)
         return fault("job_failed", [f"the command exited with code {job['exit_code']}"
                                     + (f" (`{last[:160]}`)" if last else "")], "none", plan=FAILED_PLAN)
     return None
@@ -107,6 +107,11 @@ PLANS = {
     "none": "needs you: read the logs or raise the budget; nothing is done automatically",
     "resume": "push the code and the last checkpoint to the new instance and restart the command",
 }
+
+
+def last_words(log: list[str]) -> str:
+    """The job's own last line (the run wrapper's "vasticlaude: run … ended" lines left out)."""
+    return next((line.strip() for line in reversed(log) if line.strip() and not line.startswith("vasticlaude: ")), "")
 
 
 # What needs you, said with the commands that go on (spelled for the reader by output.spell).
