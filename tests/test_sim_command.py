@@ -117,3 +117,29 @@ def test_paths_with_and_without_trailing_slash_and_query_key(sim):
     import urllib.request
     with urllib.request.urlopen(f"{sim.url}/api/v0/users/current?api_key={sim.api_key}", timeout=10) as resp:
         assert json.loads(resp.read())["username"] == "sandbox"
+
+
+def test_an_idle_sandbox_stops_itself_and_says_when(tmp_path: Path):
+    """A sandbox started for a rehearsal (`--sandbox` starts one with --idle-exit) does not outlive it:
+    while an instance lives it stays; with none and no request for the idle time it stops itself."""
+    env = {**os.environ, "VASTICLAUDE_HOME": str(tmp_path / "home")}
+    started = vc("sim", "start", "--time-scale", "0", "--idle-exit", "3", "--json", env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        info = json.loads(started.stdout)["data"]
+        from vastai import VastAI
+        sdk = VastAI(api_key=info["api_key"], server_url=info["url"], retry=1)
+        offer = sdk.search_offers(query="num_gpus=1", order="dph", limit=1)[0]
+        iid = sdk.create_instance(id=offer["id"], image="vastai/base:0.0.2", disk=4)["new_contract"]
+        time.sleep(8)  # idle time passes with no request, but an instance lives: it stays
+        assert psutil.pid_exists(info["pid"]) and "idle: stops by itself" in vc("sim", "status", env=env).stdout
+        sdk.destroy_instance(id=iid)
+        status = vc("sim", "status", "--json", env=env)
+        assert json.loads(status.stdout)["data"]["idle_exit_s"] == 3
+        deadline = time.monotonic() + 30
+        while vc("sim", "status", env=env).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(4)  # each status is a request: poll slower than the idle time
+        assert vc("sim", "status", env=env).returncode == 3, "the idle sandbox did not stop itself"
+    finally:
+        vc("sim", "stop", env=env)
+    assert not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == psutil.STATUS_ZOMBIE

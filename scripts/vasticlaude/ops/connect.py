@@ -19,6 +19,7 @@ from vasticlaude.vast.account import (
 from vasticlaude.vast.gateway import Vast
 
 SANDBOX_TIME_SCALE = "0.1"  # a rehearsal boots in seconds, not minutes
+SANDBOX_IDLE_EXIT = "900"   # a sandbox started for a rehearsal stops itself 15 min after its last instance and request
 
 
 def endpoint(account: Account, config_target: str | None = None) -> Endpoint:
@@ -37,7 +38,8 @@ def sandbox_endpoint() -> Endpoint:
     from vasticlaude.sim.client import running_info, start_background
     folder = paths.sim_dir()
     scale = os.environ.get("VASTICLAUDE_SIM_TIME_SCALE", SANDBOX_TIME_SCALE)
-    info = running_info(folder) or start_background(folder, ["--time-scale", scale])
+    idle = os.environ.get("VASTICLAUDE_SIM_IDLE_EXIT", SANDBOX_IDLE_EXIT)
+    info = running_info(folder) or start_background(folder, ["--time-scale", scale, "--idle-exit", idle])
     return Endpoint(url=info["url"], api_key=info["api_key"], key_source="sandbox", sandbox=True)
 
 

@@ -66,10 +66,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from vasticlaude.errors import API, Error
 from vasticlaude.output import emit, fail
+from vasticlaude.store.jsonfile import read_json
 from vasticlaude.sim.client import (
     admin_call,
     read_info,
@@ -102,7 +104,7 @@ def _settings(args: argparse.Namespace, state: Path):
     return Settings(state_dir=Path(state).resolve(), port=args.port, seed=args.seed,
                     time_scale=args.time_scale, api_key=args.api_key,
                     market_file=Path(args.market).resolve() if args.market else None,
-                    machines=args.machines, balance=args.balance, realism=args.realism)
+                    machines=args.machines, balance=args.balance, realism=args.realism, idle_exit=args.idle_exit)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -123,6 +125,8 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--market", str(Path(args.market).resolve())]
     if args.realism:
         flags.append("--realism")
+    if args.idle_exit:
+        flags += ["--idle-exit", str(args.idle_exit)]
     return flags
 
 
@@ -146,7 +150,9 @@ def _running(args: argparse.Namespace) -> dict:
 
 def cmd_status(args: argparse.Namespace) -> int:
     info = _running(args)
-    data = {**info_view(info), "state": admin_call(info, "GET", "/sim/state")}
+    idle = read_json(Path(args.state or paths.sim_dir()).resolve() / "idle.json") or {}
+    data = {**info_view(info), "state": admin_call(info, "GET", "/sim/state"),
+            "idle_exit_s": idle.get("idle_exit_s"), "stops_at": idle.get("stops_at")}
     emit(data, args.json, _status_text)
     return 0
 
@@ -174,6 +180,11 @@ def _status_text(data: dict) -> str:
               for i in state["instances"]]
     lines += [f"  fault: {f}" for f in state["faults"]]
     lines += [f"  realism: {kind} {json.dumps(spec, sort_keys=True)}" for kind, spec in sorted(state.get("realism", {}).items())]
+    if data.get("stops_at"):
+        lines.append(f"  idle: stops by itself at {time.strftime('%H:%M:%S', time.localtime(data['stops_at']))} "
+                     f"unless an instance or a request comes first ({data['idle_exit_s']:g} s idle)")
+    elif data.get("idle_exit_s"):
+        lines.append(f"  idle: stops by itself {data['idle_exit_s']:g} s after its last instance and request")
     return "\n".join(lines)
 
 
@@ -241,6 +252,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--market", help="JSON file of offers to use instead of the generated market")
     p.add_argument("--machines", type=int, default=60, help="size of the generated market")
     p.add_argument("--balance", type=float, default=100.0, help="starting credit in USD")
+    p.add_argument("--idle-exit", type=float, default=0.0, metavar="S",
+                   help="stop by itself after S seconds with no instance and no request (default 0: never)")
     p.add_argument("--realism", action="store_true",
                    help="turn on every realism behaviour (what the real Vast does; see the fault kinds)")
 

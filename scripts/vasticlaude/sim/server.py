@@ -41,6 +41,7 @@ class Settings:
     balance: float = 100.0
     host: str = "127.0.0.1"
     realism: bool = False
+    idle_exit: float = 0.0  # seconds with no instance and no request before it stops itself (0: never)
 
 
 def serve(settings: Settings) -> None:
@@ -69,18 +70,46 @@ async def _main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ticker = asyncio.create_task(engine.run())
+    idler = asyncio.create_task(_stop_when_idle(settings, world, runner.app, stop)) if settings.idle_exit > 0 else None
     await stop.wait()
     ticker.cancel()
+    if idler is not None:
+        idler.cancel()
     await engine.shutdown()
     await runner.cleanup()
     (settings.state_dir / "sim.json").unlink(missing_ok=True)
     log.info("sandbox stopped")
 
 
+IDLE_CHECK_S = 5.0
+
+
+@web.middleware
+async def _note_request(request: web.Request, handler):
+    request.app["last_request"] = time.monotonic()
+    return await handler(request)
+
+
+async def _stop_when_idle(settings: Settings, world: World, app: web.Application, stop: asyncio.Event) -> None:
+    """A sandbox started for a rehearsal must not outlive it: with no instance left and no request
+    for `idle_exit` s it stops itself. `idle.json` says when it will, for `sim status`."""
+    while not stop.is_set():
+        await asyncio.sleep(min(IDLE_CHECK_S, settings.idle_exit))
+        quiet = time.monotonic() - app["last_request"]
+        busy = bool(world.live_instances())
+        stops_at = None if busy else time.time() + max(0.0, settings.idle_exit - quiet)
+        write_json_atomic(settings.state_dir / "idle.json", {"idle_exit_s": settings.idle_exit, "stops_at": stops_at})
+        if not busy and quiet >= settings.idle_exit:
+            log.info("no instance and no request for %.0f s: stopping", quiet)
+            stop.set()
+
+
 async def _start_http(settings: Settings, world: World) -> tuple[web.AppRunner, int]:
     sandbox = Sandbox(world, None, FaultBook(settings.seed))  # engine attached once the url is known
     app = build_app(sandbox)
     app["sandbox"] = sandbox
+    app["last_request"] = time.monotonic()
+    app.middlewares.append(_note_request)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
