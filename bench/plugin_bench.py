@@ -41,7 +41,7 @@ VC = ROOT / "scripts" / "vc"
 CLAUDE = Path(os.environ.get("VASTICLAUDE_CLAUDE_BIN") or ROOT / ".tools" / "node_modules" / ".bin") / "claude"
 VASTAI = str(Path(sys.executable).with_name("vastai"))
 GOALS = {"always_on_tokens": 300, "vast_run_invoke_tokens": 3000, "flow_bytes": 4096, "launcher_overhead_ms": 50}
-FLOW = ["offers", "up", "push", "run", "watch", "cost"]
+FLOW = ["doctor", "offers", "up", "push", "run", "watch", "cost"]
 VALUES = {"exp": "bench", "vram_gb": "8", "hours": "1", "disk": "8", "budget": "1", "max_hours": "1",
           "image": "vastai/base:0.0.2", "command": "python train.py"}
 TRAIN = ("import os, time\nfor i in range(1, 31):\n    time.sleep(0.1)\n"

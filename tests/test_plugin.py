@@ -412,7 +412,7 @@ def test_vast_run_end_to_end_under_claude(claude, plugin_data, tmp_path):
         assert str(up["offer_id"]) in script.issued[FLOW.index("up")]  # the offer came from offers' JSON
         assert all(cmd.startswith(f'"{VC}" ') and cmd.split()[1] == step for cmd, step in zip(script.issued, FLOW))
         doctor = data["doctor"]["data"]  # a fresh home: the key is made and registered by up, a note, not a failure
-        assert {c["name"]: c["status"] for c in doctor["checks"]}["ssh_key"] == "note"
+        assert {c["name"]: c["status"] for c in doctor["checks"]}["ssh_key"] == "note" and "api" in doctor["passed"]
         assert data["cost"]["data"]["billing_usd_per_hour"] == 0
         assert data["offers"]["data"]["candidates"] and data["push"]["data"]["files"] >= 1
         assert data["run"]["data"]["state"] in ("running", "exited")

@@ -19,9 +19,9 @@ Usage: vasticlaude doctor [--register-ssh-key] [--sandbox] [--api-key KEY] [--js
   --register-ssh-key  register the local public key on the account; when there is none,
                       first create <vasticlaude home>/ssh/id_ed25519 with ssh-keygen
 
-JSON (data): {"ok": bool, "exit_code": int,
-  "target": {"kind": "sandbox"|"vast"|null, "url", "key_source", "key_ends"},
-  "checks": [{"name", "status": "ok"|"note"|"warn"|"fail", "detail", "next"}]}
+JSON (data): {"target": {"kind": "sandbox"|"vast", "url", "key_source", "key_ends"},
+  "account": the api check's line (balance), "passed": [names of the checks that are ok],
+  "checks": [{"name", "status": "note"|"warn"|"fail", "detail", "next"}] (the others, in full)}
 The API key itself is never printed or written anywhere.
 
 Exit codes: 0 nothing blocks a rental · 1 a check failed (error.message names it, error.hint
@@ -60,6 +60,15 @@ def human(data: object) -> str:
     return "\n".join(lines)
 
 
+def json_view(data: dict) -> dict:
+    """--json: what the next step needs: the target, the account line, the names that passed, the rest in full."""
+    checks = {c["name"]: c for c in data["checks"]}
+    api = checks.get("api") or {}
+    return {"target": {k: v for k, v in data["target"].items() if v is not None}, "account": api.get("detail"),
+            "passed": [c["name"] for c in data["checks"] if c["status"] == "ok"],
+            "checks": [{k: v for k, v in c.items() if v} for c in data["checks"] if c["status"] != "ok"]}
+
+
 def explain(data: dict, code: int) -> Error:
     """What blocks a rental, and the first thing to do about it."""
     failed = [c for c in data["checks"] if c["status"] == "fail"]
@@ -69,7 +78,7 @@ def explain(data: dict, code: int) -> Error:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, explain=explain)
+    return console.main(argv, build_parser, run, human, explain=explain, json_view=json_view)
 
 
 def run(args: argparse.Namespace) -> dict:

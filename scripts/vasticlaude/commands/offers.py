@@ -19,9 +19,8 @@ is dropped in turn (cheapest to give up first) and the message names one whose r
 alone gives results.
 
 JSON data: {"query", "hours", "interruptible", "candidates": [{"offer_id", "machine_id",
-  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "gpu_dph", "storage_dph",
-  "est_total_usd", "reliability", "dlperf_per_usd", "location", "verified",
-  "interruptible"}]} — candidates cheapest total first.
+  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "est_total_usd", "reliability",
+  "location", "verified": false (only when not verified)}]} — candidates cheapest total first.
 
 Env: VASTICLAUDE_POLL_SCALE multiplies the waits between retried reads (default 1).
 
@@ -62,4 +61,12 @@ def human(data: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, json_view=json_view)
+
+
+def json_view(data: dict) -> dict:
+    """--json: each candidate without what another field says (dph is gpu + storage; the search's
+    interruptible) or what only ranks (dlperf); verified only when it is not."""
+    drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd"}
+    cands = [{k: v for k, v in c.items() if k not in drop and not (k == "verified" and v)} for c in data["candidates"]]
+    return {**data, "candidates": cands}

@@ -48,6 +48,7 @@ import shutil
 import time
 
 from vasticlaude import console
+from vasticlaude.output import compact
 from vasticlaude.core import budget
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops import launch
@@ -98,4 +99,4 @@ def human(data: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, json_view=compact)
