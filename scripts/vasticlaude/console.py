@@ -15,7 +15,6 @@ from typing import Callable
 from vasticlaude.core.market import Wanted
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops.connect import connect as ops_connect
-from vasticlaude.ops.recovery import Policy
 from vasticlaude.output import emit, fail, log_crash, spell
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
@@ -149,7 +148,8 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk", type=float, metavar="GB", help="disk for the new instance (default: the old × disk_growth when full)")
 
 
-def policy_of(args: argparse.Namespace, cfg: dict) -> Policy:
+def policy_of(args: argparse.Namespace, cfg: dict):
     """The recovery policy: the config's recovery block with the policy flags over it."""
+    from vasticlaude.ops.recovery import Policy  # only the commands that recover pay for importing it
     return Policy.from_config(cfg, max_attempts=args.max_attempts, preempt_wait_s=args.preempt_wait,
                               max_bid_dph=args.max_bid, disk_gb=args.disk)

@@ -48,6 +48,8 @@ def spent_today(data: dict, now: float | None = None) -> float:
     midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     total = 0.0
     for rec in data["instances"].values():
+        if rec.get("destroyed_at") and float(rec["destroyed_at"]) < midnight:
+            continue  # gone before today: nothing of it is today's
         total += money.instance_cost(rec, now)["total_usd"] - _cost_until(rec, midnight)
     return total
 

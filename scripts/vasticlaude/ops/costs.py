@@ -102,8 +102,10 @@ def _int(value: object) -> int | None:
 
 # ----- totals --------------------------------------------------------------------------------
 def experiments(rows: list[dict], limits: budget.Limits, only: str | None, actual: bool) -> list[dict]:
-    names = sorted({r["experiment"] or "" for r in rows} | ({only} if only else set()))
-    return [_experiment(name, [r for r in rows if (r["experiment"] or "") == name], limits, actual) for name in names]
+    by_name: dict[str, list[dict]] = {only: []} if only else {}
+    for row in rows:  # grouped once: months of records stay fast
+        by_name.setdefault(row["experiment"] or "", []).append(row)
+    return [_experiment(name, by_name[name], limits, actual) for name in sorted(by_name)]
 
 
 def _experiment(name: str, rows: list[dict], limits: budget.Limits, actual: bool) -> dict:
