@@ -65,7 +65,7 @@ def test_doctor_all_ok_after_register_ssh_key(sim, tmp_path):
     first = vc("doctor", "--json", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr  # a fresh home: nothing blocks a rental
     checks = checks_of(data_of(first))
-    assert checks["ssh_key"]["status"] == "note" and "`up` makes" in checks["ssh_key"]["detail"]
+    assert checks["ssh_key"]["status"] == "note" and "`up` makes one" in checks["ssh_key"]["detail"]
     assert checks["ssh_key_registered"]["status"] == "note"
     assert checks["api"]["status"] == "ok" and "$100.00" in data_of(first)["account"]
 

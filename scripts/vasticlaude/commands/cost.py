@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.output import compact
 from vasticlaude.core import budget
 from vasticlaude.core.fmt import duration, usd
 from vasticlaude.ops import costs
@@ -94,7 +95,7 @@ def human(data: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human)
+    return console.main(argv, build_parser, run, human, json_view=compact)
 
 
 def run(args: argparse.Namespace) -> dict:

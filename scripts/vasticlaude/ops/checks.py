@@ -108,7 +108,7 @@ def local_public_keys() -> list[Path]:
 def _ssh_key_check() -> dict:
     keys = local_public_keys()
     if not keys:
-        return check("ssh_key", "note", f"no SSH key yet: `up` makes {generated_key()} itself (nothing to do)")
+        return check("ssh_key", "note", "none yet: `up` makes one (nothing to do)")
     kind = keys[0].read_text(encoding="utf-8", errors="replace").split()[:1] or ["?"]
     return check("ssh_key", "ok", f"{keys[0]} ({kind[0]})")
 
@@ -127,7 +127,7 @@ def _registered_check(client, register: bool) -> dict:
             _create_key()
         keys = local_public_keys()
         if not keys:
-            return check("ssh_key_registered", "note", "no key to compare yet: `up` makes and registers one itself")
+            return check("ssh_key_registered", "note", "`up` registers the key it makes")
         return _compare_keys(client, keys, register)
     except VastError as err:
         return check("ssh_key_registered", "fail", err.message, err.hint)
