@@ -19,7 +19,9 @@ What is left out, with git's own rules wherever git is installed (`git ls-files`
     (pyvenv.cfg, e.g. env/), __pycache__/, .mypy_cache/, .pytest_cache/,
     .ipynb_checkpoints/, node_modules/, *.pyc, .DS_Store;
   - always: .vasticlaude/runs/ (what `vasticlaude pull` brought home).
-Spaces and odd characters in names are fine; symlinks are sent as symlinks.
+Spaces and odd characters in names are fine; symlinks are sent as symlinks (never followed).
+PATH must be inside the project once symlinks are resolved: `push /etc`, or a symlink to
+a folder outside, is refused (exit 2) and nothing is sent.
 
 Before sending, one SSH call installs rsync on the instance when it is missing and reads
 its free disk (`df -Pk $HOME`); a dry run measures what would be sent. A push that would
@@ -35,11 +37,13 @@ mismatch is a warning, not a failure. experiment.json gets a "push" entry and an
 
 JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
   "Total bytes sent"), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
-  "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} | null,
-  "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...], "exit_code"}
+  "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} (absent when none ran),
+  "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...] (absent when
+  none), "exit_code"}
 
 Exit codes: 0 pushed (and set up) · 1 refused (does not fit, no rsync on the instance),
-rsync failed, or setup failed (the JSON still says what was sent) · 2 usage ·
+rsync failed, or setup failed (the JSON still says what was sent) · 2 usage, or PATH is
+outside the project ·
 3 SSH or Vast API trouble.
 """
 from __future__ import annotations
@@ -48,6 +52,7 @@ import argparse
 from pathlib import Path
 
 from vasticlaude import console
+from vasticlaude.output import compact
 from vasticlaude.errors import Error
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import USAGE
@@ -62,14 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_instance_flags(p)
     p.add_argument("--include-heavy", action="store_true", help="do not apply the default excludes (.git, .venv …)")
     p.add_argument("--no-setup", action="store_true", help="skip the setup command")
-    p.add_argument("--setup-timeout", type=float, default=3600.0, metavar="S", help="seconds for setup (default 3600)")
+    p.add_argument("--setup-timeout", type=console.SECONDS, default=3600.0, metavar="S", help="seconds for setup (default 3600)")
     return p
 
 
 def source_root(args: argparse.Namespace) -> Path:
-    root = Path(args.path).expanduser().resolve() if args.path else config.project_root()
+    """PATH (symlinks resolved) when it is a folder inside the project; a usage Error otherwise.
+
+    A PATH outside the project (`push /etc`, or a symlink `d -> /etc`) would mirror that folder
+    onto the instance, and its `--delete` would wipe what code/ held."""
+    project = config.project_root()
+    if not args.path:
+        return project
+    root = Path(args.path).expanduser().resolve()
     if not root.is_dir():
         raise Error("bad_path", f"{args.path} is not a folder", "Give the folder to push.", USAGE)
+    if root != project and project not in root.parents:
+        raise Error("outside_project", f"{args.path} is {root}, outside the project {project}; nothing was sent",
+                    "Push a folder inside the project (copy what it needs into it), or run from that folder's project.",
+                    USAGE)
     return root
 
 
@@ -100,7 +116,7 @@ def explain(data: dict, code: int) -> Error:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, explain=explain)
+    return console.main(argv, build_parser, run, human, explain=explain, json_view=compact)
 
 
 def run(args: argparse.Namespace) -> dict:

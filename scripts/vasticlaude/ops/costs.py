@@ -68,8 +68,13 @@ def instance_row(rec: dict, now: float) -> dict:
             "status": rec.get("status"), "gpu_name": rec.get("gpu_name"),
             "dph_now": round(costing.billing_now(rec), 6), "running_s": cost["running_s"],
             "exists_s": cost["exists_s"], "gpu_usd": cost["gpu_usd"], "storage_usd": cost["storage_usd"],
-            "total_usd": cost["total_usd"], "created_at": rec.get("created_at"),
-            "destroyed_at": rec.get("destroyed_at")}
+            "total_usd": cost["total_usd"], "created_at": _whole(rec.get("created_at")),
+            "destroyed_at": _whole(rec.get("destroyed_at"))}
+
+
+def _whole(stamp: object) -> float | None:
+    """Epoch seconds to the second: sub-second digits are noise in what Claude reads."""
+    return round(float(stamp)) if isinstance(stamp, (int, float)) else None
 
 
 # ----- actual charges (--actual) ---------------------------------------------------------------
