@@ -265,7 +265,10 @@ def worker(args: list[str]) -> tuple[list[str], dict]:
         return [str(vc), *args], env
     python = os.environ.get("VASTICLAUDE_HOOK_PYTHON") or sys.executable or "python3"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "scripts"), env.get("PYTHONPATH")) if p)
-    return [python, "-m", "vasticlaude", *args], env
+    # `-m` would put the working directory (the project) first on sys.path: drop it before importing.
+    boot = ('import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]\n'
+            'import runpy; runpy.run_module("vasticlaude", run_name="__main__", alter_sys=True)')
+    return [python, "-c", boot, *args], env
 
 
 def spawn(argv: list[str], env: dict, log_name: str, cwd: str | None = None) -> int:

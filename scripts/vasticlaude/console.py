@@ -9,6 +9,7 @@ one line, never as a traceback on the user's screen.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -16,6 +17,7 @@ from vasticlaude.core.market import Wanted
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops.connect import connect as ops_connect
 from vasticlaude.output import emit, fail, log_crash, spell
+from vasticlaude.store import paths
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
 
@@ -48,11 +50,49 @@ def connect(args: argparse.Namespace, cfg: dict | None = None) -> Vast:
     return ops_connect(account_of(args), cfg)
 
 
+def experiment(value: str) -> str:
+    """argparse `type=` of every --experiment: paths.experiment_name's rule (no '/', no '..'), as a usage error."""
+    try:
+        return paths.experiment_name(value)
+    except Error as err:
+        raise argparse.ArgumentTypeError(f"{err.message}; {err.hint}") from None
+
+
+def number(most: float, least: float = 0.0, *, zero: bool = False, whole: bool = False) -> Callable[[str], float]:
+    """argparse `type=` for every numeric flag: finite, above `least` (or equal to it with zero=True), at most `most`.
+
+    A usage error (exit 2) names the flag (argparse adds "argument --hours:"), so no negative,
+    zero, NaN or absurd value reaches a budget check, a default (`or 40`) or the API."""
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if whole else 'number'}") from None
+        if not math.isfinite(value) or value < least or (value == least and not zero) or value > most:
+            low = f"at least {least:g}" if zero else f"more than {least:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {low} and at most {most:g})")
+        return value
+    parse.__name__ = "whole number" if whole else "number"
+    return parse
+
+
+# The ranges of the numeric flags, shared by every command that takes them.
+HOURS = number(24 * 365)
+DISK_GB = number(100_000)
+USD = number(1_000_000)               # budgets
+DPH = number(10_000)                  # $/h: bids, --max-dph
+SECONDS = number(30 * 86400)          # deadlines, intervals, timeouts, kill grace
+SECONDS_OR_ZERO = number(30 * 86400, zero=True)  # a grace may be none; watch --timeout 0 is "never"
+COUNT = number(10_000, whole=True)    # lines, limits, GPUs, attempts
+COUNT_OR_ZERO = number(10_000, whole=True, zero=True)
+ID = number(2 ** 63, whole=True)      # instance and offer ids
+
+
 def add_instance_flags(p: argparse.ArgumentParser) -> None:
     """Which experiment's instance a command acts on (resolved by ops.binding.bind)."""
     add_target_flags(p)
-    p.add_argument("--experiment", help="experiment id (default: the only live one)")
-    p.add_argument("--instance", type=int, help="instance id instead of an experiment")
+    p.add_argument("--experiment", type=experiment, help="experiment id (default: the only live one)")
+    p.add_argument("--instance", type=ID, help="instance id instead of an experiment")
 
 
 def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
@@ -114,18 +154,18 @@ def unexplained(data: object, code: int) -> Error:
 def add_search_flags(p: argparse.ArgumentParser) -> None:
     """The search flags, shared with `up` so both rank the same way."""
     p.add_argument("--gpu", action="append", help='GPU model, repeatable ("RTX 4090" or RTX_4090)')
-    p.add_argument("--num-gpus", type=int, help="GPUs per instance (default 1)")
-    p.add_argument("--min-vram", type=float, metavar="GB", help="minimum memory per GPU")
-    p.add_argument("--min-reliability", type=float, metavar="R", help="0–1 (default 0.95)")
-    p.add_argument("--cuda", type=float, metavar="VERSION", help="minimum CUDA the host driver supports")
-    p.add_argument("--disk", type=float, metavar="GB", help="disk to rent (default 40); priced into $/h")
-    p.add_argument("--max-dph", type=float, metavar="USD", help="maximum GPU + storage $/h")
+    p.add_argument("--num-gpus", type=number(64, whole=True), help="GPUs per instance (default 1)")
+    p.add_argument("--min-vram", type=number(10_000), metavar="GB", help="minimum memory per GPU")
+    p.add_argument("--min-reliability", type=number(1, zero=True), metavar="R", help="0–1 (default 0.95)")
+    p.add_argument("--cuda", type=number(100), metavar="VERSION", help="minimum CUDA the host driver supports")
+    p.add_argument("--disk", type=DISK_GB, metavar="GB", help="disk to rent (default 40); priced into $/h")
+    p.add_argument("--max-dph", type=DPH, metavar="USD", help="maximum GPU + storage $/h")
     p.add_argument("--region", action="append", metavar="CC", help="country code, repeatable (US, CA, DE…)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--verified", dest="verified", action="store_true", default=None, help="verified hosts only (default)")
     group.add_argument("--any-verified", dest="verified", action="store_false", help="verified or not")
     p.add_argument("--interruptible", action="store_true", default=None, help="bid prices: cheaper, can be preempted")
-    p.add_argument("--hours", type=float, metavar="H", help="expected duration, for the total estimate (default 1)")
+    p.add_argument("--hours", type=HOURS, metavar="H", help="expected duration, for the total estimate (default 1)")
     add_target_flags(p)
 
 
@@ -142,10 +182,10 @@ def wanted_from(args: argparse.Namespace, cfg: dict, limit: int = 5) -> Wanted:
 
 
 def add_policy_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-attempts", type=int, help="recoveries allowed per experiment (default recovery.max_attempts, 3)")
-    p.add_argument("--max-bid", type=float, metavar="USD", help="highest GPU $/h bid for a preempted instance")
-    p.add_argument("--preempt-wait", type=float, metavar="S", help="how long a preempted instance may take (default 600)")
-    p.add_argument("--disk", type=float, metavar="GB", help="disk for the new instance (default: the old × disk_growth when full)")
+    p.add_argument("--max-attempts", type=number(100, whole=True, zero=True), help="recoveries allowed per experiment (default recovery.max_attempts, 3)")
+    p.add_argument("--max-bid", type=DPH, metavar="USD", help="highest GPU $/h bid for a preempted instance")
+    p.add_argument("--preempt-wait", type=SECONDS, metavar="S", help="how long a preempted instance may take (default 600)")
+    p.add_argument("--disk", type=DISK_GB, metavar="GB", help="disk for the new instance (default: the old × disk_growth when full)")
 
 
 def policy_of(args: argparse.Namespace, cfg: dict):

@@ -46,12 +46,12 @@ from vasticlaude.store import config
 
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude cost", __doc__)
-    p.add_argument("--experiment", help="only this experiment's instances")
+    p.add_argument("--experiment", type=console.experiment, help="only this experiment's instances")
     p.add_argument("--all", action="store_true", help="also list instances destroyed before today")
     p.add_argument("--actual", action="store_true", help="add Vast's actual charges (one API call)")
-    p.add_argument("--experiment-usd", type=float, help="experiment budget in $ (default: config)")
-    p.add_argument("--experiment-hours", type=float, help="experiment budget in running hours (default: config)")
-    p.add_argument("--daily-usd", type=float, help="daily cap in $ across experiments (default: config)")
+    p.add_argument("--experiment-usd", type=console.USD, help="experiment budget in $ (default: config)")
+    p.add_argument("--experiment-hours", type=console.HOURS, help="experiment budget in running hours (default: config)")
+    p.add_argument("--daily-usd", type=console.USD, help="daily cap in $ across experiments (default: config)")
     console.add_target_flags(p)
     return p
 

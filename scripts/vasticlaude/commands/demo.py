@@ -31,9 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vasticlaude import console
 from vasticlaude.errors import Error
 from vasticlaude.output import fail
-from vasticlaude.sim.client import kill_containers, running_info, stop_background
+from vasticlaude.sim.client import kill_containers, python_m, running_info, stop_background
 
 EXPERIMENT = "demo"
 TRAIN_PY = '''"""A stand-in training job: progress on stdout, checkpoints, resumable, results at the end."""
@@ -64,7 +65,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vasticlaude demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the temp vasticlaude home and HOME for a look")
-    parser.add_argument("--time-scale", type=float, default=0.05, help="sandbox delays (1 = Vast-like; default 0.05)")
+    parser.add_argument("--time-scale", type=console.number(100, zero=True), default=0.05,
+                        help="sandbox delays (1 = Vast-like; default 0.05)")
     parser.add_argument("--fault", choices=("host-down", "preempt", "none"), default="host-down",
                         help="what breaks mid-run for watch to recover from (default host-down)")
     args = parser.parse_args(argv)
@@ -114,7 +116,7 @@ class Flow:
         args = (args[0], "--json", *args[1:])  # before any `--`: what follows it is the job's command
         print(f"$ vasticlaude {' '.join(a if ' ' not in a else repr(a) for a in args)}", flush=True)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "vasticlaude", *args], capture_output=True,
+        proc = subprocess.run([*python_m("vasticlaude"), *args], capture_output=True,
                               text=True, env=self.env, cwd=self.project, timeout=300, stdin=subprocess.DEVNULL)
         envelope = _envelope(proc.stdout)
         if proc.returncode not in ok or envelope is None:
@@ -149,7 +151,7 @@ class Flow:
                  f"{snap['cost']['spent_usd']:.4f} USD so far")
         args = ["watch", "--json", "--sandbox", "--experiment", EXPERIMENT, "--interval", "1", "--sync-interval", "1"]
         print(f"$ vasticlaude {' '.join(args)}   (in the background)", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "vasticlaude", *args], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([*python_m("vasticlaude"), *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.project,
                                 stdin=subprocess.DEVNULL)
         started = time.monotonic()
@@ -182,7 +184,7 @@ class Flow:
         while not local.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         spec = ["--bid", "100", "--seconds", "2"] if self.fault == "preempt" else []
-        subprocess.run([sys.executable, "-m", "vasticlaude", "sim", "fault", self.fault, "--instance",
+        subprocess.run([*python_m("vasticlaude"), "sim", "fault", self.fault, "--instance",
                         str(instance_id), *spec], capture_output=True, env=self.env, timeout=60,
                        stdin=subprocess.DEVNULL, check=True)
         what = "its host went down" if self.fault == "host-down" else "it was outbid (preempted)"
@@ -209,7 +211,7 @@ class Flow:
         if not info_file.exists():
             return
         if running_info(state):  # never let `--sandbox` start a new sandbox just to tear down
-            subprocess.run([sys.executable, "-m", "vasticlaude", "down", "--sandbox", "--all", "--json"],
+            subprocess.run([*python_m("vasticlaude"), "down", "--sandbox", "--all", "--json"],
                            capture_output=True, env=self.env, cwd=self.project, timeout=120,
                            stdin=subprocess.DEVNULL)
         marker = json.loads(info_file.read_text()).get("marker", "")

@@ -22,8 +22,12 @@ Env: VASTICLAUDE_POLL_SCALE multiplies every wait between polls and retried read
 JSON data: {"destroyed": [{"id", "label", "cost_usd"}], "already_gone": [id],
   "failed": [{"id", "reason"}], "stopped": [id], "exit_code": 0 | 4}
 
+When the API fails, every instance named (by id, or recorded for the experiment) that could
+not be confirmed gone is listed and the exit is 4, never 3: it may still bill.
+
 Exit codes: 0 all gone (or stopped) · 2 usage · 3 Vast/sandbox API failure before
-anything was done · 4 some instance could not be confirmed gone (they are named; re-run).
+anything was done (no instance named or recorded) · 4 some instance could not be confirmed
+gone (they are named; re-run).
 """
 from __future__ import annotations
 
@@ -36,8 +40,8 @@ from vasticlaude.ops import teardown
 
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude down", __doc__)
-    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="instance ids")
-    p.add_argument("--experiment", help="every instance of this experiment")
+    p.add_argument("ids", nargs="*", type=console.ID, metavar="ID", help="instance ids")
+    p.add_argument("--experiment", type=console.experiment, help="every instance of this experiment")
     p.add_argument("--all", action="store_true", help="every vasticlaude instance (state and account)")
     p.add_argument("--keep-disk", action="store_true", help="stop instead of destroy (storage keeps billing)")
     console.add_target_flags(p)

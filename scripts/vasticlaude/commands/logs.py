@@ -24,9 +24,9 @@ from vasticlaude.ops.binding import bind
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude logs", __doc__)
     console.add_instance_flags(p)
-    p.add_argument("-n", "--lines", type=int, default=100, help="lines from the end (default 100)")
+    p.add_argument("-n", "--lines", type=console.number(10_000_000, whole=True), default=100, help="lines from the end (default 100)")
     p.add_argument("--grep", help="only lines containing this text")
-    p.add_argument("--width", type=int, default=400, help="cut lines longer than this")
+    p.add_argument("--width", type=console.number(1_000_000, whole=True), default=400, help="cut lines longer than this")
     p.add_argument("--follow", action="store_true", help="stream new lines until the job ends")
     return p
 

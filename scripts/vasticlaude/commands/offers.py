@@ -39,7 +39,7 @@ from vasticlaude.store import config
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude offers", __doc__)
     console.add_search_flags(p)
-    p.add_argument("--limit", type=int, default=5, help="how many candidates (default 5)")
+    p.add_argument("--limit", type=console.COUNT, default=5, help="how many candidates (default 5)")
     return p
 
 

@@ -45,7 +45,7 @@ from vasticlaude.ops.reporting import report
 
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude report", __doc__)
-    p.add_argument("--experiment", help="the experiment (default: the most recently active one)")
+    p.add_argument("--experiment", type=console.experiment, help="the experiment (default: the most recently active one)")
     p.add_argument("--out", help="folder for report.md and the charts (default: <project>/.vasticlaude/runs/<experiment>)")
     p.add_argument("--offline", action="store_true", help="never fetch the log tail over SSH")
     return p

@@ -15,7 +15,8 @@ otherwise. After starting, it watches for a second so a command that fails at on
 
 Beside the job the same SSH call starts the instance's watchdog (templates/watchdog.sh.j2,
 README "Guards"), so an instance nobody watches cannot bill on: it stops the job and the
-instance when the experiment's budget or hours are used up, and after the job ends it waits
+instance when the experiment's budget or hours are used up (for the budget the SIGTERM comes
+one --kill-grace early, so even a job that ignores it is gone at the budget), and after the job ends it waits
 --grace s for `vasticlaude pull`, then destroys (pulled, or --disposable) or stops the
 instance. It uses the instance's own restricted key, never the account's. A live watchdog
 of an earlier run is retired first, so it cannot stop the instance under the new run.
@@ -24,7 +25,7 @@ of an earlier run is retired first, so it cannot stop the instance under the new
 Usage: vasticlaude run [--experiment X] [--instance ID] [--env K=V ...] [--restart]
                        [--budget-usd USD] [--max-hours H] [--grace S] [--check S] [--kill-grace S]
                        [--on-end destroy-if-pulled|destroy|stop] [--disposable] [--no-watchdog] -- CMD [ARGS...]
-Defaults: the budget an earlier run of the experiment set, else budget.experiment_usd;
+Defaults: the budget `up --budget-usd` or an earlier run set, else budget.experiment_usd;
 budget.experiment_hours minus the hours the experiment has already run; the "guard" block of
 .vasticlaude/config.json. Refused (exit 1) when the experiment's budget or hours are used up.
 
@@ -58,16 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_instance_flags(p)
     p.add_argument("--workdir", help="folder on the instance, relative to its $HOME (default: the pushed code)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the job")
-    p.add_argument("--heartbeat", type=int, default=job.HEARTBEAT, help="seconds between heartbeats")
+    p.add_argument("--heartbeat", type=console.number(3600, whole=True), default=job.HEARTBEAT, help="seconds between heartbeats")
     p.add_argument("--restart", action="store_true", help="start even if a run of this experiment is still going")
     g = p.add_argument_group("guard (the on-instance watchdog; defaults from the config's budget and guard blocks)")
-    g.add_argument("--budget-usd", type=float, help="the experiment's spend cap: at it the job is stopped, then the instance")
-    g.add_argument("--max-hours", type=float, help="hours this run may last (default: budget.experiment_hours left)")
-    g.add_argument("--grace", type=float, metavar="S", help="seconds after the job ends to wait for `pull` (default 600)")
+    g.add_argument("--budget-usd", type=console.USD, help="the experiment's spend cap: at it the job is stopped, then the instance")
+    g.add_argument("--max-hours", type=console.HOURS, help="hours this run may last (default: budget.experiment_hours left)")
+    g.add_argument("--grace", type=console.SECONDS_OR_ZERO, metavar="S", help="seconds after the job ends to wait for `pull` (default 600)")
     g.add_argument("--on-end", choices=job.ON_END, help="after the grace: destroy if pulled, else stop (default) | destroy | stop")
     g.add_argument("--disposable", action="store_true", help="same as --on-end destroy: nothing on the instance matters")
-    g.add_argument("--check", type=float, metavar="S", help="seconds between the watchdog's checks (default 15)")
-    g.add_argument("--kill-grace", type=float, metavar="S", help="SIGTERM to SIGKILL, time to checkpoint (default 60)")
+    g.add_argument("--check", type=console.number(3600), metavar="S", help="seconds between the watchdog's checks (default 15)")
+    g.add_argument("--kill-grace", type=console.number(86400, zero=True), metavar="S", help="SIGTERM to SIGKILL, time to checkpoint (default 60)")
     g.add_argument("--no-watchdog", action="store_true", help="UNSAFE: no guard; the instance bills until torn down")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
     return p

@@ -57,10 +57,10 @@ from vasticlaude.output import compact
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude status", __doc__)
     console.add_instance_flags(p)
-    p.add_argument("--lines", type=int, default=3, help="log lines to include (default 3)")
+    p.add_argument("--lines", type=console.COUNT_OR_ZERO, default=3, help="log lines to include (default 3)")
     p.add_argument("--wait", action="store_true", help="block until the job ends (or --timeout)")
-    p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds --wait may block (default 6 h)")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks with --wait")
+    p.add_argument("--timeout", type=console.SECONDS, default=6 * 3600, help="seconds --wait may block (default 6 h)")
+    p.add_argument("--interval", type=console.SECONDS, default=30.0, help="seconds between checks with --wait")
     return p
 
 

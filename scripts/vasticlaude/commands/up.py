@@ -8,7 +8,8 @@ Usage:
 
 Picks the cheapest candidate by estimated total (the ranking of `offers`, same flags), or
 exactly --offer ID (then no failover). Refuses (exit 1, before any rental) when the
-estimate for --hours breaks the per-experiment (--budget-usd) or daily budget. Rents it
+estimate for --hours breaks the per-experiment (--budget-usd) or daily budget; --budget-usd
+then stays the experiment's budget (a later `run` enforces it). Rents it
 labelled `vasticlaude-<experiment>` with SSH (direct when the host allows) and
 cancel_unavail, so an offer that cannot start fails instead of leaving a stopped
 instance that bills storage. The SSH key is ~/.ssh/id_ed25519 or id_rsa, else one made
@@ -70,13 +71,13 @@ def make_plan(args: argparse.Namespace, cfg: dict) -> launch.Plan:
 
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude up", __doc__)
-    p.add_argument("--experiment", help="experiment id (default exp-YYYYMMDD-xxxx); the label is vasticlaude-<id>")
-    p.add_argument("--offer", type=int, help="rent exactly this offer (no failover)")
+    p.add_argument("--experiment", type=console.experiment, help="experiment id (default exp-YYYYMMDD-xxxx); the label is vasticlaude-<id>")
+    p.add_argument("--offer", type=console.ID, help="rent exactly this offer (no failover)")
     p.add_argument("--image", help="Docker image (default from config: a pytorch image)")
-    p.add_argument("--budget-usd", type=float, help="cap for this experiment's total spend")
-    p.add_argument("--bid", type=float, metavar="PRICE", help="GPU $/h bid when --interruptible (default min bid x1.15)")
-    p.add_argument("--max-attempts", type=int, default=3, help="offers to try, each on another machine (default 3)")
-    p.add_argument("--deadline", type=float, metavar="SECONDS", help="boot deadline (default 600 pytorch/cuda, else 300)")
+    p.add_argument("--budget-usd", type=console.USD, help="cap for this experiment's total spend")
+    p.add_argument("--bid", type=console.DPH, metavar="PRICE", help="GPU $/h bid when --interruptible (default min bid x1.15)")
+    p.add_argument("--max-attempts", type=console.number(100, whole=True), default=3, help="offers to try, each on another machine (default 3)")
+    p.add_argument("--deadline", type=console.SECONDS, metavar="SECONDS", help="boot deadline (default 600 pytorch/cuda, else 300)")
     p.add_argument("--no-wait", action="store_true", help="return once rented, without waiting for SSH")
     console.add_search_flags(p)
     return p

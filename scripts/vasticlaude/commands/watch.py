@@ -56,12 +56,12 @@ from vasticlaude.store import config
 def build_parser() -> argparse.ArgumentParser:
     p = console.parser("vasticlaude watch", __doc__)
     console.add_instance_flags(p)
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
-    p.add_argument("--sync-interval", type=float, help="seconds between checkpoint syncs (default recovery.sync_interval_s)")
+    p.add_argument("--interval", type=console.SECONDS, default=30.0, help="seconds between checks (default 30)")
+    p.add_argument("--sync-interval", type=console.SECONDS, help="seconds between checkpoint syncs (default recovery.sync_interval_s)")
     p.add_argument("--no-recover", action="store_true", help="report a fault and stop instead of recovering")
     p.add_argument("--finish", choices=("down", "pull", "none"), default="down",
                    help="when the job succeeds: pull then destroy (default), pull only, or nothing")
-    p.add_argument("--timeout", type=float, default=0.0, help="give up after S seconds (default: never)")
+    p.add_argument("--timeout", type=console.SECONDS_OR_ZERO, default=0.0, help="give up after S seconds (default: never)")
     console.add_policy_flags(p)
     return p
 

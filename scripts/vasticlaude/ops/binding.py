@@ -2,7 +2,8 @@
 
 State says which instance belongs to an experiment; the API says whether it is still
 there and where its SSH is now (ports can change on restart). Never assume: a
-command that acts on an instance always re-reads it.
+command that acts on an instance always re-reads it. The route tried first is the one the
+record remembers having answered (`ssh_route`: direct or proxy), the other its fallback.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Bound:
         if self.row is None:
             raise Error("instance_gone", f"instance {self.record['id']} of {self.experiment} is gone from the account",
                         "Rent a new one with 'vasticlaude up' (recovery resumes from checkpoints).", FAILED)
-        return route_for(self.row, ssh_key().private)
+        return route_for(self.row, ssh_key().private, prefer=self.record.get("ssh_route"))
 
     @property
     def instance_id(self) -> int:

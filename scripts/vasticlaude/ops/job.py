@@ -102,19 +102,24 @@ def guard_settings(ask: GuardAsk, cfg: dict, bound: Bound) -> dict:
     spent = budget.experiment_spent(bound.experiment, state.load())
     cap = budget.experiment_budget(ask.budget_usd, state.read_experiment(bound.experiment), cfg)
     hours = ask.max_hours if ask.max_hours is not None else _hours_left(bound.experiment, bcfg.get("experiment_hours"))
-    if cap is not None and spent >= cap:
-        raise Error("over_budget", f"experiment {bound.experiment} has spent ${spent:.2f} of its ${cap:.2f} budget",
-                    f"Nothing may run: vasticlaude down --experiment {bound.experiment}, or raise the budget.", FAILED)
-    if hours is not None and hours <= 0:
-        raise Error("over_budget", f"experiment {bound.experiment} has used up its hours",
-                    "Raise budget.experiment_hours or pass --max-hours.", FAILED)
     times = {"grace_s": float(_pick(ask.grace_s, gcfg.get("grace_s"), 600)),
              "check_s": float(_pick(ask.check_s, gcfg.get("check_s"), 15)),
              "kill_grace_s": float(_pick(ask.kill_grace_s, gcfg.get("kill_grace_s"), 60))}
     if times["check_s"] <= 0 or times["grace_s"] < 0 or times["kill_grace_s"] < 0:
         raise Error("bad_guard", "--check must be > 0, --grace and --kill-grace >= 0", "", USAGE)
+    dph = _dph(bound)
+    # The watchdog stops the job one kill grace before the budget (so the hard stop lands at it):
+    # with less than that left, the job would be stopped the moment it starts.
+    reserve = dph * times["kill_grace_s"] / 3600 if ask.watchdog else 0.0
+    if cap is not None and spent + reserve >= cap:
+        kept = f" (a run keeps ${reserve:.2f}, one {times['kill_grace_s']:g} s kill grace, in reserve)" if reserve else ""
+        raise Error("over_budget", f"experiment {bound.experiment} has spent ${spent:.2f} of its ${cap:.2f} budget{kept}",
+                    f"Nothing may run: vasticlaude down --experiment {bound.experiment}, or raise the budget.", FAILED)
+    if hours is not None and hours <= 0:
+        raise Error("over_budget", f"experiment {bound.experiment} has used up its hours",
+                    "Raise budget.experiment_hours or pass --max-hours.", FAILED)
     return {"watchdog": ask.watchdog, "budget_usd": cap, "max_hours": _round(hours), "on_end": on_end,
-            **times, "dph": round(_dph(bound), 6), "already_spent_usd": round(spent, 6)}
+            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6)}
 
 
 def _pick(*values: object) -> object:

@@ -20,7 +20,7 @@ from vasticlaude.ops.reconcile import PREFIX
 from vasticlaude.ops.search import find, remember_failed
 from vasticlaude.ops.teardown import Target, teardown
 from vasticlaude.output import progress
-from vasticlaude.remote.ssh import Key, Route, endpoint, probe, ssh_key
+from vasticlaude.remote.ssh import Key, endpoints, probe_any, route_for, ssh_key
 from vasticlaude.store import state
 from vasticlaude.vast.account import is_registered
 from vasticlaude.vast.gateway import Vast, VastError
@@ -249,9 +249,11 @@ class Launcher:
             verdict = hopeless(row)
             if verdict:
                 raise Failed(verdict)
-            ssh = endpoint(row) if last == "running" else None
-            if ssh and probe(Route(iid, ssh["host"], ssh["port"], self.key.private)):
-                return {**ssh, "waited_s": round(time.monotonic() - start, 1)}
+            route = route_for(row, self.key.private) if last == "running" and endpoints(row) else None
+            ready = probe_any(route) if route else None  # direct, then Vast's proxy: the one that answers is kept
+            if ready:
+                return {"host": ready.host, "port": ready.port, "route": ready.name,
+                        "waited_s": round(time.monotonic() - start, 1)}
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 stuck = "running but SSH does not answer" if last == "running" else f"still {last}"
@@ -278,7 +280,7 @@ class Launcher:
     def report(self, iid: int, cand: Candidate, ready: dict | None) -> dict:
         dph = round(self.plan.gpu_dph(cand) + cand.storage_dph, 6)
         ssh = {"host": ready["host"] if ready else None, "port": ready["port"] if ready else None,
-               "user": "root", "key": str(self.key.private)}
+               "user": "root", "key": str(self.key.private), "route": ready["route"] if ready else None}
         return {"experiment": self.plan.experiment, "instance_id": iid, "label": self.plan.label,
                 "offer_id": cand.offer_id, "gpu_name": cand.gpu_name, "dph": dph, "ssh": ssh,
                 "attempts": [asdict(a) for a in self.attempts],
@@ -295,6 +297,7 @@ def remember_rental(plan: Plan) -> None:
         exp["rental"] = {"image": plan.image, "wanted": asdict(plan.wanted), "bid": plan.bid,
                          "deadline": plan.deadline, "max_attempts": plan.max_attempts,
                          "budget_usd": plan.limits.experiment_usd}
+        exp.update({} if plan.limits.experiment_usd is None else {"budget_usd": plan.limits.experiment_usd})
 
 
 def up(vast: Vast, plan: Plan, offer_id: int | None = None) -> dict:

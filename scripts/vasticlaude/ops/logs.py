@@ -12,7 +12,7 @@ from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
-from vasticlaude.remote.ssh import CONNECTION_FAILED, ssh_argv
+from vasticlaude.remote.ssh import CONNECTION_FAILED, remember, ssh_argv
 from vasticlaude.remote.ssh import run as ssh_run
 
 CLEAN = "LC_ALL=C tr -d '\\000-\\010\\013\\014\\016-\\037'"
@@ -45,12 +45,18 @@ def follow(bound: Bound, lines: int, width: int = 400, grep: str | None = None) 
     log, run_dir = shlex.quote(layout.run + "/job.log"), shlex.quote(layout.run)
     stop_when_done = (f"( while [ ! -f {run_dir}/exit_code ]; do sleep 2; done; sleep 1; "
                       f"pkill -P $$ tail 2>/dev/null ) & ")
-    pauses, failures = ssh_pauses(), 0
+    pauses, failures, ways, switched = ssh_pauses(), 0, route.both(), False
     while failures <= len(pauses):
         cmd = stop_when_done + _reader(log, lines, width, grep, True)
-        proc = subprocess.Popen(ssh_argv(route, cmd), stdout=sys.stdout.buffer, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(ssh_argv(ways[0], cmd), stdout=sys.stdout.buffer, stdin=subprocess.DEVNULL)
         if proc.wait() != CONNECTION_FAILED:
+            if ways[0] is not route:
+                remember(ways[0])
             return {"experiment": bound.experiment, "instance_id": bound.instance_id, "lines": [], "followed": True}
+        if len(ways) > 1 and not switched:  # the other route (direct / Vast's proxy) at once, same lines
+            ways, switched = ways[::-1], True
+            continue
+        switched = False
         pause = pauses[min(failures, len(pauses) - 1)]
         failures += 1
         progress(f"vasticlaude: connection lost; reconnecting in {pause:g} s")

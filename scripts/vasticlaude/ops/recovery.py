@@ -32,7 +32,7 @@ from vasticlaude.ops.reconcile import reconcile
 from vasticlaude.ops.search import remember_failed
 from vasticlaude.ops.teardown import Target, teardown
 from vasticlaude.output import progress
-from vasticlaude.remote.ssh import probe, route_for, ssh_key
+from vasticlaude.remote.ssh import probe_any, route_for, ssh_key
 from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast
 
@@ -218,7 +218,8 @@ class Recovery:
 
     def ssh_ready(self, row: dict) -> bool:
         try:
-            return probe(route_for(row, ssh_key().private), timeout=15)
+            rec = state.load()["instances"].get(str(row.get("id"))) or {}
+            return probe_any(route_for(row, ssh_key().private, prefer=rec.get("ssh_route")), timeout=15) is not None
         except Error:
             return False
 

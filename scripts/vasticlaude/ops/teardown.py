@@ -89,7 +89,15 @@ def targets(vast: Vast, ids: list[int], experiment: str | None = None, everythin
     for rec in state.live_instances():
         if everything or rec.get("experiment") == experiment:
             wanted.setdefault(int(rec["id"]), None)
-    rows = {int(r["id"]): r for r in vast.instances()}
+    try:
+        rows = {int(r["id"]): r for r in vast.instances()}
+    except VastError as err:
+        if not wanted:
+            raise  # nothing known to take down: an API failure before anything was done (exit 3)
+        # The instances the state knows of may be billing: try each by id (the failures are named, exit 4).
+        progress(f"vasticlaude down: could not list the account ({err.message}); trying the "
+                 f"{len(wanted)} recorded instance(s) one by one")
+        return [Target(iid, None, False) for iid in wanted]
     for iid, row in rows.items():
         label = row.get("label") or ""
         if (everything and label.startswith(PREFIX)) or (experiment and label == PREFIX + experiment):

@@ -25,8 +25,8 @@ def remote(route: ssh.Route, script: str, what: str, timeout: float = 120) -> st
 def rsync(route: ssh.Route, sources: list[str], dest: str, extra: list[str], what: str,
           backoff: tuple[float, ...] | None = None) -> str:
     """rsync with retries (the SSH backoff unless `backoff`) on connection-type failures; its --stats output."""
-    argv = ssh.rsync_argv(route, sources, dest, ["--stats", *extra])
-    proc = ssh.retrying(argv, what, timeout=TRANSFER_TIMEOUT, backoff=ssh_pauses() if backoff is None else backoff,
+    proc = ssh.retrying(lambda r: ssh.rsync_argv(r, sources, dest, ["--stats", *extra]), what, route=route,
+                        timeout=TRANSFER_TIMEOUT, backoff=ssh_pauses() if backoff is None else backoff,
                         failed=lambda p: p.returncode in RSYNC_CONNECTION_CODES)
     out = proc.stdout.decode("utf-8", "replace")
     if proc.returncode in (0, RSYNC_VANISHED):

@@ -22,13 +22,27 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
 
+# `python -m MODULE` with the working directory kept off sys.path (what 3.11's -P does, for 3.10 too).
+SAFE_PATH = ('import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]\n'
+             'import runpy; runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)')
+
+
+def python_m(module: str) -> list[str]:
+    """The argv that runs `module` as `python -m` would, but never imports from the current directory."""
+    return [sys.executable, "-c", SAFE_PATH, module]
+
+
 def start_background(state: Path, flags: list[str]) -> dict:
     """Start `sim serve` detached with its log in the state dir; wait until it answers."""
     paths.ensure_private_dir(state)
     (state / "sim.json").unlink(missing_ok=True)
     log = open(state / "sim.log", "ab")
-    cmd = [sys.executable, "-m", "vasticlaude", "sim", "serve", "--state", str(state), *flags]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    state = state.resolve()
+    cmd = [*python_m("vasticlaude"), "sim", "serve", "--state", str(state), *flags]
+    # Its own folder as the working directory: never the user's project (whose files could
+    # shadow modules), and nothing the sandbox keeps open there for its lifetime.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            cwd=state)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         info = running_info(state)

@@ -10,6 +10,10 @@ SDK's own retry is set to one attempt so that this module alone decides:
 - a create is never retried: after an ambiguous failure the caller looks for the
   instance by its label (`find_by_label`) before trying again.
 
+Every row a read returns has passed through `vast/rows.py` (whitespace, numbers given as
+strings, nulls, wrapped lists), so nothing else reads raw rows; an instance whose single GET
+answers 404 (`no_such_instance`), or whose row says destroyed/terminated, reads as gone (None).
+
 Every failure becomes a `VastError` (an `Error` with exit code 3) whose message never
 contains the API key. `vastai` is imported on first use only, so commands that need
 no API call stay fast.
@@ -20,9 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from vasticlaude.core.lifecycle import is_gone
 from vasticlaude.core.retry import api_pauses
 from vasticlaude.errors import API, Error
 from vasticlaude.output import progress
+from vasticlaude.vast import rows
 from vasticlaude.vast.account import Endpoint
 
 T = TypeVar("T")
@@ -62,23 +68,46 @@ class Vast:
 
     # ----- reads -----------------------------------------------------------------------------
     def search_offers(self, query: str, order: str, limit: int, interruptible: bool, storage_gb: float) -> list[dict]:
-        return self._read("search offers", lambda: self.sdk.search_offers(
-            query=query, order=order, limit=limit, type="bid" if interruptible else "on-demand", storage=storage_gb))
+        return rows.offers(self._read("search offers", lambda: self.sdk.search_offers(
+            query=query, order=order, limit=limit, type="bid" if interruptible else "on-demand", storage=storage_gb)))
 
     def instance(self, instance_id: int) -> dict | None:
-        return self._read("show instance", lambda: self.sdk.show_instance(id=instance_id))
+        """The instance's row, or None when it is gone (404 `no_such_instance`, or a destroyed row).
+
+        Read raw (the SDK's `show_instance` does arithmetic on `start_date`, which can be null)."""
+        def call() -> Any:
+            reply = self.sdk.client.get(f"/instances/{instance_id}/", query_args={"owner": "me"})
+            reply.raise_for_status()
+            return reply.json()
+        try:
+            row = rows.instance(self._read("show instance", call))
+        except VastError as err:
+            if err.status == 404:
+                return None
+            raise
+        return None if row is None or is_gone(row) else row
 
     def instances(self) -> list[dict]:
-        return self._read("show instances", self.sdk.show_instances)
+        """Every instance on the account (all pages of `/api/v1/instances/`), gone ones left out."""
+        found: list[dict] = []
+        params: dict = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
+        while True:
+            page = self._read("show instances", lambda: self.sdk.show_instances_v1(dict(params)))
+            found += [r for r in rows.instances(page) if not is_gone(r)]
+            token = page.get("next_token") if isinstance(page, dict) else None
+            if not token:
+                return found
+            params["after_token"] = token
 
     def find_by_label(self, label: str) -> list[dict]:
         return [row for row in self.instances() if row.get("label") == label]
 
     def user(self) -> dict:
-        return self._read("show user", self.sdk.show_user)
+        return rows.user(self._read("show user", self.sdk.show_user))
 
     def ssh_keys(self) -> list[dict]:
-        return self._read("show ssh-keys", self.sdk.show_ssh_keys)
+        """The account's SSH keys, whether Vast answers a bare list or `{"ssh_keys": [...]}`."""
+        return rows.ssh_keys(self._read("show ssh-keys", self.sdk.show_ssh_keys))
 
     def gpu_names(self) -> list[str]:
         """The market's GPU names (`GET gpu_names/unique`, what the CLI checks -g against; no SDK method)."""
@@ -91,15 +120,15 @@ class Vast:
     def charges(self, since: float | None = None) -> list[dict]:
         """Charge rows (`source` "instance-<id>", `amount`) since `since` (default: 7 days), every page."""
         window = {"start_date": int(since), "end_date": int(time.time()) + 86400} if since else {}
-        rows: list[dict] = []
+        found: list[dict] = []
         token = None
         while True:
             kw = {"charges": True, "limit": 100, **window, **({"next_token": token} if token else {})}
             page = self._read("show charges", lambda: self.sdk.show_invoices_v1(**kw))
-            rows += page.get("results", [])
+            found += [rows.row(r) for r in page.get("results") or []]
             token = page.get("next_token")
             if not token:
-                return rows
+                return found
 
     # ----- changes -----------------------------------------------------------------------------
     def create(self, offer_id: int, **spec: Any) -> Created:
@@ -111,7 +140,7 @@ class Vast:
         if not reply.get("success") or not reply.get("new_contract"):
             raise VastError("create_refused", f"Vast refused the rental: {reply.get('msg', 'no reason given')}",
                             "Try another offer.")
-        return Created(int(reply["new_contract"]), str(reply.get("instance_api_key", "")))
+        return Created(int(reply["new_contract"]), str(reply.get("instance_api_key", "")).strip())
 
     def destroy(self, instance_id: int) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""

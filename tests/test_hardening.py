@@ -1,0 +1,240 @@
+"""Hardening (issue 13), through the real parts: the launcher, the CLI, the sandbox, ssh and rsync.
+
+1. the project's files never shadow vasticlaude's imports (launcher, sandbox start);
+2. push refuses a PATH outside the project (after symlinks); symlinks inside stay symlinks;
+3. every --experiment is checked like a label (no '/', no '..') before anything is written;
+4. numeric flags are positive, finite and bounded (usage error naming the flag);
+5. down under a failing API names what may still bill (exit 4, never 3);
+6. up's --budget-usd is the budget a later run's watchdog enforces;
+7. the watchdog's hard stop lands at the budget even for a job that ignores SIGTERM.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_lifecycle import IMAGE, Cli, charged, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+from test_watchdog import pricey, rent, run_file, ssh, start, wait_state  # noqa: F401 — `pricey`: a $36/h market
+
+from vasticlaude.core import budget
+from vasticlaude.sim.client import kill_containers, read_info, stop_background
+from vasticlaude.store import state
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = ROOT / "scripts" / "vc"
+VC = str(Path(sys.executable).with_name("vasticlaude"))
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: refused at once, so nothing can be rented
+
+
+def envelope(proc: subprocess.CompletedProcess) -> dict:
+    found = json.loads(proc.stdout)
+    assert found["v"] == 1 and found["ok"] == (proc.returncode == 0), proc.stdout + proc.stderr
+    return found
+
+
+def offline_env(tmp_path: Path, **extra: str) -> dict:
+    """A user whose Vast is unreachable: a command that gets past its parser fails there, renting nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST", "CLAUDE"))}
+    env.update(HOME=str(tmp_path / "home"), VASTICLAUDE_HOME=str(tmp_path / "x" / "vchome"), VAST_URL=UNREACHABLE,
+               VAST_API_KEY="k" * 64, VASTAI_NO_UPDATE_CHECK="1", VASTICLAUDE_POLL_SCALE="0.01", **extra)
+    return env
+
+
+# ----- 1. the project never shadows vasticlaude's imports ---------------------------------------
+HOSTILE = "open({marker!r}, 'a').write(__name__ + '\\n')\nraise SystemExit('imported the project\\'s {name}')\n"
+
+
+def hostile_project(tmp_path: Path) -> tuple[Path, Path]:
+    project, marker = tmp_path / "project", tmp_path / "IMPORTED"
+    (project / ".vasticlaude").mkdir(parents=True)
+    for name in ("secrets", "json", "state"):
+        (project / f"{name}.py").write_text(HOSTILE.format(marker=str(marker), name=name))
+    return project, marker
+
+
+def launcher_data(tmp_path: Path) -> Path:
+    """A plugin data folder whose env is this test's interpreter (the launcher's fast path: no build)."""
+    data = tmp_path / "plugin-data"
+    (data / "venv" / "bin").mkdir(parents=True)
+    python = data / "venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (data / "venv" / ".vc-deps").write_text("test\n")
+    return data
+
+
+def test_the_projects_files_never_shadow_vasticlaudes_imports(tmp_path):
+    project, marker = hostile_project(tmp_path)
+    vchome = tmp_path / "vchome"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST", "CLAUDE"))}
+    env.update(HOME=str(tmp_path), VASTICLAUDE_HOME=str(vchome), CLAUDE_PLUGIN_DATA=str(launcher_data(tmp_path)),
+               VASTAI_NO_UPDATE_CHECK="1", VASTICLAUDE_SIM_TIME_SCALE="0")
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=project, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    try:
+        cost = run(str(LAUNCHER), "cost", "--json")
+        assert cost.returncode == 0 and envelope(cost)["ok"], cost.stdout + cost.stderr
+        assert not marker.exists(), f"the launcher imported {marker.read_text().split()}"
+        # The sandbox is started by `offers --sandbox` from the project: it must not import it either,
+        # whether started through the launcher or the console script.
+        for argv in ([str(LAUNCHER), "offers", "--sandbox", "--limit", "2", "--json"],
+                     [VC, "offers", "--sandbox", "--limit", "2", "--json"]):
+            offers = run(*argv)
+            assert offers.returncode == 0 and envelope(offers)["data"]["candidates"], offers.stdout + offers.stderr
+            assert not marker.exists(), f"{argv[0]}: imported {marker.read_text().split()}"
+            info = read_info(vchome / "sim")
+            assert info and Path(f"/proc/{info['pid']}/cwd").resolve() != project
+            stop_background(vchome / "sim")
+    finally:
+        info = read_info(vchome / "sim")
+        stop_background(vchome / "sim")
+        if info:
+            kill_containers(info.get("marker", ""))
+
+
+# ----- 2. push stays inside the project ---------------------------------------------------------
+def test_push_refuses_a_path_outside_the_project_and_keeps_symlinks_inside(cli, sim, tmp_path):
+    project = tmp_path / "proj"
+    (project / ".vasticlaude").mkdir(parents=True)
+    (project / "train.py").write_text("print('hi')\n")
+    (project / "etc_link").symlink_to("/etc")  # inside the tree: sent as a symlink, never followed
+    (project / "d").symlink_to("/etc")         # as PATH: a folder outside the project
+    cli.cwd = project
+    iid = cli.json("up", "--experiment", "sy", "--image", IMAGE, "--disk", "8")["instance_id"]
+    cli.json("push", "--experiment", "sy", "--no-setup")
+    code = sim.state / "instances" / str(iid) / "root" / "vasticlaude" / "sy" / "code"
+    assert (code / "train.py").is_file()
+    assert (code / "etc_link").is_symlink() and os.readlink(code / "etc_link") == "/etc"
+
+    for path in ("d", "/etc", "..", str(tmp_path)):
+        proc = cli.run("push", path, "--experiment", "sy", "--no-setup", "--json")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        error = envelope(proc)["error"]
+        assert error["code"] == "outside_project" and "outside the project" in error["message"], error
+        assert "\n" not in error["message"] and error["hint"]
+    assert (code / "train.py").is_file() and not (code / "shadow").exists() and not (code / "passwd").exists()
+    sub = project / "sub"
+    sub.mkdir()
+    (sub / "x.txt").write_text("x")
+    cli.json("push", "sub", "--experiment", "sy", "--no-setup")  # a folder inside the project is fine
+    assert (code / "x.txt").is_file()
+    cli.json("down", "--experiment", "sy")
+
+
+# ----- 3. --experiment is a label, never a path -------------------------------------------------
+EXPERIMENT_COMMANDS = [("watch",), ("status",), ("logs",), ("pull",), ("push",), ("recover",), ("report",),
+                       ("cost",), ("down",), ("up",), ("run", "--", "true")]
+
+
+@pytest.mark.parametrize("argv", EXPERIMENT_COMMANDS, ids=lambda a: a[0])
+def test_every_experiment_flag_refuses_a_path(argv, tmp_path):
+    env = offline_env(tmp_path)
+    cmd, rest = argv[0], list(argv[1:])
+    proc = subprocess.run([VC, cmd, "--json", "--experiment", "../../etc", *rest], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = envelope(proc)["error"]
+    assert error["code"] == "usage" and "--experiment" in error["message"] and "'../../etc'" in error["message"]
+    outside = [p for p in tmp_path.rglob("*") if "etc" in p.name]
+    assert outside == [], f"{cmd} wrote outside the home: {outside}"
+
+
+# ----- 4. numbers ---------------------------------------------------------------------------------
+BAD_NUMBERS = [
+    ("up", "--hours", "-5", "--budget-usd", "0.01"), ("up", "--hours", "0"), ("up", "--hours", "1e9"),
+    ("up", "--disk", "0"), ("up", "--disk", "-3"), ("up", "--budget-usd", "-1"), ("up", "--deadline", "inf"),
+    ("up", "--interruptible", "--bid", "-0.1"), ("up", "--max-attempts", "0"), ("offers", "--max-dph", "0"),
+    ("offers", "--disk", "nan"), ("offers", "--min-reliability", "1.5"), ("offers", "--limit", "0"),
+    ("offers", "--num-gpus", "-1"), ("run", "--budget-usd", "0", "--", "true"), ("run", "--grace", "-1", "--", "true"),
+    ("run", "--kill-grace", "-60", "--", "true"), ("run", "--check", "0", "--", "true"),
+    ("run", "--max-hours", "-1", "--", "true"), ("watch", "--interval", "0"), ("watch", "--sync-interval", "-1"),
+    ("status", "--interval", "-1"), ("status", "--timeout", "0"), ("logs", "--lines", "-1"),
+    ("cost", "--daily-usd", "-1"), ("cost", "--experiment-hours", "0"), ("recover", "--max-bid", "0"),
+    ("recover", "--preempt-wait", "-5"), ("recover", "--disk", "0"), ("push", "--setup-timeout", "0"),
+    ("down", "-7"),
+]
+
+
+@pytest.mark.parametrize("argv", BAD_NUMBERS, ids=" ".join)
+def test_a_bad_number_is_a_usage_error_naming_its_flag(argv, tmp_path):
+    proc = subprocess.run([VC, *argv[:1], "--json", *argv[1:]], capture_output=True, text=True,
+                          env=offline_env(tmp_path), cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = envelope(proc)["error"]
+    flag = next((a for a in argv[1:] if a.startswith("--") and a not in ("--interruptible", "--")), "ID")
+    assert error["code"] == "usage" and flag in error["message"], error
+
+
+def test_negative_hours_never_rent_past_the_budget(cli, sim):
+    proc = cli.run("up", "--experiment", "neg", "--image", IMAGE, "--disk", "8", "--hours", "-5",
+                   "--budget-usd", "0.01", "--json")
+    assert proc.returncode == 2 and "--hours" in envelope(proc)["error"]["message"], proc.stdout + proc.stderr
+    assert cli.account() == []
+    ok = cli.json("offers", "--disk", "0.5", "--hours", "0.25", "--min-reliability", "0")  # small is not zero
+    assert ok["candidates"]
+
+
+# ----- 5. down under a failing API ----------------------------------------------------------------
+def test_down_of_recorded_instances_under_a_failing_api_is_exit_4_naming_them(cli, sim):
+    iid = cli.json("up", "--experiment", "flaky", "--image", IMAGE, "--disk", "8")["instance_id"]
+    sim.fault("http", status=503, count=10_000)
+    for argv in (("down", "--experiment", "flaky"), ("down", str(iid))):
+        proc = cli.run(*argv, "--json")
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        data = envelope(proc)
+        assert [f["id"] for f in data["data"]["failed"]] == [iid]
+        assert str(iid) in data["error"]["message"] and f"down {iid}" in data["error"]["hint"]
+    sim.admin("DELETE", "/sim/faults")
+    assert [d["id"] for d in cli.json("down", "--experiment", "flaky")["destroyed"]] == [iid]
+
+
+# ----- 6. up's budget is the watchdog's -----------------------------------------------------------
+def test_ups_budget_is_the_budget_of_a_later_run(cli, sim):
+    iid = cli.json("up", "--experiment", "capped", "--image", IMAGE, "--disk", "8", "--budget-usd", "0.75")["instance_id"]
+    assert state.read_experiment("capped")["budget_usd"] == 0.75
+    data = json.loads(cli.run("run", "--json", "--experiment", "capped", "--workdir", ".", "--", "sleep", "30").stdout)
+    assert data["ok"], data
+    guard = data["data"]["guard"]
+    assert guard["watchdog"] and guard["budget_usd"] == 0.75, guard
+    assert "budget=0.750000" in run_file(sim, iid, "capped", "watchdog.log")
+    cli.json("down", "--experiment", "capped")
+
+
+# ----- 7. the budget is a ceiling ---------------------------------------------------------------
+IGNORES_SIGTERM = r'''
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+while True:
+    time.sleep(0.1)
+'''
+
+
+def test_a_job_that_ignores_sigterm_is_stopped_at_the_budget(pricey, monkeypatch):
+    cli, sim = pricey, pricey.sim
+    monkeypatch.setenv("VASTICLAUDE_HOME", str(cli.vchome))
+    up = rent(cli, "stubborn")
+    iid = up["instance_id"]
+    ssh(up, "cat > stubborn.py", IGNORES_SIGTERM).check_returncode()
+    cap = round(budget.experiment_spent("stubborn", state.load()) + 0.15, 4)  # ~15 s more at 1 cent a second
+    data = start(cli, "stubborn", "--budget-usd", str(cap), "--check", "1", "--kill-grace", "10", "--grace", "60",
+                 "--", "python3", "stubborn.py")
+    assert data["guard"]["budget_usd"] == cap and data["guard"]["kill_grace_s"] == 10
+    wait_state(sim, iid, "stubborn", {"stopped"}, 60)
+    time.sleep(1.2)  # the sandbox bills once a second: let the last second land
+    actual = charged(sim, iid)
+    # Before: SIGTERM at the budget, SIGKILL 10 s ($0.10) later. Now the SIGKILL lands at the budget,
+    # give or take one check interval and one billed second.
+    assert cap - 0.07 <= actual <= cap + 36.0 * 2 / 3600, (actual, cap)
+    log = run_file(sim, iid, "stubborn", "watchdog.log")
+    assert "kill grace early" in log and "outlived the 10 s kill grace: SIGKILL" in log and "stop the instance" in log
+    again = cli.run("run", "--experiment", "stubborn", "--", "true")  # not even one kill grace is left
+    assert again.returncode == 1 and "kill grace" in again.stderr, again.stderr
