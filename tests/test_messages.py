@@ -99,8 +99,11 @@ def run_json(*args: str, home: Path) -> tuple[int, dict]:
     env = {**os.environ, "VASTICLAUDE_HOME": str(home), "VASTAI_NO_UPDATE_CHECK": "1", "HOME": str(home),
            "VASTICLAUDE_LAUNCHER": "/p/scripts/vc"}
     env.pop("VAST_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "vasticlaude", *args, "--json"], capture_output=True, text=True,
-                          env=env, cwd=home, timeout=60)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vasticlaude", *args, "--json"], capture_output=True, text=True,
+                              env=env, cwd=home, timeout=60)
+    finally:  # a command that needed the account started the home's sandbox: stop it with the test
+        subprocess.run([sys.executable, "-m", "vasticlaude", "sim", "stop"], capture_output=True, env=env, timeout=60)
     return proc.returncode, json.loads(proc.stdout)
 
 
