@@ -238,3 +238,15 @@ def test_a_job_that_ignores_sigterm_is_stopped_at_the_budget(pricey, monkeypatch
     assert "kill grace early" in log and "outlived the 10 s kill grace: SIGKILL" in log and "stop the instance" in log
     again = cli.run("run", "--experiment", "stubborn", "--", "true")  # not even one kill grace is left
     assert again.returncode == 1 and "kill grace" in again.stderr, again.stderr
+
+
+# ----- 4b. two `up`s at once on one experiment --------------------------------------------------
+def test_ups_at_once_on_one_experiment_rent_once(cli, sim):
+    """Before: 3 of 5 pairs rented twice, 8 at once gave 2 instances, all exit 0."""
+    procs = [cli.spawn("up", "--experiment", "twice", "--image", IMAGE, "--disk", "8", "--json") for _ in range(6)]
+    outs = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in outs)
+    assert codes.count(0) == 1 and set(codes) <= {0, 1}, outs
+    refused = [json.loads(out)["error"]["code"] for code, out, _ in outs if code == 1]
+    assert set(refused) <= {"experiment_busy"}, refused
+    assert [r["label"] for r in cli.account()] == ["vasticlaude-twice"]

@@ -301,7 +301,17 @@ def remember_rental(plan: Plan) -> None:
 
 
 def up(vast: Vast, plan: Plan, offer_id: int | None = None) -> dict:
-    """Rent for the plan (exactly `offer_id`, or the best candidates in turn) and wait until ready."""
+    """Rent for the plan (exactly `offer_id`, or the best candidates in turn) and wait until ready.
+
+    One `up` per experiment at a time (a lock beside experiment.json): two at once would each find
+    the label free on the account and rent twice. The second is refused at once."""
+    busy = Error("experiment_busy", f"another `up` of experiment {plan.experiment} is renting right now",
+                 f"Wait for it, then use its instance (vasticlaude status --experiment {plan.experiment}).")
+    with state.only_one(state.experiment_dir(plan.experiment) / "up.lock", busy):
+        return _up(vast, plan, offer_id)
+
+
+def _up(vast: Vast, plan: Plan, offer_id: int | None) -> dict:
     refuse_if_taken(vast, plan)
     cands = candidates(vast, offer_id, plan)
     check_budget(plan, cands[0])
