@@ -180,3 +180,17 @@ def test_whole_flow_under_realism_all_together(realism_cli, tmp_path):
         {"recovery": {"sync_interval_s": 1, "preempt_wait_s": 60}, "guard": {"grace_s": 600}}))
     realism_cli.cwd = root
     flow(realism_cli, "realism", attempts="3", strict=False)
+
+
+def test_an_insufficient_bid_leaves_nothing_billing(cli, sim):  # noqa: F811
+    """Vast refuses a low bid yet creates the instance stopped (it bills storage, holds the label):
+    `up` looks the label up after a refused create, destroys what it finds, and fails over."""
+    sim.fault("bid-too-low")
+    proc = cli.run("up", "--experiment", "lowbid", "--image", IMAGE, "--disk", "8", "--interruptible",
+                   "--max-attempts", "2", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["error"]["code"] == "no_offer_worked"
+    assert cli.account() == [], "a stopped instance is left billing storage"
+    ledger = json.loads((cli.vchome / "instances.json").read_text())["instances"]
+    assert ledger and all(r.get("destroyed_at") for r in ledger.values())  # what Vast made is in the ledger, closed
+    assert not json.loads((cli.vchome / "instances.json").read_text())["intents"]

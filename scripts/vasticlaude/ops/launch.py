@@ -188,10 +188,10 @@ class Launcher:
                 return self.vast.create(cand.offer_id, **self.spec(cand)).instance_id
             except VastError as err:
                 if err.status is not None and err.status < 500 and err.status != 429:
-                    state.clear_intent(self.plan.label)
                     if err.status == 401:
+                        state.clear_intent(self.plan.label)
                         raise
-                    raise Failed(err.message, machine=err.status in (404, 410)) from None
+                    self.refused(cand, err)
                 last = err.message
             found = self.look_for_label(cand, last)
             if found is not None:
@@ -199,6 +199,16 @@ class Launcher:
             progress(f"vasticlaude up: {last}; the label finds nothing, so nothing was rented")
         state.clear_intent(self.plan.label)
         raise Failed(f"the create kept failing ({last})", machine=False)
+
+    def refused(self, cand: Candidate, err: VastError) -> None:
+        """A refused create may still have made something (an insufficient bid: created stopped, storage
+        billing, the label taken): look it up, destroy it, then fail the attempt."""
+        made = self.look_for_label(cand, err.message)
+        state.clear_intent(self.plan.label)
+        if made is not None:
+            self.record(made, cand)
+            self.discard(made, f"Vast refused the rental ({err.message}) but created it")
+        raise Failed(err.message, machine=err.status in (404, 410))
 
     def look_for_label(self, cand: Candidate, why: str) -> int | None:
         try:
