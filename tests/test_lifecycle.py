@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -89,10 +91,9 @@ class Cli:
             assert not any(secret in text for text in texts), "a key leaked into output or state"
 
 
-@pytest.fixture
-def cli(sim, tmp_path: Path):
-    """A user with an empty HOME; afterwards no process, fault or instance is left, and no key leaked."""
-    home = tmp_path / "home"
+@contextmanager
+def user_of(sim, home: Path) -> Iterator[Cli]:
+    """A user with an empty HOME on `sim`; afterwards no process, fault or instance is left, and no key leaked."""
     home.mkdir()
     user = Cli(sim, home, Path(os.environ["VASTICLAUDE_HOME"]))
     try:
@@ -101,6 +102,12 @@ def cli(sim, tmp_path: Path):
         user.stop_all()
         sim.reset()
     user.assert_no_secrets()
+
+
+@pytest.fixture
+def cli(sim, tmp_path: Path):
+    with user_of(sim, tmp_path / "home") as user:
+        yield user
 
 
 def up_args(experiment: str, *extra: str) -> list[str]:

@@ -7,12 +7,11 @@ Each flow test ends `finished`, with the results home and nothing left on the ac
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from test_lifecycle import IMAGE, Cli, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+from test_lifecycle import IMAGE, cli, user_of  # noqa: F401 — the `cli` fixture: a user with an empty HOME
 from test_recovery import finished, project, result_of, step_of, wait_for, watch  # noqa: F401
 
 from vasticlaude.core.lifecycle import record_status
@@ -161,14 +160,8 @@ def realism_cli(fresh_sim, tmp_path: Path):
     # (no rsync, and apt-get cannot install it in the sandbox) push stops with no_remote_rsync: the
     # product does not yet work around a minimal image (not part of this change).
     sim = fresh_sim.start("--time-scale", "0", "--seed", "2", "--realism")
-    home = tmp_path / "rhome"
-    home.mkdir()
-    user = Cli(sim, home, Path(os.environ["VASTICLAUDE_HOME"]))
-    try:
+    with user_of(sim, tmp_path / "rhome") as user:
         yield user
-    finally:
-        user.stop_all()
-        sim.reset()
 
 
 def test_whole_flow_under_realism_all_together(realism_cli, tmp_path):
