@@ -15,9 +15,11 @@ from typing import Callable
 
 from vasticlaude.core.market import Wanted
 from vasticlaude.errors import USAGE, Error
+from vasticlaude.ops import binding
+from vasticlaude.ops.binding import Bound
 from vasticlaude.ops.connect import connect as ops_connect
 from vasticlaude.output import emit, fail, log_crash, spell
-from vasticlaude.store import paths
+from vasticlaude.store import paths, state
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
 
@@ -86,6 +88,19 @@ SECONDS_OR_ZERO = number(30 * 86400, zero=True)  # a grace may be none; watch --
 COUNT = number(10_000, whole=True)    # lines, limits, GPUs, attempts
 COUNT_OR_ZERO = number(10_000, whole=True, zero=True)
 ID = number(2 ** 63, whole=True)      # instance and offer ids
+
+
+def bind(args: argparse.Namespace) -> Bound:
+    """The instance the flags name: the local record first (an unknown experiment fails before any
+    connection, so no sandbox starts just to say so), then the gateway and its live row."""
+    binding.find_record(args.experiment, args.instance)
+    return binding.bind(connect(args), args.experiment, args.instance)
+
+
+def known(args: argparse.Namespace) -> None:
+    """Refuse, before connecting, an experiment this machine has never seen (no record, no experiment.json)."""
+    if args.experiment and not state.read_experiment(args.experiment):
+        binding.find_record(args.experiment, args.instance)
 
 
 def add_instance_flags(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,6 @@ import argparse
 
 from vasticlaude import console
 from vasticlaude.ops import logs
-from vasticlaude.ops.binding import bind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    bound = bind(console.connect(args), args.experiment, args.instance)
+    bound = console.bind(args)
     if args.follow:
         return logs.follow(bound, args.lines, args.width, args.grep)
     return logs.tail(bound, args.lines, args.width, args.grep)

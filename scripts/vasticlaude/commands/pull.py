@@ -38,7 +38,6 @@ from pathlib import Path
 
 from vasticlaude import console
 from vasticlaude.core.fmt import human_bytes
-from vasticlaude.ops.binding import bind
 from vasticlaude.ops.results import pull
 
 
@@ -67,5 +66,5 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    bound = bind(console.connect(args), args.experiment, args.instance)
+    bound = console.bind(args)
     return pull(bound, args.path, Path(args.dest) if args.dest else None)

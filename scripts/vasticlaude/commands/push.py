@@ -56,7 +56,6 @@ from vasticlaude.output import compact
 from vasticlaude.errors import Error
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import USAGE
-from vasticlaude.ops.binding import bind
 from vasticlaude.ops.code import push
 from vasticlaude.store import config
 
@@ -121,5 +120,5 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     root = source_root(args)
-    bound = bind(console.connect(args), args.experiment, args.instance)
+    bound = console.bind(args)
     return push(bound, root, args.include_heavy, not args.no_setup, args.setup_timeout)

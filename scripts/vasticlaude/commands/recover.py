@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    console.known(args)
     vast = console.connect(args)
     assessment = recovery.assess(vast, args.experiment, args.instance)
     fault = assessment.fault

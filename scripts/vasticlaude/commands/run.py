@@ -49,7 +49,6 @@ from vasticlaude.core.faults import last_words
 from vasticlaude.errors import Error
 from vasticlaude.errors import FAILED, USAGE
 from vasticlaude.ops import job
-from vasticlaude.ops.binding import bind
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
         raise Error("bad_guard", f"--on-end must be one of {', '.join(job.ON_END)}", "", USAGE)
     spec = job.JobSpec(command=argv[0] if len(argv) == 1 else shlex.join(argv), env=_env(args.env),
                        workdir=args.workdir, heartbeat=args.heartbeat, restart=args.restart, guard=guard_ask(args))
-    return job.start(bind(console.connect(args), args.experiment, args.instance), spec)
+    return job.start(console.bind(args), spec)
 
 
 def guard_ask(args: argparse.Namespace) -> job.GuardAsk:

@@ -49,7 +49,6 @@ import json
 from vasticlaude import console
 from vasticlaude.errors import FAILED, Error
 from vasticlaude.ops import observe
-from vasticlaude.ops.binding import bind
 from vasticlaude.ops.observe import HUMAN_MAX, TAIL_WIDTH, one_line
 from vasticlaude.output import compact
 
@@ -129,7 +128,8 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    vast = console.connect(args)
     if args.wait:
-        return observe.wait(vast, args.experiment, args.instance, args.lines, args.timeout, args.interval)
-    return observe.observe(bind(vast, args.experiment, args.instance), args.lines)
+        console.known(args)
+        return observe.wait(console.connect(args), args.experiment, args.instance, args.lines, args.timeout,
+                            args.interval)
+    return observe.observe(console.bind(args), args.lines)

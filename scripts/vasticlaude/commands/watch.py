@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    console.known(args)
     cfg = config.load()
     plan = watching.WatchPlan(interval=args.interval, sync_interval=args.sync_interval, recover=not args.no_recover,
                               finish=args.finish, timeout=args.timeout)
