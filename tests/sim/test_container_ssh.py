@@ -324,7 +324,7 @@ def test_quota_stops_writers(make_box: Callable[..., Box]) -> None:
               "        except OSError as exc:\n"
               "            print('ERR', exc.errno, flush=True)\n"
               "            break\n"
-              "        time.sleep(0.05)\n")
+              "        time.sleep(0.1)\n")  # 2 MiB per 0.2 s check below: the 4 MiB margin holds on a busy machine
     proc = subprocess.Popen([*box.ssh_argv(), f"python3 -c {shlex.quote(writer)}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
