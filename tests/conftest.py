@@ -8,6 +8,7 @@ runs everything in one process, as before.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses = PROCESS_FIXTURES & set(item.fixturenames)
         if item.get_closest_marker("unit") and uses:
             raise pytest.UsageError(f"{item.nodeid} is marked unit but starts processes ({', '.join(sorted(uses))})")
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_together(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """On xdist workers, a test marked `alone` runs while no other test runs on any worker: it
+    closes a gate no test can start through, waits for the running ones to end, and opens the
+    gate when it is done. Every other test passes the gate and runs beside the others."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    run_dir = tmp_path_factory.getbasetemp().parent  # <run>/popen-gwN -> <run>, shared by its workers
+    with open(run_dir / "gate.lock", "a") as gate, open(run_dir / "tests.lock", "a") as running:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(running, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(running, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 # ----- isolation -------------------------------------------------------------------------------

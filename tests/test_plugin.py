@@ -545,6 +545,7 @@ def test_session_start_tells_an_ended_job_and_a_stopped_instance_under_claude(cl
 
 # ----- the demo ------------------------------------------------------------------------------
 
+@pytest.mark.alone  # the demo's job runs 6 s, and its own commands must fit in them (demo.py)
 def test_demo_runs_the_whole_flow_and_stops_everything(tmp_path):
     """`vasticlaude demo` (what ./dev demo runs): every step, a report, nothing left running."""
     import psutil
