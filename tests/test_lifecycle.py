@@ -96,7 +96,7 @@ def user_of(sim, home: Path) -> Iterator[Cli]:
     """A user with an empty HOME on `sim`; afterwards no process, fault or instance is left, and no key leaked."""
     home.mkdir()
     user = Cli(sim, home, Path(os.environ["VASTICLAUDE_HOME"]))
-    user.cwd = tmp_path / "workdir"  # not the checkout: its .vasticlaude/ (config, pulled runs) stays out
+    user.cwd = home.parent / f"{home.name}-workdir"  # not the checkout: its .vasticlaude/ (config, pulled runs) stays out
     user.cwd.mkdir()
     try:
         yield user
