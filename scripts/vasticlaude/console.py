@@ -93,8 +93,8 @@ ID = number(2 ** 63, whole=True)      # instance and offer ids
 def bind(args: argparse.Namespace) -> Bound:
     """The instance the flags name: the local record first (an unknown experiment fails before any
     connection, so no sandbox starts just to say so), then the gateway and its live row."""
-    binding.find_record(args.experiment, args.instance)
-    return binding.bind(connect(args), args.experiment, args.instance)
+    rec = binding.find_record(args.experiment, args.instance)
+    return binding.attach(connect(args), rec)
 
 
 def known(args: argparse.Namespace) -> None:

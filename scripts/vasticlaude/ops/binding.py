@@ -56,5 +56,9 @@ def find_record(experiment: str | None, instance_id: int | None) -> dict:
 
 def bind(vast: Vast, experiment: str | None = None, instance_id: int | None = None) -> Bound:
     """The experiment's (or instance's) live record, re-read from the API through `vast`."""
-    rec = find_record(experiment, instance_id)
+    return attach(vast, find_record(experiment, instance_id))
+
+
+def attach(vast: Vast, rec: dict) -> Bound:
+    """A found record with its live row, read through `vast`."""
     return Bound(str(rec.get("experiment")), rec, vast.instance(int(rec["id"])), vast)
