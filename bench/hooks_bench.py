@@ -4,7 +4,7 @@ Each hook's command line comes from hooks/hooks.json (${CLAUDE_PLUGIN_ROOT} subs
 runs through `sh -c` with a realistic event on stdin, so the figures include the shell, the
 `python3` on PATH (a pyenv shim costs tens of ms by itself) and the interpreter's start.
 Goals: SessionEnd ≤ 100 ms with no state and ≤ 300 ms with 50 live instances (it then starts
-the detached sweep; here the "worker" is /bin/true, so the spawn is measured and nothing runs);
+the detached reap; here the "worker" is /bin/true, so the spawn is measured and nothing runs);
 SessionStart with 50 instances is reported beside them (its budget is 10 s, not 1.5 s), and
 once more with its live check answered by a local sandbox holding 50 instances (goal ≤ 1.5 s).
 Baselines: `python3 -c pass` with and without -S (what the interpreter costs before the hook).

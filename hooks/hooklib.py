@@ -3,7 +3,7 @@
 Why stdlib only: Claude Code runs a hook with whatever `python3` is on PATH, before the
 plugin's own environment exists (or while it is being built), and SessionEnd gets 1.5 s
 shared by every plugin (claude-code-plugin.md §6.5). Importing `vastai` alone takes about a
-second, so anything that talks to Vast runs in a detached `vasticlaude sweep` instead.
+second, so anything that talks to Vast runs in a detached `vasticlaude reap` instead.
 From the package only `vasticlaude.store.paths` and `vasticlaude.core.money` are imported: both are
 stdlib-only (checked by tests/test_hooks.py with `python -X importtime`).
 
@@ -141,7 +141,7 @@ def job_in_flight(rec: dict) -> dict | None:
 
 
 def guarded(rec: dict, report: dict | None) -> bool:
-    """A job runs under an on-instance watchdog: the last sweep left it so, or `run` started one."""
+    """A job runs under an on-instance watchdog: the last reap left it so, or `run` started one."""
     if str(rec.get("id")) in left_guarded(report):
         return True
     guard = job_in_flight(rec)
@@ -149,7 +149,7 @@ def guarded(rec: dict, report: dict | None) -> bool:
 
 
 def left_guarded(report: dict | None) -> dict[str, float]:
-    """Instances the last sweep left running because an on-instance guard watches them, and when."""
+    """Instances the last reap left running because an on-instance guard watches them, and when."""
     at = float((report or {}).get("finished_at") or (report or {}).get("started_at") or 0)
     return {str(i.get("id")): at for i in (report or {}).get("instances") or [] if i.get("action") == "left-guarded"}
 
@@ -300,7 +300,7 @@ def session_id(event: dict) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120] or "unknown"
 
 
-def sweep_running(report: dict | None) -> bool:
+def reap_running(report: dict | None) -> bool:
     return bool(report) and not report.get("finished") and pid_alive(report.get("pid"))
 
 
@@ -328,7 +328,7 @@ def claude_pid() -> int:
 
 
 def mark_session(event: dict, open_: bool) -> None:
-    """sessions/<id>.json while a session is open: a sweep leaves that session's instances alone."""
+    """sessions/<id>.json while a session is open: a reap leaves that session's instances alone."""
     folder = paths.home() / "sessions"
     path = folder / f"{session_id(event)}.json"
     if not open_:

@@ -1,11 +1,11 @@
-"""SessionEnd hook: hand the teardown of whatever still bills to a detached `vasticlaude sweep`.
+"""SessionEnd hook: hand the teardown of whatever still bills to a detached `vasticlaude reap`.
 
 Claude Code gives every SessionEnd hook together 1.5 s and then kills them; the output is
 discarded and the exit cannot be blocked (claude-code-plugin.md §6.4, §6.5). So this hook
 only reads instances.json: with no live instance and no pending rental it returns; otherwise
 (or when the state file is corrupt, since then nobody knows what runs) it starts `vasticlaude
-sweep --reason session-end` in its own session with its output in <vasticlaude
-home>/logs/sweep.log, and returns. The sweep decides per instance (leave a guarded job running, pull and destroy,
+reap --reason session-end` in its own session with its output in <vasticlaude
+home>/logs/reap.log, and returns. The reap decides per instance (leave a guarded job running, pull and destroy,
 destroy) and writes the report that the next SessionStart shows. If Claude Code is killed
 before this hook runs, the next SessionStart still finds the instances and says so.
 
@@ -28,14 +28,14 @@ def handle(event: dict) -> str | None:
     data, corrupt = hooklib.load_state()
     if not corrupt and not hooklib.live(data) and not (data or {}).get("intents"):
         return None
-    args = ["sweep", "--reason", "session-end", "--session", hooklib.session_id(event)]
+    args = ["reap", "--reason", "session-end", "--session", hooklib.session_id(event)]
     if event.get("reason"):
         args += ["--end-reason", str(event["reason"])[:40]]
     argv, env = hooklib.worker(args)
-    pid = hooklib.spawn(argv, env, "sweep.log", cwd=hooklib.project_dir(event))
+    pid = hooklib.spawn(argv, env, "reap.log", cwd=hooklib.project_dir(event))
     what = "instances.json is corrupt" if corrupt else f"{len(hooklib.live(data))} live instance(s)"
-    log = hooklib.paths.home() / "logs" / "sweep.log"
-    return f"vasticlaude: {what}: sweeping in the background (pid {pid}, log {log})"
+    log = hooklib.paths.home() / "logs" / "reap.log"
+    return f"vasticlaude: {what}: reaping in the background (pid {pid}, log {log})"
 
 
 if __name__ == "__main__":

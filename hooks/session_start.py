@@ -2,7 +2,7 @@
 
 Tells Claude (additionalContext) and the user (systemMessage) in a few lines, under 1.5 KB
 whatever the number of instances: what is still running or stopped-but-billing, since
-when, its $/h and what it has cost, the last sweep's summary, what needs a decision, and any
+when, its $/h and what it has cost, the last reap's summary, what needs a decision, and any
 recovery that did not finish (`recovering` in an experiment.json).
 From local state (instances.json, experiment.json, last-session-end.json) and ONE call to the
 account (`GET /api/v1/instances/`, at most 2 s), so a stopped instance is said to bill storage
@@ -10,7 +10,7 @@ only and one gone bills nothing; when the account does not answer, the lines say
 recorded" and when. That work is started detached, so the session never waits:
 - `scripts/vc --prepare`, which builds the launcher's environment (so the first command
   does not wait for it), when the launcher exists;
-- `vasticlaude sweep --reason session-start --only-orphans` when the last sweep left
+- `vasticlaude reap --reason session-start --only-orphans` when the last reap left
   something undone, or was killed before it finished (SessionEnd is skipped on Ctrl-C or
   a crash, and may have met the API down).
 Nothing to say: no output. Stdlib only; exits 0 whatever happens.
@@ -37,7 +37,7 @@ def handle(event: dict) -> str | None:
     hooklib.mark_session(event, open_=True)
     export_session(event)
     prepare(event)
-    follow_up = needs_follow_up(report) and start_orphan_sweep(event)
+    follow_up = needs_follow_up(report) and start_orphan_reap(event)
     recs = hooklib.live(data)
     rows, why = hooklib.account_rows(recs) if recs else (None, "")
     head, items, decision = instance_lines(recs, report, rows, why)
@@ -67,16 +67,16 @@ def prepare(event: dict) -> None:
 
 
 def needs_follow_up(report: dict | None) -> bool:
-    if not report or hooklib.sweep_running(report):
+    if not report or hooklib.reap_running(report):
         return False
     return bool(report.get("undone")) or not report.get("finished")
 
 
-def start_orphan_sweep(event: dict) -> int:
-    """The pid of a detached sweep of what the last one left undone."""
-    argv, env = hooklib.worker(["sweep", "--reason", "session-start", "--only-orphans",
+def start_orphan_reap(event: dict) -> int:
+    """The pid of a detached reap of what the last one left undone."""
+    argv, env = hooklib.worker(["reap", "--reason", "session-start", "--only-orphans",
                                 "--session", hooklib.session_id(event)])
-    return hooklib.spawn(argv, env, "sweep.log", cwd=hooklib.project_dir(event))
+    return hooklib.spawn(argv, env, "reap.log", cwd=hooklib.project_dir(event))
 
 
 def instance_lines(recs: list[dict], report: dict | None, rows: dict[int, dict] | None = None,
@@ -142,7 +142,7 @@ def note_for(rec: dict, guarded: dict[str, float]) -> str:
         return (f"its job ended (exit {ended}) and the results are home; the instance bills until "
                 f"`{hooklib.vc_command()} down --experiment {rec.get('experiment')}`")
     if str(rec.get("id")) in guarded:
-        return f"job left running under its guard (last sweep, {hooklib.stamp(guarded[str(rec.get('id'))])})"
+        return f"job left running under its guard (last reap, {hooklib.stamp(guarded[str(rec.get('id'))])})"
     guard = hooklib.job_in_flight(rec)
     if guard is None:
         return ""
@@ -208,13 +208,13 @@ def report_lines(report: dict | None, follow_up: int) -> list[str]:
     if not report:
         return []
     when = hooklib.stamp(float(report.get("finished_at") or report.get("started_at") or 0))
-    if hooklib.sweep_running(report):
-        return [f"A sweep ({report.get('reason')}, started {when}, pid {report.get('pid')}) is still running; "
+    if hooklib.reap_running(report):
+        return [f"A reap ({report.get('reason')}, started {when}, pid {report.get('pid')}) is still running; "
                 f"its report: {report.get('report')}."]
     if not report.get("finished"):
-        head = f"The last sweep ({report.get('reason')}, {when}) did not finish"
+        head = f"The last reap ({report.get('reason')}, {when}) did not finish"
     else:
-        head = f"Last sweep ({report.get('reason')}, {when}): {report.get('summary') or 'done'}"
+        head = f"Last reap ({report.get('reason')}, {when}): {report.get('summary') or 'done'}"
     lines = [head + "."]
     undone = report.get("undone") or []
     if undone:
@@ -222,9 +222,9 @@ def report_lines(report: dict | None, follow_up: int) -> list[str]:
                                                        for u in undone[:3])[:300]
                      + (f" (+{len(undone) - 3} more)" if len(undone) > 3 else "") + ".")
     if follow_up:
-        lines.append(f"A sweep of what was left undone now runs in the background (pid {follow_up}, log "
-                     f"{hooklib.paths.home() / 'logs' / 'sweep.log'}).")
-    elif not undone:  # a clean sweep is worth a line for a day
+        lines.append(f"A reap of what was left undone now runs in the background (pid {follow_up}, log "
+                     f"{hooklib.paths.home() / 'logs' / 'reap.log'}).")
+    elif not undone:  # a clean reap is worth a line for a day
         return [] if time.time() - float(report.get("finished_at") or 0) > 86400 else lines
     return lines
 

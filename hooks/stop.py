@@ -23,7 +23,7 @@ MARKER_DAYS = 7
 def handle(event: dict) -> str | None:
     if event.get("stop_hook_active"):
         return None
-    data, _corrupt = hooklib.load_state()  # corrupt: SessionStart and the sweep deal with it
+    data, _corrupt = hooklib.load_state()  # corrupt: SessionStart and the reap deal with it
     report = hooklib.last_report()
     idle = [r for r in hooklib.live(data) if unwatched(r, report)] if data else []
     if not idle or not first_time(hooklib.session_id(event)):

@@ -1,6 +1,6 @@
 """The session hooks, run as Claude Code 2.1.332 runs them: the command line from hooks/hooks.json
 with ${CLAUDE_PLUGIN_ROOT} substituted, through `sh -c`, the event JSON on stdin (fields as in
-claude-code-plugin.md §6.3). The sweep the SessionEnd hook starts runs for real against the
+claude-code-plugin.md §6.3). The reap the SessionEnd hook starts runs for real against the
 sandbox (real vastai SDK, ssh, rsync, the on-instance watchdog); every detached worker a test
 starts is waited for (or killed) by its pid, so no test leaves a process behind.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from vasticlaude.ops import reaping as sweep_mod
+from vasticlaude.ops import reaping as reap_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 VC = str(Path(sys.executable).with_name("vasticlaude"))
@@ -104,7 +104,7 @@ def wait_worker(pid: int, timeout: float = WORKER_LIMIT_S) -> float:
     while alive(pid):
         if time.monotonic() - start > timeout:
             kill_session(pid)
-            raise AssertionError(f"the sweep (pid {pid}) did not finish within {timeout} s")
+            raise AssertionError(f"the reap (pid {pid}) did not finish within {timeout} s")
         time.sleep(0.1)
     return time.monotonic() - start
 
@@ -253,7 +253,7 @@ def test_with_live_instances_hooks_still_import_no_vastai(event, tmp_path):
 @pytest.mark.parametrize("setting", [None, "~/vc", "{tmp}/vc"])
 def test_the_shell_finds_the_state_where_the_package_does(setting, tmp_path):
     """The SessionEnd command's `[ -e … ]` must agree with vasticlaude.paths.home(), or a session
-    would end without its sweep."""
+    would end without its reap."""
     env = hook_env(tmp_path / "unused", tmp_path, HOME=str(tmp_path), VASTICLAUDE_HOOK_PYTHON="/bin/true")
     if setting is None:
         env.pop("VASTICLAUDE_HOME")
@@ -456,13 +456,13 @@ def test_session_start_with_mixed_states_is_short_and_starts_the_background_work
     while time.monotonic() < deadline and len(calls.read_text().splitlines() if calls.exists() else []) < 2:
         time.sleep(0.05)
     started = sorted(calls.read_text().splitlines())
-    assert started == ["--prepare", "sweep --reason session-start --only-orphans --session s-mixed"]
+    assert started == ["--prepare", "reap --reason session-start --only-orphans --session s-mixed"]
     assert env_file.read_text() == "export VASTICLAUDE_SESSION=s-mixed\n"
     print(f"SessionStart with {len(live)} live instances: {took * 1000:.0f} ms, {len(proc.stdout.encode())} bytes")
 
 
 @pytest.mark.unit
-def test_session_start_while_the_last_sweep_still_runs_starts_no_other(tmp_path):
+def test_session_start_while_the_last_reap_still_runs_starts_no_other(tmp_path):
     vchome = tmp_path / "vchome"
     write_state(vchome, [record(1, "running", 0.5, 1)])
     (vchome / "last-session-end.json").write_text(json.dumps({
@@ -516,7 +516,7 @@ def test_corrupt_state_is_said_at_start_and_swept_at_end(user, sim):
     assert list(user.vchome.glob("instances.json.corrupt-*"))
 
 
-# ----- the sweep's decisions -------------------------------------------------------------------------------
+# ----- the reap's decisions -------------------------------------------------------------------------------
 def snap(job: str | None, guard: bool | None) -> dict | None:
     if job is None:
         return None
@@ -546,20 +546,20 @@ DECISIONS = [  # (instance status, job state, guard alive, policy) -> verb, pull
 
 @pytest.mark.unit
 @pytest.mark.parametrize("status,job,guard,policy,verb,pull", DECISIONS)
-def test_sweep_decisions(status, job, guard, policy, verb, pull):
+def test_reap_decisions(status, job, guard, policy, verb, pull):
     rec = record(7, status, 0.5, 1)
-    decision = sweep_mod.decide(rec, {"actual_status": status}, snap(job, guard), {**sweep_mod.POLICY, **policy}, {})
+    decision = reap_mod.decide(rec, {"actual_status": status}, snap(job, guard), {**reap_mod.POLICY, **policy}, {})
     assert (decision.verb, decision.pull) == (verb, pull), decision.why
 
 
 @pytest.mark.unit
-def test_sweep_leaves_deliberate_stops_and_rentals_in_flight():
+def test_reap_leaves_deliberate_stops_and_rentals_in_flight():
     stopped = record(8, "stopped", 0.5, 1)
     stopped["history"].append({"at": time.time(), "status": "stopped", "why": "down --keep-disk"})
-    assert sweep_mod.decide(stopped, {"actual_status": "stopped"}, None, sweep_mod.POLICY, {}).kind == "left-stopped"
+    assert reap_mod.decide(stopped, {"actual_status": "stopped"}, None, reap_mod.POLICY, {}).kind == "left-stopped"
     import socket
     renting = record(9, "loading", 0.5, 0.01, created_by=f"me@{socket.gethostname()} session=- pid={os.getppid()}")
-    assert sweep_mod.decide(renting, {"actual_status": "loading"}, None, sweep_mod.POLICY, {}).kind == "left-busy"
+    assert reap_mod.decide(renting, {"actual_status": "loading"}, None, reap_mod.POLICY, {}).kind == "left-busy"
 
 
 # ----- the fault matrix on the sandbox -------------------------------------------------------------------------
@@ -619,7 +619,7 @@ def test_controller_killed_at_each_step_then_session_end_leaves_only_guarded_job
     assert "job left running under its guard" in start and "Needs a decision" not in start
     for path in [p for p in user.vchome.rglob("*") if p.is_file()]:  # reports and logs never hold the key
         assert sim.api_key.encode() not in path.read_bytes(), path
-    print(f"fault matrix: the sweep finished in {took:.1f} s")
+    print(f"fault matrix: the reap finished in {took:.1f} s")
 
 
 def test_session_start_asks_the_account_a_job_that_ended_and_a_stopped_instance_are_told_as_they_are(user, sim):
@@ -667,7 +667,7 @@ def test_two_session_ends_at_once_do_the_work_once(user, sim):
     for i, iid in enumerate(ids):
         ledger = (user.vchome / "experiments" / f"twin{i}" / "ledger.jsonl").read_text().splitlines()
         assert len(ledger) == 1
-    assert "waiting" in (user.vchome / "logs" / "sweep.log").read_text()
+    assert "waiting" in (user.vchome / "logs" / "reap.log").read_text()
 
 
 def test_api_down_at_session_end_is_reported_and_repeated_at_the_next_start(user, sim):
@@ -694,7 +694,7 @@ def test_api_down_at_session_end_is_reported_and_repeated_at_the_next_start(user
     assert "Could not be done" not in user.session_start()
 
 
-def test_a_sweep_killed_midway_is_finished_by_the_next_session_start(user, sim):
+def test_a_reap_killed_midway_is_finished_by_the_next_session_start(user, sim):
     ids = [user.up(f"half{i}") for i in range(3)]
     sim.fault("slow", delay=0.4, count=None)
     pid = user.session_end()
@@ -708,7 +708,7 @@ def test_a_sweep_killed_midway_is_finished_by_the_next_session_start(user, sim):
     kill_session(pid)
     wait_worker(pid, 10)
     killed = last_report(user.vchome)
-    assert not killed["finished"] and killed["pending"], "the sweep finished before it could be killed"
+    assert not killed["finished"] and killed["pending"], "the reap finished before it could be killed"
     sim.admin("DELETE", "/sim/faults")
     start = user.session_start()
     assert "did not finish" in start
@@ -719,7 +719,7 @@ def test_a_sweep_killed_midway_is_finished_by_the_next_session_start(user, sim):
 
 def test_dry_run_changes_nothing(user, sim):
     iid = user.up("dry")
-    data = user.json("sweep", "--dry-run")
+    data = user.json("reap", "--dry-run")
     assert [(i["id"], i["action"]) for i in data["instances"]] == [(iid, "would-destroy")]
     assert iid in user.account() and not (user.vchome / "reports").exists()
     assert not (user.vchome / "last-session-end.json").exists()
@@ -759,11 +759,11 @@ def test_instances_on_an_account_this_configuration_cannot_reach_are_reported_un
     write_state(vchome, [record(5, "running", 0.5, 1, target="http://127.0.0.1:1")])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST", "XDG_"))}
     env.update(HOME=str(tmp_path), VASTICLAUDE_HOME=str(vchome))
-    proc = subprocess.run([VC, "sweep", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    proc = subprocess.run([VC, "reap", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 4, proc.stderr
     data = json.loads(proc.stdout)["data"]
     assert [u["id"] for u in data["undone"]] == [5] and "reconcile --sandbox" in data["undone"][0]["why"]
-    assert not (vchome / "sim").exists()  # a sweep never starts a sandbox
+    assert not (vchome / "sim").exists()  # a reap never starts a sandbox
 
 
 def test_one_session_ending_leaves_another_open_sessions_idle_instance(user, sim, tmp_path):

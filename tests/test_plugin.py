@@ -364,7 +364,7 @@ class Session:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read()).get("instances") or []
 
-    def wait_for_sweep(self, deadline: float) -> None:
+    def wait_for_reap(self, deadline: float) -> None:
         """Let the SessionEnd worker finish before its sandbox goes (it would retry against it)."""
         report = self.vchome / "last-session-end.json"
         while time.monotonic() < deadline:
@@ -447,7 +447,7 @@ def test_hooks_under_claude(claude, plugin_data, tmp_path):
         while session.sandbox_instances() and time.monotonic() < deadline:
             time.sleep(1)
         assert session.sandbox_instances() == [], "the SessionEnd worker left an unguarded instance"
-        session.wait_for_sweep(deadline)
+        session.wait_for_reap(deadline)
     finally:
         session.stop_sandbox()
 

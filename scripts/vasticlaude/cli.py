@@ -19,7 +19,7 @@ Commands:
   watch    see a run through: monitor, sync checkpoints home, recover faults, pull, tear down
   recover  bring a faulted run back (preempted, host down, container exited, full disk…)
   pull     bring outputs, checkpoints and run files home, resumable and verified
-  sweep    at session end: leave guarded jobs running, pull and tear down everything else, report
+  reap     at session end: leave guarded jobs running, pull and tear down everything else, report
 
 Exit codes: 0 ok · 1 failed or refused · 2 usage · 3 Vast/sandbox API failure ·
 4 something may still be billing (do what the message says).
@@ -46,7 +46,7 @@ COMMANDS = {
     "run": "vasticlaude.commands.run",
     "status": "vasticlaude.commands.status",
     "logs": "vasticlaude.commands.logs",
-    "sweep": "vasticlaude.commands.sweep",
+    "reap": "vasticlaude.commands.reap",
     "watch": "vasticlaude.commands.watch",
     "recover": "vasticlaude.commands.recover",
 }

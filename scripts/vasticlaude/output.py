@@ -18,7 +18,7 @@ ENVELOPE_VERSION = 1
 
 
 VERBS = ("sim", "demo", "offers", "up", "down", "reconcile", "doctor", "cost", "report", "push", "pull", "run",
-         "status", "logs", "sweep", "watch", "recover")
+         "status", "logs", "reap", "watch", "recover")
 # "vasticlaude VERB" as a suggestion, not as a progress line's prefix ("vasticlaude up: renting…").
 SUGGESTION = re.compile(r"\bvasticlaude (?=(?:%s)\b(?!:))" % "|".join(VERBS))
 

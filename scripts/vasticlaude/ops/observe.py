@@ -1,7 +1,7 @@
 """Observe an experiment: one API read and one SSH probe make a snapshot with its fault and next step.
 
 `observe` is the snapshot every workflow reads (status, watch, recover, the session-end
-sweep); `wait` repeats it until the job ends. The fault comes from core.faults.
+reap); `wait` repeats it until the job ends. The fault comes from core.faults.
 """
 from __future__ import annotations
 

@@ -66,8 +66,8 @@ class Group:
 
 
 @dataclass(frozen=True)
-class SweepRequest:
-    """Why the sweep runs and how far it may go."""
+class ReapRequest:
+    """Why the reap runs and how far it may go."""
 
     reason: str = "manual"
     end_reason: str | None = None
@@ -135,7 +135,7 @@ def with_retries(call: Callable[[], T], what: str) -> T:
         except VastError as err:
             if pause is None:
                 raise
-            progress(f"vasticlaude sweep: {what}: {err.message}; trying again in {pause * poll_scale():g} s")
+            progress(f"vasticlaude reap: {what}: {err.message}; trying again in {pause * poll_scale():g} s")
             time.sleep(pause * poll_scale())
     raise AssertionError("unreachable")
 
@@ -254,7 +254,7 @@ def probe(vast: Vast, rec: dict) -> dict | None:
     try:
         return observe(bind(vast, rec.get("experiment"), int(rec["id"])), 5)
     except Error as err:
-        progress(f"vasticlaude sweep: status of {rec['id']}: {err.message}")
+        progress(f"vasticlaude reap: status of {rec['id']}: {err.message}")
         return None
 
 
@@ -279,9 +279,9 @@ def act(vast: Vast, iid: int, row: dict, decision: Decision, why: str) -> tuple[
 
 # ----- the report ----------------------------------------------------------------------------
 class Report:
-    """The sweep's report, rewritten after every instance so a kill -9 loses nothing."""
+    """The reap's report, rewritten after every instance so a kill -9 loses nothing."""
 
-    def __init__(self, req: SweepRequest, policy: dict, notes: list[str]):
+    def __init__(self, req: ReapRequest, policy: dict, notes: list[str]):
         now = time.time()
         self.data: dict = {"version": 1, "reason": req.reason, "end_reason": req.end_reason,
                            "session": req.session, "pid": os.getpid(), "host": socket.gethostname(),
@@ -325,7 +325,7 @@ class Report:
                 self.entry(rec, "gone", spent_usd=costing.instance_cost(rec)["total_usd"], action="already-gone",
                            why="taken down meanwhile")
             else:
-                self.undone(iid, rec.get("label"), "check and tear down", "not reached by this sweep")
+                self.undone(iid, rec.get("label"), "check and tear down", "not reached by this reap")
         live = state.live_instances()
         self.data["billing_usd_per_hour"] = round(sum(costing.billing_now(r) for r in live), 4)
         self.data.update(finished=True, finished_at=time.time(), summary=summary(self.data),
@@ -356,10 +356,10 @@ def summary(data: dict) -> str:
 def markdown(data: dict) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["started_at"]))
     policy = ", ".join(f"{k}={v}" for k, v in data["policy"].items())
-    lines = [f"# vasticlaude sweep — {data['reason']}, {when}", "",
+    lines = [f"# vasticlaude reap — {data['reason']}, {when}", "",
              f"Session {data['session'] or '-'} ({data['end_reason'] or '-'}) · policy {policy} · "
              f"pid {data['pid']}", "",
-             f"**{data['summary']}**. Still billing after the sweep: ${data['billing_usd_per_hour'] or 0:.4f}/h.", ""]
+             f"**{data['summary']}**. Still billing after the reap: ${data['billing_usd_per_hour'] or 0:.4f}/h.", ""]
     if data["instances"]:
         lines += ["| id | label | state | job | guard | $/h | spent | done | why |", "|" + "---|" * 9]
         lines += [row_md(i) for i in data["instances"]]
@@ -379,23 +379,23 @@ def row_md(i: dict) -> str:
             f"{i['dph']:.4f} | {i.get('spent_usd') or 0:.4f} | {i['action']} | {i['why']}{pulled} |")
 
 
-# ----- the sweep ------------------------------------------------------------------------------
+# ----- the reap ------------------------------------------------------------------------------
 @contextmanager
 def exclusive(dry_run: bool) -> Iterator[None]:
-    """One sweep at a time: a second one waits (its instances are then already handled)."""
+    """One reap at a time: a second one waits (its instances are then already handled)."""
     if dry_run:
         yield
         return
-    lock = FileLock(str(paths.ensure_private_dir(paths.home()) / "sweep.lock"))
+    lock = FileLock(str(paths.ensure_private_dir(paths.home()) / "reap.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        progress("vasticlaude sweep: another sweep is running: waiting for it")
+        progress("vasticlaude reap: another reap is running: waiting for it")
         try:
             lock.acquire(timeout=LOCK_WAIT_S)
         except Timeout:
-            raise Error("sweep_busy", f"another sweep held {lock.lock_file} for {LOCK_WAIT_S:g} s",
-                        "Look at <vasticlaude home>/logs/sweep.log.", BILLING_RISK) from None
+            raise Error("reap_busy", f"another reap held {lock.lock_file} for {LOCK_WAIT_S:g} s",
+                        "Look at <vasticlaude home>/logs/reap.log.", BILLING_RISK) from None
     try:
         yield
     finally:
@@ -403,7 +403,7 @@ def exclusive(dry_run: bool) -> Iterator[None]:
 
 
 def orphan_ids() -> set[str]:
-    """What the last sweep left undone or never reached (its pending list when it was killed)."""
+    """What the last reap left undone or never reached (its pending list when it was killed)."""
     try:
         last = json.loads((paths.home() / LAST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -412,7 +412,7 @@ def orphan_ids() -> set[str]:
     return ids | {str(p) for p in last.get("pending") or []}
 
 
-def sweep_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set[str] | None) -> None:
+def reap_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set[str] | None) -> None:
     """Reconcile one account, then decide and act for each live instance in scope."""
     recs = {k: r for k, r in state.load()["instances"].items() if k in group.ids and (scope is None or k in scope)}
     if group.account is None:
@@ -443,7 +443,7 @@ def sweep_group(group: Group, report: Report, policy: dict, cfg: dict, scope: se
             try:
                 handle(vast, rec, rows.get(int(iid)), report, policy, intents)
             except Exception as err:  # noqa: BLE001 — one instance's surprise must not leave the others billing
-                log = log_crash("vasticlaude sweep")
+                log = log_crash("vasticlaude reap")
                 report.undone(iid, rec.get("label"), "check and tear down",
                               f"unexpected {type(err).__name__} (see {log})")
 
@@ -470,7 +470,7 @@ def handle(vast: Vast, rec: dict, row: dict | None, report: Report, policy: dict
     elif decision.verb != "leave":
         entry["pull"] = pull(vast, rec) if decision.pull else None
         entry["action"], failure = act(vast, int(rec["id"]), row, decision,
-                                       f"sweep {report.data['reason']}: {decision.why}")
+                                       f"reap {report.data['reason']}: {decision.why}")
         if failure:
             entry["why"] = failure
             report.data["undone"].append({"id": int(rec["id"]), "label": rec.get("label"),
@@ -479,7 +479,7 @@ def handle(vast: Vast, rec: dict, row: dict | None, report: Report, policy: dict
     report.entry(rec, row.get("actual_status"), spent_usd=costing.instance_cost(after)["total_usd"], **entry)
 
 
-def sweep(req: SweepRequest) -> dict:
+def reap(req: ReapRequest) -> dict:
     """Reconcile every account with live records, then leave, pull, stop or destroy each instance; the report."""
     notes: list[str] = []
     policy, cfg = load_policy(notes)
@@ -495,7 +495,7 @@ def sweep(req: SweepRequest) -> dict:
             report.undone(None, None, "look for unrecorded instances",
                           "no Vast API key and no running sandbox: the account cannot be checked")
         for group in groups:
-            sweep_group(group, report, policy, cfg, scope)
+            reap_group(group, report, policy, cfg, scope)
         return report.finish()
 
 

@@ -14,7 +14,7 @@ the job ends it waits for `pull` (grace_s), what it does then (on_end: "destroy-
 "destroy" or "stop"), how often it checks (check_s) and how long a job gets between SIGTERM
 and SIGKILL when a budget is hit (kill_grace_s).
 
-"session_end" (read by `vasticlaude sweep`, which the SessionEnd hook starts): what happens
+"session_end" (read by `vasticlaude reap`, which the SessionEnd hook starts): what happens
 to instances when a Claude session ends. Everything not covered below (idle, never set up,
 unreachable, a job running without a live on-instance guard) is always destroyed.
   {"session_end": {"running": "leave-guarded" | "stop" | "destroy",   (default leave-guarded)

@@ -1,16 +1,16 @@
-"""vasticlaude sweep: when a Claude session ends, leave nothing billing that nobody watches.
+"""vasticlaude reap: when a Claude session ends, leave nothing billing that nobody watches.
 
-Usage: vasticlaude sweep [--reason session-end|session-start|manual] [--only-orphans] [--dry-run]
+Usage: vasticlaude reap [--reason session-end|session-start|manual] [--only-orphans] [--dry-run]
                          [--session ID] [--sandbox] [--api-key KEY] [--json]
 
 Started detached by the SessionEnd hook (which has 1.5 s; this has minutes), and by the
-SessionStart hook with --only-orphans when the last sweep left something undone. Under a
-lock (<home>/sweep.lock: a second sweep waits, then finds the work done), it:
+SessionStart hook with --only-orphans when the last reap left something undone. Under a
+lock (<home>/reap.lock: a second reap waits, then finds the work done), it:
 
 1. reconciles instances.json with the account (adopts unrecorded `vasticlaude-*`
    instances, marks vanished ones gone — only records rented on that account; a corrupt
    file is set aside and rebuilt);
-2. decides for every live instance (--only-orphans: only the ones the last sweep left
+2. decides for every live instance (--only-orphans: only the ones the last reap left
    undone, and unrecorded ones it adopts), asking `status` (one API read, one SSH probe)
    when the instance runs:
    - a running job with a live on-instance guard (status: job.state running and
@@ -26,7 +26,7 @@ lock (<home>/sweep.lock: a second sweep waits, then finds the work done), it:
 3. writes <home>/reports/<reason>-<time>.md and .json, and last-session-end.json: per
    instance its id, label, state, $/h, what it cost, what was done and why; and what could
    not be done. The JSON is written first with "finished": false and the pending ids, and
-   rewritten after each instance, so a sweep killed mid-way leaves exactly what the next
+   rewritten after each instance, so a reap killed mid-way leaves exactly what the next
    one (SessionStart's) must finish. Every step is idempotent.
 
 When the API cannot be reached, the listing is retried (about 40 s of backoff per try,
@@ -34,7 +34,7 @@ three tries 15 s and 45 s apart; all × VASTICLAUDE_POLL_SCALE); if it stays dow
 instance it could not check is reported as undone and the next SessionStart repeats it.
 The account is the one `vasticlaude` resolves (flags, env, .env, key file); records rented
 on another URL (e.g. the local sandbox started by `--sandbox`) are swept through that
-sandbox while it runs, and otherwise reported. A sweep never starts a sandbox.
+sandbox while it runs, and otherwise reported. A reap never starts a sandbox.
 
 JSON data (also the report file): {"reason", "end_reason", "session", "pid", "dry_run",
   "started_at", "finished_at", "finished", "policy", "instances": [{"id", "label",
@@ -57,13 +57,13 @@ from vasticlaude.ops import reaping
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = console.parser("vasticlaude sweep", __doc__)
+    p = console.parser("vasticlaude reap", __doc__)
     p.add_argument("--reason", default="manual", choices=("session-end", "session-start", "manual"),
                    help="why it runs (names the report)")
     p.add_argument("--end-reason", help=argparse.SUPPRESS)
     p.add_argument("--session", help="the Claude session that ended (recorded in the report)")
     p.add_argument("--only-orphans", action="store_true",
-                   help="only what the last sweep left undone, and unrecorded instances")
+                   help="only what the last reap left undone, and unrecorded instances")
     p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
     console.add_target_flags(p)
     return p
@@ -82,7 +82,7 @@ def human(data: dict) -> str:
 def explain(data: dict, code: int) -> Error:
     undone = "; ".join(f"{u['id'] or ''} {u['what']}: {u['why']}".strip() for u in data["undone"])
     return Error("undone", f"not everything could be checked or torn down ({undone[:300]})",
-                 "Run vasticlaude down --all (or vasticlaude sweep again once Vast answers).", code)
+                 "Run vasticlaude down --all (or vasticlaude reap again once Vast answers).", code)
 
 
 def main(argv: list[str]) -> int:
@@ -90,6 +90,6 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return reaping.sweep(reaping.SweepRequest(reason=args.reason, end_reason=args.end_reason, session=args.session,
+    return reaping.reap(reaping.ReapRequest(reason=args.reason, end_reason=args.end_reason, session=args.session,
                                               dry_run=args.dry_run, only_orphans=args.only_orphans,
                                               account=console.account_of(args)))
