@@ -4,7 +4,8 @@ Why stdlib only: Claude Code runs a hook with whatever `python3` is on PATH, bef
 plugin's own environment exists (or while it is being built), and SessionEnd gets 1.5 s
 shared by every plugin (claude-code-plugin.md §6.5). Importing `vastai` alone takes about a
 second, so anything that talks to Vast runs in a detached `vasticlaude reap` instead.
-From the package only `vasticlaude.store.paths` and `vasticlaude.core.money` are imported: both are
+From the package only `vasticlaude.store.paths`, `.store.records` (the typed reading of the state
+files, so a hook reads them exactly as the commands do) and `vasticlaude.core.money` are imported: all are
 stdlib-only (checked by tests/test_hooks.py with `python -X importtime`).
 
 Contract of every hook here: read the event from stdin with a deadline (hookio: a stdin
@@ -32,7 +33,7 @@ if str(ROOT / "scripts") not in sys.path:
 import hookio  # noqa: E402
 from vasticlaude.core import fmt  # noqa: E402
 from vasticlaude.core import money as costing  # noqa: E402 — stdlib-only modules of the package
-from vasticlaude.store import paths  # noqa: E402
+from vasticlaude.store import paths, records  # noqa: E402
 
 LAST_REPORT = "last-session-end.json"
 
@@ -80,32 +81,62 @@ def log_error(event_name: str) -> str:
 def read_json(path: Path) -> dict | None:
     """The file's JSON object; None when it does not exist. Raises ValueError when unreadable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise ValueError(str(err)) from None
+    data, why = records.parse(raw)
+    if why:
+        raise ValueError(why)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data
 
 
-def load_state() -> tuple[dict | None, bool]:
-    """(instances.json, corrupt): (None, False) when there is none yet."""
+def load_state() -> tuple[dict | None, list[str]]:
+    """(instances.json as store/records.py reads it, what was wrong with it): (None, []) when there is none.
+
+    Bad parts are left out and what can be salvaged from a truncated file is kept; the hook only
+    reads (the reap it starts keeps the copy aside and reports it)."""
+    path = paths.home() / "instances.json"
     try:
-        data = read_json(paths.home() / "instances.json")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, []
+    except OSError as err:
+        return records.check_instances({})[0], [f"unreadable: {err}"]
+    found, why = records.parse(raw)
+    if why:
+        found = records.salvage_instances(raw.decode("utf-8", "replace"))
+    data, problems = records.check_instances(found)
+    return data, ([f"the file is {why}"] if why else []) + problems
+
+
+def damage_line(problems: list[str]) -> str:
+    """What SessionStart and SessionEnd say about a damaged instances.json."""
+    if problems and problems[0].startswith("the file is ") or problems and problems[0].startswith("unreadable"):
+        return f"instances.json is corrupt ({problems[0][:120]})"
+    return f"instances.json has {len(problems)} bad part(s) ({problems[0][:120]})"
+
+
+def quarantined(within: float = 86400.0) -> list[dict]:
+    """Files kept aside for bad content in the last `within` seconds (<home>/quarantine.json, newest first)."""
+    try:
+        data = read_json(paths.home() / "quarantine.json") or {}
     except ValueError:
-        return None, True
-    if data is not None and not isinstance(data.get("instances"), dict):
-        return None, True
-    return data, False
+        return []
+    entries = data.get("entries") if isinstance(data.get("entries"), list) else []
+    now = time.time()
+    return [e for e in reversed(entries) if isinstance(e, dict) and isinstance(e.get("at"), (int, float))
+            and now - e["at"] <= within]
 
 
 def live(data: dict | None) -> list[dict]:
     """Records not destroyed, oldest first."""
     if not data:
         return []
-    recs = [r for r in data["instances"].values() if isinstance(r, dict) and not r.get("destroyed_at")]
+    recs = [r for r in data["instances"].values() if not r.get("destroyed_at")]
     return sorted(recs, key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
 
 
@@ -117,10 +148,11 @@ def last_report() -> dict | None:
 
 
 def experiment(name: str | None) -> dict:
-    if not name:
+    """The experiment's file as store/records.py reads it (bad parts left out), {} when none or unreadable."""
+    if not name or not paths.EXPERIMENT_RE.match(str(name)):
         return {}
     try:
-        return read_json(paths.home() / "experiments" / name / "experiment.json") or {}
+        return records.check_experiment(read_json(paths.home() / "experiments" / name / "experiment.json") or {})[0]
     except ValueError:
         return {}
 
@@ -291,7 +323,8 @@ def spawn(argv: list[str], env: dict, log_name: str, cwd: str | None = None) -> 
 
 
 def project_dir(event: dict) -> str | None:
-    return event.get("cwd") or os.environ.get("CLAUDE_PROJECT_DIR")
+    cwd = event.get("cwd")
+    return cwd if isinstance(cwd, str) and cwd and "\0" not in cwd else os.environ.get("CLAUDE_PROJECT_DIR")
 
 
 def session_id(event: dict) -> str:

@@ -3,7 +3,7 @@
 Claude Code gives every SessionEnd hook together 1.5 s and then kills them; the output is
 discarded and the exit cannot be blocked (claude-code-plugin.md §6.4, §6.5). So this hook
 only reads instances.json: with no live instance and no pending rental it returns; otherwise
-(or when the state file is corrupt, since then nobody knows what runs) it starts `vasticlaude
+(or when the state file is corrupt or has bad parts, since then nobody knows what runs) it starts `vasticlaude
 reap --reason session-end` in its own session with its output in <vasticlaude
 home>/logs/reap.log, and returns. The reap decides per instance (leave a guarded job running, pull and destroy,
 destroy) and writes the report that the next SessionStart shows. If Claude Code is killed
@@ -25,15 +25,15 @@ import hookio
 
 def handle(event: dict) -> str | None:
     hooklib.mark_session(event, open_=False)
-    data, corrupt = hooklib.load_state()
-    if not corrupt and not hooklib.live(data) and not (data or {}).get("intents"):
+    data, damaged = hooklib.load_state()
+    if not damaged and not hooklib.live(data) and not (data or {}).get("intents"):
         return None
     args = ["reap", "--reason", "session-end", "--session", hooklib.session_id(event)]
     if event.get("reason"):
         args += ["--end-reason", str(event["reason"])[:40]]
     argv, env = hooklib.worker(args)
     pid = hooklib.spawn(argv, env, "reap.log", cwd=hooklib.project_dir(event))
-    what = "instances.json is corrupt" if corrupt else f"{len(hooklib.live(data))} live instance(s)"
+    what = hooklib.damage_line(damaged) if damaged else f"{len(hooklib.live(data))} live instance(s)"
     log = hooklib.paths.home() / "logs" / "reap.log"
     return f"vasticlaude: {what}: reaping in the background (pid {pid}, log {log})"
 

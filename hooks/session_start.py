@@ -32,22 +32,42 @@ RECOVERY_NEWS_S = 7 * 86400  # an unfinished recovery is said for a week
 
 
 def handle(event: dict) -> str | None:
-    data, corrupt = hooklib.load_state()
+    data, damaged = hooklib.load_state()
     report = hooklib.last_report()
     hooklib.mark_session(event, open_=True)
     export_session(event)
     prepare(event)
     follow_up = needs_follow_up(report) and start_orphan_reap(event)
     recs = hooklib.live(data)
-    rows, why = hooklib.account_rows(recs) if recs else (None, "")
+    rows, why = hooklib.account_rows(recs) if recs or damaged else (None, "")
     head, items, decision = instance_lines(recs, report, rows, why)
-    if corrupt:
-        head.insert(0, "vasticlaude: instances.json is corrupt, so what bills is unknown: run "
-                       f"`{hooklib.vc_command()} reconcile` (it keeps the old file aside and rebuilds it).")
-    tail = decision + recovery_lines() + report_lines(report, follow_up)
+    if damaged:
+        head[:0] = damage_lines(damaged, recs, rows)
+    tail = decision + recovery_lines() + quarantine_lines() + report_lines(report, follow_up)
     if not (head or items or tail):
         return None
     return fit(head, items, tail)
+
+
+def damage_lines(problems: list[str], recs: list[dict], rows: dict[int, dict] | None) -> list[str]:
+    """A damaged instances.json: what the account shows that the state does not (when it answered)."""
+    known = {int(r["id"]) for r in recs}
+    unknown = sorted(i for i, r in (rows or {}).items() if i not in known and str(r.get("label") or "").startswith("vasticlaude-"))
+    lines = [f"vasticlaude: {hooklib.damage_line(problems)}, so what bills may be unknown: run "
+             f"`{hooklib.vc_command()} reconcile` (it keeps the old file aside and rebuilds it from the account)."]
+    if unknown:
+        lines.append(f"On the account but not in the state: {' '.join(map(str, unknown[:8]))}; reconcile adopts them.")
+    return lines
+
+
+def quarantine_lines() -> list[str]:
+    """Files whose bad parts were left out in the last day (store/quarantine.py)."""
+    kept = hooklib.quarantined()
+    if not kept:
+        return []
+    names = sorted({str(e.get("file")).rsplit("/", 2)[-1] for e in kept})
+    return [f"Bad content left out of {', '.join(names[:4])} in the last day (copies kept as *.bad-<time>; "
+            f"`{hooklib.vc_command()} doctor` lists them)."]
 
 
 def export_session(event: dict) -> None:

@@ -511,9 +511,9 @@ def test_corrupt_state_is_said_at_start_and_swept_at_end(user, sim):
     report = last_report(user.vchome)
     assert report["finished"] and not report["undone"]
     assert [(i["id"], i["action"]) for i in report["instances"]] == [(iid, "destroyed")]
-    assert any("corrupt" in note for note in report["notes"])
+    assert any("bad parts" in note for note in report["notes"])
     assert iid not in user.account()
-    assert list(user.vchome.glob("instances.json.corrupt-*"))
+    assert list(user.vchome.glob("instances.json.bad-*"))
 
 
 # ----- the reap's decisions -------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_reconcile_marks_gone_records_and_recovers_a_corrupt_state(cli, sim):
     again = cli.json(*up_args("orphan", "--no-wait"))
     (cli.vchome / "instances.json").write_text("{ torn")
     report = cli.json("reconcile")
-    assert report["recovered_from"] and "corrupt" in report["recovered_from"]
+    assert report["recovered_from"] and ".bad-" in report["recovered_from"]
     assert [a["id"] for a in report["adopted"]] == [again["instance_id"]]
     assert "recovered_from" not in cli.state()
     cli.json("down", "--all")

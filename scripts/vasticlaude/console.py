@@ -93,7 +93,12 @@ ID = number(2 ** 63, whole=True)      # instance and offer ids
 def bind(args: argparse.Namespace) -> Bound:
     """The instance the flags name: the local record first (an unknown experiment fails before any
     connection, so no sandbox starts just to say so), then the gateway and its live row."""
-    rec = binding.find_record(args.experiment, args.instance)
+    try:
+        rec = binding.find_record(args.experiment, args.instance)
+    except Error as err:
+        if err.code == "no_instance" and state.damaged_recently():
+            return binding.bind(connect(args), args.experiment, args.instance)  # the account decides
+        raise
     return binding.attach(connect(args), rec)
 
 

@@ -15,7 +15,8 @@ gone. Reconcile lists the account once and then, under the state lock:
   so a concurrent `up` or `down` is never overwritten);
 - clears intents older than 10 minutes that no instance matches (abandoned creates).
 
-A corrupt instances.json is kept aside (instances.json.corrupt-<time>) and rebuilt from
+A corrupt instances.json (or one with bad parts) is copied aside (instances.json.bad-<time>), what
+can still be read of it is kept (destroyed records too: the ledger) and the rest rebuilt from
 the account; the report names where it went. `billing_usd_per_hour` is what the whole
 account bills now: dph_total of running instances plus storage of the others (nothing
 for offline hosts).
@@ -55,7 +56,8 @@ def human(data: object) -> str:
              f"abandoned intents cleared: {', '.join(data['abandoned_intents']) or 'none'}",
              f"the account bills ${data['billing_usd_per_hour']:.4f}/h now"]
     if data["recovered_from"]:
-        lines.append(f"instances.json was corrupt: kept aside at {data['recovered_from']} and rebuilt from the account")
+        lines.append(f"instances.json had bad parts: the file as it was is kept at {data['recovered_from']}; "
+                     "what it still held is kept, the rest rebuilt from the account")
     return "\n".join(lines)
 
 

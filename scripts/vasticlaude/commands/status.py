@@ -33,6 +33,8 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   "guard": {"alive", "heartbeat_age_s", "done", "last": [the last watchdog.log line, when not alive]},
   "fault": {"kind", "evidence": [...], "action", "confirm_s", "plan"} (README "Recovery"; absent when
   nothing is wrong), "next": str}
+  "quarantined": [{"file", "copy", "at", "problems"}] (config/state files whose bad parts were left out
+  this week, store/quarantine.py),
   Fields that are null or empty are left out of the JSON.
   with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
   the wait ends when nothing more can happen without you).
@@ -51,6 +53,7 @@ from vasticlaude.errors import FAILED, Error
 from vasticlaude.ops import observe
 from vasticlaude.ops.observe import HUMAN_MAX, TAIL_WIDTH, one_line
 from vasticlaude.output import compact
+from vasticlaude.store import quarantine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,4 +135,6 @@ def run(args: argparse.Namespace) -> dict:
         console.known(args)
         return observe.wait(console.connect(args), args.experiment, args.instance, args.lines, args.timeout,
                             args.interval)
-    return observe.observe(console.bind(args), args.lines)
+    data = observe.observe(console.bind(args), args.lines)
+    data["quarantined"] = quarantine.recent()  # bad config/state content left out this week
+    return data

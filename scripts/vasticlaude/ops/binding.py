@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from vasticlaude.errors import FAILED, Error
 from vasticlaude.remote.ssh import Route, route_for, ssh_key
+from vasticlaude.ops import reconcile
 from vasticlaude.store import state
 from vasticlaude.vast.gateway import Vast
 
@@ -55,8 +56,18 @@ def find_record(experiment: str | None, instance_id: int | None) -> dict:
 
 
 def bind(vast: Vast, experiment: str | None = None, instance_id: int | None = None) -> Bound:
-    """The experiment's (or instance's) live record, re-read from the API through `vast`."""
-    return attach(vast, find_record(experiment, instance_id))
+    """The experiment's (or instance's) live record, re-read from the API through `vast`.
+
+    When instances.json was damaged lately and has no such record, the account decides: it is
+    reconciled (unrecorded vasticlaude instances adopted) and the record looked for again."""
+    try:
+        rec = find_record(experiment, instance_id)
+    except Error as err:
+        if err.code != "no_instance" or not state.damaged_recently():
+            raise
+        reconcile.reconcile(vast)
+        rec = find_record(experiment, instance_id)
+    return attach(vast, rec)
 
 
 def attach(vast: Vast, rec: dict) -> Bound:

@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +11,7 @@ from vasticlaude.core.retry import schedule
 from vasticlaude.errors import API, FAILED, OK, Error
 from vasticlaude.ops.connect import endpoint
 from vasticlaude.output import progress
-from vasticlaude.store import config, paths, state
+from vasticlaude.store import config, paths, quarantine, state
 from vasticlaude.vast import account as credentials
 from vasticlaude.vast.account import Account, Endpoint
 
@@ -32,10 +31,12 @@ def key_ends(key: str | None) -> str | None:
 
 # ----- key, target, API ----------------------------------------------------------------------
 def _config_check() -> tuple[dict, dict]:
-    try:
-        return check("config", "ok", f"project {config.project_root()}"), config.load()
-    except Error as err:
-        return check("config", "fail", err.message, err.hint), dict(config.DEFAULTS)
+    cfg, problems = config.check()
+    if problems:
+        return check("config", "warn", f"project {config.project_root()}: {len(problems)} bad part(s) of "
+                     f".vasticlaude/config.json left out, defaults used ({'; '.join(problems)[:200]})",
+                     "Fix the file (the values named are of the wrong type); a copy is kept as config.json.bad-<time>."), cfg
+    return check("config", "ok", f"project {config.project_root()}"), cfg
 
 
 def _key_check(key: str | None, source: str, target: Endpoint | None) -> dict:
@@ -177,17 +178,27 @@ def _home_check() -> dict:
 
 def _state_check() -> dict:
     path = state.instances_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        records = data["instances"]
-        live = sum(1 for r in records.values() if not r.get("destroyed_at"))
-    except FileNotFoundError:
+    if not path.exists():
         return check("state", "ok", f"{path}: no instances recorded yet")
-    except (ValueError, OSError, KeyError, TypeError, AttributeError):
-        return check("state", "warn", f"{path} is corrupt or unreadable",
-                     "'vasticlaude reconcile' rebuilds it from the API (the old file is kept aside).")
+    data = state.load()
+    records = data["instances"]
+    live = len(state.live_instances(data))
+    if data.get("damaged"):
+        return check("state", "warn", f"{path} has bad parts, left out ({data['damaged']['problems'][0][:120]}); "
+                     f"{len(records)} instances readable, {live} not destroyed",
+                     "'vasticlaude reconcile' rebuilds it from the API (a copy of the old file is kept).")
     hint = "See what they cost: vasticlaude cost." if live else ""
     return check("state", "ok", f"{path}: {len(records)} instances recorded, {live} not destroyed", hint)
+
+
+def _quarantine_check() -> dict:
+    """Files whose bad parts were left out this week (store/quarantine.py): said until a week has passed."""
+    kept = quarantine.recent()
+    if not kept:
+        return check("files", "ok", "no bad content found in config or state files this week")
+    listed = "; ".join(f"{e['file']} -> {e['copy']}" for e in kept[:3])
+    return check("files", "warn", f"{len(kept)} file(s) had bad parts left out this week: {listed}",
+                 "Compare each copy with its file; delete the copy once you have what you need.")
 
 
 # ----- command -----------------------------------------------------------------------------------
@@ -208,7 +219,7 @@ def doctor(account: Account, register: bool = False) -> dict:
         checks += remote
         unreachable = unreachable or api_down
     checks += [_binary_check("ssh", ["-V"], "apt-get install openssh-client"),
-               _binary_check("rsync", ["--version"], "apt-get install rsync"), _home_check(), _state_check()]
+               _binary_check("rsync", ["--version"], "apt-get install rsync"), _home_check(), _state_check(), _quarantine_check()]
     view = target_view(target, user)
     if view["kind"] == "sandbox":
         target_check["detail"] = f"the local sandbox at {view['url']}"

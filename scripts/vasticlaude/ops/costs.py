@@ -4,7 +4,6 @@ Vast's actual charges are added only when a gateway is passed (cost --actual).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -22,16 +21,10 @@ MAX_EXPERIMENTS = 20
 
 
 def read_state() -> dict:
-    """instances.json as it is; unlike state.load(), never moves a corrupt file (cost writes nothing)."""
-    path = state.instances_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {"instances": {}}
-    except (ValueError, OSError):
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("instances"), dict):
-        raise Error("state_corrupt", f"{path} is corrupt or unreadable",
+    """instances.json as it is; refused when damaged (cost writes nothing: reconcile keeps a copy and rebuilds it)."""
+    data, problems = state.peek()
+    if problems:
+        raise Error("state_corrupt", f"{state.instances_path()} is corrupt or has bad parts ({problems[0][:120]})",
                     "Run 'vasticlaude reconcile' to rebuild it from the API (the old file is kept aside).")
     return data
 

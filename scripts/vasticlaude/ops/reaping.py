@@ -80,11 +80,9 @@ class ReapRequest:
 # ----- policy ------------------------------------------------------------------------------
 def load_policy(notes: list[str]) -> tuple[dict, dict]:
     """(policy, config): the project's `session_end` block over the defaults; a bad value is noted, not fatal."""
-    try:
-        cfg = config.load()
-    except Error as err:
-        notes.append(f"config ignored: {err.message}")
-        cfg = dict(config.DEFAULTS)
+    cfg, problems = config.check()
+    if problems:
+        notes.append(f"config: {len(problems)} bad part(s) left out, defaults used ({'; '.join(problems)[:200]})")
     given = cfg.get("session_end") or {}
     policy = dict(POLICY)
     for key, allowed in CHOICES.items():
@@ -112,12 +110,15 @@ def default_url(account: Account, cfg: dict) -> str | None:
     return os.environ.get("VAST_URL") or credentials.REAL_URL
 
 
-def plan_groups(account: Account, cfg: dict, live: list[dict]) -> list[Group]:
-    """Live records by the URL they were rented on; the default account is always checked (orphans)."""
+def plan_groups(account: Account, cfg: dict, live: list[dict], damaged: bool = False) -> list[Group]:
+    """Live records by the URL they were rented on; the default account is always checked (orphans),
+    and so is the running sandbox when the state was damaged (its records may be the lost ones)."""
     default, sandbox = default_url(account, cfg), running_sandbox_url()
     groups: dict[str | None, Group] = {}
     if default:
         groups[default] = Group(default, account)
+    if damaged and sandbox and sandbox not in groups:
+        groups[sandbox] = Group(sandbox, Account(sandbox=True))
     for rec in live:
         url = rec.get("target") or default
         if url not in groups:
@@ -406,10 +407,10 @@ def orphan_ids() -> set[str]:
     """What the last reap left undone or never reached (its pending list when it was killed)."""
     try:
         last = json.loads((paths.home() / LAST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        ids = {str(u["id"]) for u in last.get("undone") or [] if u.get("id") is not None}
+        return ids | {str(p) for p in last.get("pending") or []}
+    except (OSError, ValueError, RecursionError, TypeError, AttributeError, KeyError):
         return set()
-    ids = {str(u["id"]) for u in last.get("undone") or [] if u.get("id") is not None}
-    return ids | {str(p) for p in last.get("pending") or []}
 
 
 def reap_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set[str] | None) -> None:
@@ -432,7 +433,8 @@ def reap_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set
         unreached(report, recs, f"could not list the account: {err.message}")
         return
     if recovered:
-        report.data["notes"].append(f"instances.json was corrupt: kept aside at {recovered}, rebuilt from the account")
+        report.data["notes"].append(f"instances.json had bad parts (left out; the file as it was is kept at "
+                                    f"{recovered}): rebuilt from the account")
     for rec in gone:
         if str(rec["id"]) in recs:
             report.entry(rec, "gone", spent_usd=costing.instance_cost(rec)["total_usd"], action="already-gone",
@@ -490,12 +492,16 @@ def reap(req: ReapRequest) -> dict:
         live = state.live_instances(snapshot)
         report.data["pending"] = [int(r["id"]) for r in live if scope is None or str(r["id"]) in scope]
         report.save()
-        groups = plan_groups(req.account, cfg, live)
+        groups = plan_groups(req.account, cfg, live, bool(snapshot.get("damaged")))
         if not groups:
             report.undone(None, None, "look for unrecorded instances",
                           "no Vast API key and no running sandbox: the account cannot be checked")
         for group in groups:
-            reap_group(group, report, policy, cfg, scope)
+            try:
+                reap_group(group, report, policy, cfg, scope)
+            except Exception as err:  # noqa: BLE001 — one account's surprise must not stop the others' reap
+                unreached(report, {k: {} for k in group.ids}, f"unexpected {type(err).__name__} "
+                                                              f"(see {log_crash('vasticlaude reap')})")
         return report.finish()
 
 

@@ -35,7 +35,9 @@ unreachable, a job running without a live on-instance guard) is always destroyed
                 "stale_after_s": 600,      a job without heartbeat this long is moved
                 "unreachable_after_s": 300}}  SSH failing this long while Vast says running: moved
 
-Flags beat the file; the file beats the defaults below. The project root is the
+Flags beat the file; the file beats the defaults below. A value of the wrong type is left
+out (its default used), said once and the file kept as config.json.bad-<time>; unknown keys
+are kept (a new key is declared with its type in store/records.py CONFIG). The project root is the
 nearest folder upwards holding `.vasticlaude/` or `.git`, else the current folder.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vasticlaude.errors import Error
+from vasticlaude.store import quarantine, records
 
 DEFAULTS = {
     "target": None, "gpu": [], "num_gpus": 1, "min_vram_gb": None, "min_reliability": 0.95,
@@ -72,18 +74,30 @@ def runs_dir(experiment: str, start: Path | None = None) -> Path:
 
 
 def load(root: Path | None = None) -> dict:
-    """Defaults overlaid with the project's config file."""
+    """Defaults overlaid with the project's config file (never raises on its content: see check)."""
+    return check(root)[0]
+
+
+def check(root: Path | None = None) -> tuple[dict, list[str]]:
+    """(defaults overlaid with the usable part of the config file, what was wrong in it).
+
+    A value of the wrong type (or a file that is not JSON) is left out and the default used;
+    the file as it was is copied to config.json.bad-<time> once and said once on stderr
+    (store/quarantine.py). Keys not in records.CONFIG are kept as they are.
+    """
     path = (root or project_root()) / ".vasticlaude" / "config.json"
     merged = json.loads(json.dumps(DEFAULTS))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
-        return merged
-    except ValueError as err:
-        raise Error("bad_config", f"{path} is not valid JSON ({err})", "Fix or delete the file.") from None
-    if not isinstance(data, dict):
-        raise Error("bad_config", f"{path} must hold a JSON object", "Fix or delete the file.")
-    nested = {key: {**merged[key], **(data.get(key) or {})} for key in ("budget", "guard", "recovery")}
+        return merged, []
+    except OSError as err:
+        return merged, [f"{path} is unreadable ({err})"]
+    found, why = records.parse(raw)
+    data, problems = records.check_config(found) if not why else ({}, [f"the file is {why}"])
+    if problems:
+        quarantine.keep(path, raw, problems)
+    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery")}
     merged.update(data)
     merged.update(nested)
-    return merged
+    return merged, problems

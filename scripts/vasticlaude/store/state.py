@@ -3,8 +3,9 @@
 Human-readable JSON (and JSON lines for append-only logs), versioned, changed only
 under a file lock and written by atomic replace, so eight sessions writing at once
 lose nothing and a kill -9 at any instant leaves a valid file. A corrupt
-`instances.json` is kept aside (never deleted) and replaced by an empty one that
-`reconcile` refills from the API.
+`instances.json` is copied aside (never deleted), what can be read of it is kept (destroyed
+records too: they are the ledger) and `reconcile` refills the rest from the API; wrong types in
+any record are left out the same way (store/records.py, store/quarantine.py).
 
 instances.json:
   {"version": 1, "instances": {"<id>": {id, label, experiment, offer_id, machine_id,
@@ -26,7 +27,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from vasticlaude.store import paths
+from vasticlaude.store import paths, quarantine, records
 from vasticlaude.store.jsonfile import write_json_atomic
 
 VERSION = 1
@@ -53,32 +54,45 @@ def _lock(path: Path) -> FileLock:
 def load() -> dict:
     """A snapshot of instances.json (no lock: writers replace the file atomically).
 
-    Read-only: a corrupt file reads as empty with `"corrupt": true` and stays where it
-    is, for the next transaction (reconcile) to set aside and report.
+    Never raises on content: bad parts are left out (store/records.py), the file as it was is
+    copied aside once (store/quarantine.py), and the snapshot says so in `"damaged"`
+    ({"copy", "problems"}); the next transaction writes the cleaned file.
     """
-    data, _ = _read(instances_path(), move_corrupt=False)
+    data, _ = _read(instances_path())
     return data
 
 
-def _read(path: Path, move_corrupt: bool = True) -> tuple[dict, str | None]:
-    """The file's data, and where a corrupt file was moved (None when it was fine)."""
+def peek() -> tuple[dict, list[str]]:
+    """instances.json's usable data and its problems, writing nothing (no copy kept: `cost` only reads)."""
+    data, _ = _read(instances_path(), keep=False)
+    return data, data.pop("damaged", {}).get("problems", [])
+
+
+def _read(path: Path, keep: bool = True) -> tuple[dict, str | None]:
+    """The file's usable data, and where a copy of it was kept when it was damaged (None when fine)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("instances"), dict):
-            data.setdefault("intents", {})
-            return data, None
-        raise ValueError("not a vasticlaude instances file")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return _empty(), None
-    except (ValueError, OSError):
-        if not move_corrupt:
-            return {**_empty(), "corrupt": True}, None
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            return _empty(), str(path)
-        return _empty(), str(aside)
+    except OSError as err:
+        return {**_empty(), "damaged": {"copy": None, "problems": [f"unreadable: {err}"]}}, str(path)
+    found, why = records.parse(raw)
+    problems = []
+    if why:
+        found = records.salvage_instances(raw.decode("utf-8", "replace"))
+        problems.append(f"the file is {why}: {len(found['instances'])} record(s) salvaged")
+    data, more = records.check_instances(found)
+    problems += more
+    if not problems:
+        return data, None
+    entry = quarantine.keep(path, raw, problems) if keep else {}
+    data["damaged"] = {"copy": entry.get("copy"), "problems": problems[:5]}
+    return data, entry.get("copy") or str(path)
+
+
+def damaged_recently() -> bool:
+    """Was instances.json damaged this week (so a record missing from it may be one it lost)?"""
+    return any(e["file"] == str(instances_path()) for e in quarantine.recent())
 
 
 @contextmanager
@@ -86,10 +100,12 @@ def transaction() -> Iterator[dict]:
     """Read-modify-write of instances.json under the lock; written only if the block succeeds."""
     path = instances_path()
     with _lock(path):
-        data, corrupt = _read(path)
-        if corrupt:
-            data["recovered_from"] = corrupt
+        data, damaged = _read(path)
+        data.pop("damaged", None)
+        if damaged:
+            data["recovered_from"] = damaged
         yield data
+        data.pop("recovered_from", None)  # said by whoever took it; never written
         data["version"] = VERSION
         write_json_atomic(path, data)
 
@@ -173,20 +189,21 @@ def read_lines(path: Path) -> list[dict]:
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
-        except ValueError:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if isinstance(entry, dict):
+            out.append(entry)
     return out
 
 
 @contextmanager
 def experiment(experiment_id: str) -> Iterator[dict]:
-    """Read-modify-write of `experiments/<id>/experiment.json` under its lock."""
+    """Read-modify-write of `experiments/<id>/experiment.json` under its lock (bad parts left out)."""
     path = experiment_dir(experiment_id) / "experiment.json"
     with _lock(path):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+        data = _read_experiment(path)
+        if not data:
             data = {"version": VERSION, "id": experiment_id, "created_at": time.time()}
         yield data
         data["updated_at"] = time.time()
@@ -194,7 +211,17 @@ def experiment(experiment_id: str) -> Iterator[dict]:
 
 
 def read_experiment(experiment_id: str) -> dict | None:
+    """The experiment's file, its bad parts left out (and kept aside once); None when there is none."""
+    return _read_experiment(experiment_dir(experiment_id) / "experiment.json") or None
+
+
+def _read_experiment(path: Path) -> dict:
     try:
-        return json.loads((experiment_dir(experiment_id) / "experiment.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
+        raw = path.read_bytes()
+    except OSError:  # none yet (or unreadable: the next write replaces it)
+        return {}
+    found, why = records.parse(raw)
+    data, problems = records.check_experiment(found) if not why else ({}, [f"the file is {why}"])
+    if problems:
+        quarantine.keep(path, raw, problems)
+    return data
