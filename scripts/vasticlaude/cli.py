@@ -17,6 +17,7 @@ Commands:
   status   one compact snapshot: job state, progress, GPU, disk, cost, guard, fault, next step
   logs     the job's log (tail, grep, follow)
   watch    see a run through: monitor, sync checkpoints home, recover faults, pull, tear down
+  sweep    many runs (a grid or a list of commands) on at most K instances under one total budget
   recover  bring a faulted run back (preempted, host down, container exited, full disk…)
   pull     bring outputs, checkpoints and run files home, resumable and verified
   reap     at session end: leave guarded jobs running, pull and tear down everything else, report
@@ -49,6 +50,7 @@ COMMANDS = {
     "reap": "vasticlaude.commands.reap",
     "watch": "vasticlaude.commands.watch",
     "recover": "vasticlaude.commands.recover",
+    "sweep": "vasticlaude.commands.sweep",
 }
 
 

@@ -1,0 +1,595 @@
+"""Run a sweep: many runs on at most K instances under one total budget, resumable after a kill -9.
+
+Each of the K slots is an experiment of its own (`<sweep>.w1` …), so everything that works
+for one experiment works for a slot: `up` rents it (search, failover, exclusions), `push`
+sends the code once, `run` starts each run under the wrapper and the watchdog, `recover`
+brings a faulted run back, `status` and the session-end reap see its current run. A slot
+that finishes a run takes the next one on the same instance: no new boot, no new push.
+
+A run's outputs go to `runs/<id>/outputs` beside the slot's code on the instance
+(VASTICLAUDE_OUTPUT_DIR); when it ends its log and run files are moved there too, the
+folder is pulled home (without the `pulled` marker, so the run's watchdog keeps guarding
+until the next run's start replaces it) and the checkpoint folder is emptied for the next.
+
+The budget: per-slot caps whose sum never exceeds the total (core/sweepspec), each given to
+the run's watchdog as the slot's budget, so the total holds with the laptop gone; the
+controller refuses a start the cap cannot cover, and the leftovers of retired slots go to
+the next run started. State: experiments/<sweep>/experiment.json["sweep"] (human-readable,
+locked, atomic), written before every step, so a resumed controller neither starts a run
+twice nor rents a slot twice (a slot's label is fixed: `up` finds what a killed one rented).
+"""
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from vasticlaude.core import budget, sweepspec
+from vasticlaude.core import money as costing
+from vasticlaude.core.logparse import series
+from vasticlaude.core.market import Wanted
+from vasticlaude.core.retry import poll_scale
+from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
+from vasticlaude.ops import code, job, launch
+from vasticlaude.ops.binding import Bound, attach
+from vasticlaude.ops.connect import connect
+from vasticlaude.ops.reconcile import PREFIX, reconcile
+from vasticlaude.ops.recovery import Policy, assess, recover
+from vasticlaude.ops.results import pull_verified
+from vasticlaude.ops.teardown import Target, teardown
+from vasticlaude.output import log_crash, progress
+from vasticlaude.remote.layout import Layout
+from vasticlaude.remote.ssh import ssh_key
+from vasticlaude.remote.transfer import remote
+from vasticlaude.store import config, state
+from vasticlaude.vast.account import Account
+from vasticlaude.vast.gateway import Vast
+
+ENDED = {"exited", "killed", "vanished"}
+FINAL = {"done", "failed", "stopped", "lost", "not_run"}
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a new sweep runs and rents, settled before any API call (a resume reads it back from the state)."""
+
+    name: str
+    runs: tuple
+    parallel: int
+    budget_usd: float
+    image: str
+    wanted: Wanted
+    root: str
+    bid: float | None = None
+    deadline: float = 300.0
+    max_attempts: int = 3
+    setup: bool = True
+    grace_s: float = 600.0
+    check_s: float | None = None
+    kill_grace_s: float | None = None
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the controller runs (not kept with the sweep: a resume may change them)."""
+
+    account: Account = Account()
+    interval: float = 5.0
+    policy: Policy | None = None
+    resume: bool = False
+
+
+# ----- the state ------------------------------------------------------------------------------------
+class Book:
+    """The sweep's record in its experiment.json, changed only under the lock (threads and processes)."""
+
+    def __init__(self, name: str):
+        self.name, self.mutex = name, threading.Lock()
+
+    def read(self) -> dict:
+        return (state.read_experiment(self.name) or {}).get("sweep") or {}
+
+    @contextmanager
+    def change(self) -> Iterator[dict]:
+        with self.mutex, state.experiment(self.name) as exp:
+            yield exp["sweep"]
+
+    def run(self, rid: str, **fields: object) -> None:
+        with self.change() as sw:
+            next(r for r in sw["runs"] if r["id"] == rid).update(fields)
+        if fields.get("state"):
+            state.append_event(self.name, "sweep_run", run=rid, **{k: v for k, v in fields.items() if k != "env"})
+
+    def slot(self, name: str, **fields: object) -> None:
+        with self.change() as sw:
+            next(s for s in sw["slots"] if s["name"] == name).update(fields)
+
+
+def new_state(plan: SweepPlan) -> dict:
+    k = max(1, min(plan.parallel, len(plan.runs)))
+    caps = sweepspec.first_caps(plan.budget_usd, k)
+    rental = {"image": plan.image, "wanted": asdict(plan.wanted), "bid": plan.bid, "deadline": plan.deadline,
+              "max_attempts": plan.max_attempts}
+    guard = {"grace_s": plan.grace_s, "check_s": plan.check_s, "kill_grace_s": plan.kill_grace_s}
+    return {"version": VERSION, "created_at": time.time(), "state": "running", "budget_usd": plan.budget_usd,
+            "parallel": plan.parallel, "metric": plan.metric, "root": plan.root, "setup": plan.setup,
+            "rental": rental, "guard": guard,
+            "runs": [{"id": r.id, "params": r.params, "command": r.command, "env": r.env, "state": "pending"}
+                     for r in plan.runs],
+            "slots": [{"name": f"{plan.name}.w{i + 1}", "cap_usd": caps[i], "state": "idle"} for i in range(k)]}
+
+
+def slot_plan(sw: dict, slot: dict) -> launch.Plan:
+    rental = sw["rental"]
+    wanted = Wanted(**{k: tuple(v) if isinstance(v, list) else v for k, v in rental["wanted"].items()})
+    limits = budget.Limits.from_config(config.load(), experiment_usd=slot["cap_usd"])
+    return launch.Plan(slot["name"], rental["image"], wanted, rental["bid"], float(rental["deadline"]), True,
+                       int(rental["max_attempts"]), limits)
+
+
+def slot_spent(name: str) -> float:
+    return budget.experiment_spent(name, state.load())
+
+
+# ----- the remote steps of a run ------------------------------------------------------------------
+PREPARE = ('cd {base} || exit 1; mkdir -p runs/{rid}/outputs run checkpoints; '
+           'printf "%s\\n" {rid} > run/sweep_run.tmp && mv -f run/sweep_run.tmp run/sweep_run; rm -f run/started_at; '
+           'find checkpoints -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +; echo @@ok')
+# After a recovery restarted the run on a new instance: that instance's run files are this run's.
+MARK = ('cd {base} || exit 1; mkdir -p runs/{rid}/outputs; '
+        'printf "%s\\n" {rid} > run/sweep_run.tmp && mv -f run/sweep_run.tmp run/sweep_run; echo @@ok')
+# The run's outputs: its own folder beside the slot's code, on whichever instance runs it ($HOME differs).
+OUTPUTS = 'export VASTICLAUDE_OUTPUT_DIR="$HOME"/{base}/runs/{rid}/outputs\nmkdir -p "$VASTICLAUDE_OUTPUT_DIR"\n'
+
+WHERE = ('cd {base} 2>/dev/null || {{ echo @@none; exit 0; }}; echo "@@run=$(cat run/sweep_run 2>/dev/null)"; '
+         '[ -f run/started_at ] && echo @@started; [ -f runs/{rid}/run/exit_code ] && echo @@archived; exit 0')
+# Keep the ended run's files with its outputs (its log moved: the next run's log starts empty) and
+# empty the checkpoint folder, so the next run does not resume from this one's checkpoint.
+ARCHIVE = ('cd {base} || exit 1; [ "$(cat run/sweep_run 2>/dev/null)" = {rid} ] || {{ echo @@other; exit 0; }}; '
+           'mkdir -p runs/{rid}/run runs/{rid}/checkpoints; [ -f run/job.log ] && mv -f run/job.log runs/{rid}/run/; '
+           'for f in exit_code started_at ended_at signal; do [ -f run/$f ] && cp -f run/$f runs/{rid}/run/; done; '
+           'find checkpoints -mindepth 1 -maxdepth 1 -exec mv -f {{}} runs/{rid}/checkpoints/ \\; ; echo @@ok')
+
+
+def remote_step(bound: Bound, template: str, rid: str, what: str) -> list[str]:
+    script = template.format(base=shlex.quote(Layout(bound.experiment).base), rid=shlex.quote(rid))
+    return remote(bound.route(), script, what).splitlines()
+
+
+# ----- one slot ----------------------------------------------------------------------------------
+class Slot:
+    """One instance's share of the sweep: rent, push, then runs one after another until none is left."""
+
+    def __init__(self, book: Book, name: str, opts: Options, claim: "Claims"):
+        self.book, self.name, self.opts, self.claims = book, name, opts, claim
+        self.vast: Vast | None = None
+        self.bound: Bound | None = None
+        self.home: str | None = None
+
+    @property
+    def info(self) -> dict:
+        return next(s for s in self.book.read()["slots"] if s["name"] == self.name)
+
+    def say(self, message: str) -> None:
+        progress(f"vasticlaude sweep: {self.name}: {message}")
+
+    def work(self) -> None:
+        try:
+            self.vast = connect(self.opts.account)
+            self.loop()
+        except Error as err:
+            self.say(f"stops: {err.message}")
+            self.book.slot(self.name, note=err.message[:300], code=err.code)
+        except Exception as err:  # noqa: BLE001 — a slot's crash must not leave its instance billing
+            self.say(f"crashed ({type(err).__name__}); details in {log_crash('vasticlaude sweep')}")
+            self.book.slot(self.name, note=f"crashed: {type(err).__name__}")
+        finally:
+            self.retire()
+
+    def loop(self) -> None:
+        while True:
+            rid = self.claims.take(self.name)
+            if rid is None:
+                return
+            if not self.ready(rid):
+                return
+            if not self.execute(rid):
+                return
+
+    # -- the instance
+    def ready(self, rid: str) -> bool:
+        """A running instance with the code on it; False (the run given back) when none can be had."""
+        try:
+            self.bound = self.instance()
+            self.push_once()
+            return True
+        except Error as err:
+            self.claims.give_back(rid, err.message)
+            self.say(f"no instance: {err.message}")
+            self.book.slot(self.name, note=err.message[:300], code=err.code)
+            return False
+
+    def instance(self) -> Bound:
+        assert self.vast is not None
+        if self.bound is not None and self.vast.instance(self.bound.instance_id) is not None:
+            return self.rebind()
+        live = [r for r in state.live_instances() if r.get("experiment") == self.name]
+        for rec in sorted(live, key=lambda r: r.get("created_at", 0), reverse=True):
+            bound = attach(self.vast, rec)
+            if bound.row is not None:
+                self.say(f"reusing instance {bound.instance_id}")
+                try:
+                    launch.Launcher(self.vast, slot_plan(self.book.read(), self.info), ssh_key()).wait(bound.instance_id)
+                    return self.rebind(bound)
+                except launch.Failed as failed:
+                    self.say(f"instance {bound.instance_id} will not do ({failed.reason})")
+            teardown(self.vast, Target(bound.instance_id, None, True), why="sweep: gone")
+        self.book.slot(self.name, state="renting")
+        self.say("renting")
+        got = launch.up(self.vast, slot_plan(self.book.read(), self.info))
+        self.book.slot(self.name, state="ready", instance_id=got["instance_id"], rentals=self.info.get("rentals", 0) + 1)
+        return self.rebind()
+
+    def rebind(self, bound: Bound | None = None) -> Bound:
+        assert self.vast is not None
+        rec = bound.record if bound else next(r for r in state.live_instances() if r.get("experiment") == self.name)
+        fresh = attach(self.vast, state.load()["instances"][str(rec["id"])])
+        self.book.slot(self.name, state="ready", instance_id=fresh.instance_id)
+        return fresh
+
+    def push_once(self) -> None:
+        assert self.bound is not None
+        sw = self.book.read()
+        if self.info.get("pushed_to") == self.bound.instance_id:
+            return
+        self.say(f"pushing the code to instance {self.bound.instance_id}")
+        got = code.push(self.bound, Path(sw["root"]), setup=bool(sw.get("setup", True)))
+        if got["exit_code"]:
+            raise Error("setup_failed", f"setup failed on instance {self.bound.instance_id} "
+                        f"(exit {got['setup']['exit_code']}): {' | '.join(got['setup']['tail'][-2:])[:200]}",
+                        "Fix the setup, then resume the sweep.", FAILED)
+        self.book.slot(self.name, pushed_to=self.bound.instance_id)
+
+    # -- one run
+    def execute(self, rid: str) -> bool:
+        """Start (unless it already runs), see it through, bring it home; False when the slot must stop."""
+        run = self.claims.run(rid)
+        if run["state"] in ("starting", "running") and self.where(rid) == "started":
+            self.book.run(rid, state="running")
+        elif run["state"] in ("pending", "starting"):
+            if not self.start(rid):
+                return False
+        ended = self.see_through(rid)
+        if ended is None:
+            return self.bound is not None
+        return self.finish(rid, ended)
+
+    def where(self, rid: str) -> str:
+        """What the slot's instance says of this run: started, archived, or nothing."""
+        assert self.bound is not None
+        out = remote_step(self.bound, WHERE, rid, "reading the run's files")
+        if f"@@run={rid}" not in out:
+            return "nothing"
+        return "archived" if "@@archived" in out else "started" if "@@started" in out else "nothing"
+
+    def cap(self) -> float:
+        """Grow this slot's cap by what no other slot holds; the sum of the caps stays within the total."""
+        with self.book.change() as sw:
+            caps = {s["name"]: float(s["cap_usd"]) for s in sw["slots"]}
+            final = {s["name"]: float(s["final_usd"]) for s in sw["slots"] if s.get("final_usd") is not None}
+            mine = next(s for s in sw["slots"] if s["name"] == self.name)
+            mine["cap_usd"] = sweepspec.grow(float(sw["budget_usd"]), caps, final, self.name)
+            return mine["cap_usd"]
+
+    def start(self, rid: str) -> bool:
+        assert self.bound is not None
+        run, sw = self.claims.run(rid), self.book.read()
+        cap = self.cap()
+        if self.over_total():
+            self.claims.give_back(rid, "the sweep's total budget is spent")
+            return False
+        remote_step(self.bound, PREPARE, rid, "preparing the run")
+        env = {**run["env"], "VASTICLAUDE_SWEEP": self.book.name, "VASTICLAUDE_SWEEP_RUN": rid}
+        command = OUTPUTS.format(base=shlex.quote(Layout(self.name).base), rid=rid) + run["command"]
+        guard = sw.get("guard") or {}
+        ask = job.GuardAsk(budget_usd=cap, grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
+                           kill_grace_s=guard.get("kill_grace_s"), on_end="destroy")
+        self.book.run(rid, state="starting", slot=self.name, instance_id=self.bound.instance_id)
+        try:
+            got = job.start(self.bound, job.JobSpec(command=command, env=env, restart=True, guard=ask))
+        except Error as err:
+            if err.code != "over_budget":
+                raise
+            self.claims.give_back(rid, err.message)
+            self.say(f"budget: {err.message}")
+            self.book.slot(self.name, note=f"budget: {err.message}"[:300], code="over_budget")
+            return False
+        self.say(f"{rid} started on instance {self.bound.instance_id}: {run['command'][:100]}")
+        self.book.run(rid, state="running", started_at=time.time(), cap_usd=cap,
+                      dph=got["guard"]["dph"], recoveries=run.get("recoveries", 0))
+        return True
+
+    def over_total(self) -> bool:
+        """The controller's own check of the one total: every slot's spend so far against it."""
+        sw = self.book.read()
+        spent = sum(slot_spent(s["name"]) for s in sw["slots"])
+        return spent >= float(sw["budget_usd"])
+
+    def see_through(self, rid: str) -> dict | None:
+        """Watch until the run ends (recovering faults as `watch` does); its job, or None when lost."""
+        seen: dict[str, float] = {}
+        while True:
+            try:
+                a = assess(self.vast, self.name)
+            except Error as err:
+                if err.exit_code != API:
+                    raise
+                self.say(f"{rid}: cannot look ({err.message[:120]}); again in a moment")
+                time.sleep(self.opts.interval * poll_scale())
+                continue
+            job_now = (a.snap or {}).get("job") or {}
+            fault = a.fault
+            if job_now.get("state") in ENDED and (fault is None or fault["action"] == "none"):
+                self.bound = a.bound
+                return job_now
+            if fault is not None and fault["action"] not in ("none",):
+                first = seen.setdefault(fault["kind"], time.monotonic())
+                if time.monotonic() - first >= fault["confirm_s"] and not self.recover(rid, a):
+                    return None
+            elif fault is not None:  # budget with the instance stopped or gone
+                self.book.run(rid, state="stopped", note=fault["evidence"][0][:200])
+                self.bound = None
+                return None
+            time.sleep(self.opts.interval * poll_scale())
+
+    def recover(self, rid: str, a) -> bool:
+        self.say(f"{rid}: {a.fault['kind']} → {a.fault['plan']}")
+        try:
+            done = recover(a, self.vast, self.opts.policy or Policy.from_config(config.load()))
+        except Error as err:
+            if err.exit_code == API or err.code == "recovery_running":
+                return True  # look again
+            outcome = "stopped" if err.code == "over_budget" else "lost"
+            self.book.run(rid, state=outcome, note=f"{a.fault['kind']}: {err.message}"[:300])
+            self.bound = None
+            return False
+        run = self.claims.run(rid)
+        self.book.run(rid, recoveries=int(run.get("recoveries") or 0) + 1, instance_id=done["to_instance"])
+        self.book.slot(self.name, pushed_to=done["to_instance"])
+        self.bound = self.rebind()
+        remote_step(self.bound, MARK, rid, "marking the restarted run")
+        return True
+
+    def finish(self, rid: str, ended: dict) -> bool:
+        """Archive on the instance, pull home, record the outcome, the metric and the run's cost."""
+        assert self.bound is not None
+        dest = config.runs_dir(self.book.name, Path(self.book.read()["root"]))
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            remote_step(self.bound, ARCHIVE, rid, "keeping the run's files")
+            pull_verified(self.bound.route(), Layout(self.name), [f"runs/{rid}"], dest, 0.0)
+        except Error as err:  # e.g. its watchdog destroyed the instance at the budget: the outcome stands
+            self.say(f"{rid}: its files did not come home ({err.message[:160]})")
+        code_ = ended.get("exit_code")
+        killed = ended.get("state") == "killed" or ended.get("signal")
+        outcome = "done" if code_ == 0 else "stopped" if killed and ended.get("signal") in ("budget", "max_hours") \
+            else "failed"
+        facts = run_facts(dest / "runs" / rid / "run")
+        run = self.claims.run(rid)
+        cost = round(float(run.get("dph") or 0) * facts["seconds"] / 3600, 6) if facts["seconds"] else None
+        self.book.run(rid, state=outcome, exit_code=code_, ended_at=time.time(), seconds=facts["seconds"],
+                      metrics=final_metrics(dest / "runs" / rid / "run" / "job.log"), cost_usd=cost,
+                      local_path=str(dest / "runs" / rid))
+        state.append_ledger(self.book.name, event="sweep_run", run=rid, params=run["params"], state=outcome,
+                            exit_code=code_, instance_id=self.bound.instance_id, slot=self.name, cost_usd=cost,
+                            seconds=facts["seconds"])
+        self.say(f"{rid} {outcome} (exit {code_})")
+        return outcome != "stopped"
+
+    # -- the end
+    def retire(self) -> None:
+        """No run left for this slot: destroy its instance (confirmed), close its share of the budget."""
+        vast = self.vast or connect(self.opts.account)
+        failed = []
+        for rec in [r for r in state.live_instances() if r.get("experiment") == self.name]:
+            kind, details = teardown(vast, Target(int(rec["id"]), None, False), why="sweep: slot done")
+            if kind == "failed":
+                failed.append(details)
+            else:
+                state.append_ledger(self.book.name, event="sweep_instance", instance_id=int(rec["id"]),
+                                    slot=self.name, cost_usd=details.get("cost_usd"))
+        spent = round(slot_spent(self.name), 6)
+        self.book.slot(self.name, state="failed_teardown" if failed else "retired", final_usd=spent,
+                       **({"undestroyed": [f["id"] for f in failed]} if failed else {}))
+        self.claims.retired()
+
+
+class Claims:
+    """Hands out pending runs to slots, one at a time, under the book's lock."""
+
+    def __init__(self, book: Book):
+        self.book = book
+
+    def run(self, rid: str) -> dict:
+        return next(r for r in self.book.read()["runs"] if r["id"] == rid)
+
+    def take(self, slot: str) -> str | None:
+        """This slot's unfinished run first (after a resume), else the first pending one."""
+        with self.book.change() as sw:
+            mine = [r for r in sw["runs"] if r.get("slot") == slot and r["state"] in ("starting", "running")]
+            if mine:
+                return mine[0]["id"]
+            for r in sw["runs"]:
+                if r["state"] == "pending" and not r.get("claimed"):
+                    r["claimed"] = slot
+                    return r["id"]
+        return None
+
+    def give_back(self, rid: str, why: str) -> None:
+        with self.book.change() as sw:
+            run = next(r for r in sw["runs"] if r["id"] == rid)
+            run.update(state="pending", note=why[:200])
+            run.pop("claimed", None)
+            run.pop("slot", None)
+
+    def retired(self) -> None:
+        """A slot stopped: its claim on pending runs is released (another slot or a resume takes them)."""
+        with self.book.change() as sw:
+            for r in sw["runs"]:
+                if r["state"] == "pending":
+                    r.pop("claimed", None)
+
+
+# ----- facts from the files at home ----------------------------------------------------------------
+def run_facts(run_dir: Path) -> dict:
+    def num(name: str) -> float | None:
+        try:
+            return float((run_dir / name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+    started, ended = num("started_at"), num("ended_at")
+    return {"seconds": round(ended - started, 1) if started and ended else None}
+
+
+def log_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def final_metrics(log: Path) -> dict:
+    """The last value of every metric the run's log printed."""
+    return {name: points[-1][1] for name, points in series(log_lines(log)).items() if points}
+
+
+# ----- the controller ------------------------------------------------------------------------------
+def begin(book: Book, plan: SweepPlan | None, resume: bool) -> dict:
+    sw = book.read()
+    if sw and not resume:
+        raise Error("sweep_exists", f"sweep {book.name} already exists ({sw.get('state')})",
+                    f"Finish it with vasticlaude sweep --experiment {book.name} --resume, or pick another --experiment.",
+                    FAILED)
+    if not sw:
+        if plan is None:
+            raise Error("no_sweep", f"no sweep {book.name} to resume", "Start it without --resume.", FAILED)
+        with state.experiment(book.name) as exp:
+            exp["sweep"] = new_state(plan)
+            exp["command"] = "sweep: " + (plan.runs[0].command if plan.runs else "")
+        state.append_event(book.name, "sweep_start", runs=len(plan.runs), parallel=plan.parallel,
+                           budget_usd=plan.budget_usd)
+        return book.read()
+    with book.change() as cur:  # a resume: runs a killed controller left half-claimed go back to the pool
+        cur["state"] = "running"
+        for r in cur["runs"]:
+            if r["state"] == "pending":
+                r.pop("claimed", None)
+        for s in cur["slots"]:
+            if s["state"] in ("retired", "failed_teardown") and any(x["state"] == "pending" for x in cur["runs"]):
+                s.update(state="idle", final_usd=None)
+    state.append_event(book.name, "sweep_resume")
+    return book.read()
+
+
+def sweep(plan: SweepPlan | None, name: str, opts: Options) -> dict:
+    """Run (or resume) the sweep `name` to its end; what `sweep` reports."""
+    book = Book(name)
+    busy = Error("sweep_busy", f"another controller of sweep {name} is running",
+                 f"Watch it: vasticlaude status --experiment {name}")
+    with state.only_one(state.experiment_dir(name) / "sweep.lock", busy):
+        sw = begin(book, plan, opts.resume)
+        if opts.resume:
+            reconcile(connect(opts.account))  # adopts what a killed `up` rented (found by its label)
+        claims = Claims(book)
+        slots = [Slot(book, s["name"], opts, claims) for s in sw["slots"] if s["state"] not in ("retired",)]
+        threads = [threading.Thread(target=s.work, name=s.name, daemon=True) for s in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return close(book)
+
+
+def close(book: Book) -> dict:
+    with book.change() as sw:
+        for r in sw["runs"]:
+            if r["state"] in ("pending", "starting"):
+                r.update(state="not_run", note=r.get("note") or "no budget or instance left for it")
+            elif r["state"] == "running":  # its slot stopped under it (and destroyed its instance)
+                r.update(state="lost", note=r.get("note") or "its instance was lost")
+                r.pop("claimed", None)
+        sw["state"] = "finished"
+        sw["finished_at"] = time.time()
+    for r in book.read()["runs"]:
+        if r["state"] == "not_run":
+            state.append_ledger(book.name, event="sweep_run", run=r["id"], params=r["params"], state="not_run",
+                                cost_usd=0.0)
+    return summary(book.name)
+
+
+def summary(name: str) -> dict:
+    """The sweep as `sweep` and `status` report it, from the state alone."""
+    sw = (state.read_experiment(name) or {}).get("sweep")
+    if not sw:
+        raise Error("no_sweep", f"{name} is not a sweep", "Start one with vasticlaude sweep.", FAILED)
+    data = state.load()
+    slots = {s["name"] for s in sw["slots"]}
+    recs = [r for r in data["instances"].values() if r.get("experiment") in slots]
+    metric = pick_metric(sw)
+    runs = [{"id": r["id"], "params": r["params"], "state": r["state"], "exit_code": r.get("exit_code"),
+             "metric": (r.get("metrics") or {}).get(metric) if metric else None, "cost_usd": r.get("cost_usd"),
+             "instance_id": r.get("instance_id"), "note": r.get("note")} for r in sw["runs"]]
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    live = [int(r["id"]) for r in recs if not r.get("destroyed_at")]
+    spent = round(sum(costing.instance_cost(r)["total_usd"] for r in recs), 6)
+    undone = [i for s in sw["slots"] for i in s.get("undestroyed") or []]
+    exit_code = BILLING_RISK if undone or (sw["state"] == "finished" and live) else \
+        FAILED if any(r["state"] != "done" for r in runs) and sw["state"] == "finished" else 0
+    return {"experiment": name, "state": sw["state"], "budget_usd": sw["budget_usd"], "spent_usd": spent,
+            "parallel": sw["parallel"], "rentals": len(recs), "instances": sorted(int(r["id"]) for r in recs),
+            "live_instances": live, "metric": metric, "best": best_run(runs, metric), "counts": counts,
+            "runs": runs, "exit_code": exit_code}
+
+
+LOWER_IS_BETTER = ("loss", "error", "err", "ppl", "perplexity", "mse", "mae", "rmse", "wer", "cer")
+
+
+def pick_metric(sw: dict) -> str | None:
+    """The chosen metric, else the first a finished run printed (a loss when there is one)."""
+    if sw.get("metric"):
+        return sw["metric"]
+    names = [n for r in sw["runs"] for n in (r.get("metrics") or {})]
+    return next((n for n in names if "loss" in n.lower()), names[0] if names else None)
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+def best_run(runs: list[dict], metric: str | None) -> dict | None:
+    scored = [r for r in runs if r["state"] == "done" and isinstance(r.get("metric"), (int, float))]
+    if not metric or not scored:
+        return None
+    pick = min if lower_is_better(metric) else max
+    top = pick(scored, key=lambda r: r["metric"])
+    return {"id": top["id"], "params": top["params"], "metric": top["metric"]}
+
+
+def is_sweep(name: str | None) -> bool:
+    return bool(name) and bool((state.read_experiment(str(name)) or {}).get("sweep"))
+
+
+def slot_names(name: str) -> list[str]:
+    return [s["name"] for s in ((state.read_experiment(name) or {}).get("sweep") or {}).get("slots", [])]
+
+
+def labels(name: str) -> list[str]:
+    return [PREFIX + s for s in slot_names(name)]

@@ -1,0 +1,107 @@
+"""sweep: many runs on at most K instances under one budget, on the sandbox through the real vastai
+package, ssh and rsync; resumable after kill -9. Jobs are tiny (about a second) so a 12-run grid takes
+seconds, not minutes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from test_lifecycle import IMAGE, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+
+from vasticlaude.core import sweepspec
+
+TRAIN = r'''
+import json, os, sys, time
+lr, bs = float(sys.argv[1]), int(sys.argv[2])
+assert os.environ["VASTICLAUDE_PARAM_LR"] == sys.argv[1] and os.environ["VASTICLAUDE_PARAM_BS"] == sys.argv[2]
+run = os.environ["VASTICLAUDE_SWEEP_RUN"]
+with open(STARTS, "a") as starts:  # the sandbox's instances run on this machine: count every start
+    starts.write(run + "\n")
+steps = STEPS
+for step in range(1, steps + 1):
+    time.sleep(PAUSE)
+    print(f"step {step}/{steps} loss={lr * 1000 / (step * bs):.5f}", flush=True)
+if lr > 0.05:
+    sys.exit(3)  # a failing run: the others go on
+with open(os.path.join(os.environ["VASTICLAUDE_OUTPUT_DIR"], "result.json"), "w") as out:
+    json.dump({"run": run, "lr": lr, "bs": bs}, out)
+'''
+
+SWEEP = ["--image", IMAGE, "--disk", "8", "--hours", "0.05", "--interval", "0.3", "--check", "0.5",
+         "--kill-grace", "1", "--grace", "120", "--no-setup"]
+
+
+def project(cli, tmp_path: Path, steps: int = 5, pause: float = 0.05) -> Path:
+    starts = tmp_path / "starts.log"
+    head = f"STARTS, STEPS, PAUSE = {str(starts)!r}, {steps}, {pause}\n"
+    (cli.cwd / "train.py").write_text(head + TRAIN)
+    (cli.cwd / ".vasticlaude").mkdir(exist_ok=True)
+    return starts
+
+
+def sweep_json(cli, *args: str, rc: int | None = None) -> dict:
+    proc = cli.run("sweep", "--json", *args, timeout=300)
+    envelope = json.loads(proc.stdout)
+    if rc is not None:
+        assert proc.returncode == rc, proc.stderr[-3000:]
+    return envelope["data"]
+
+
+# ----- the pure rules ---------------------------------------------------------------------------
+@pytest.mark.unit
+def test_grid_placeholders_env_and_commands_file():
+    runs = sweepspec.expand([["python", "train.py", "--lr", "{lr}", "--bs", "{bs}"]],
+                            [sweepspec.parse_param("lr=1e-3,3e-4"), sweepspec.parse_param("bs=32,64")])
+    assert [r.id for r in runs] == ["r01", "r02", "r03", "r04"]
+    assert runs[1].command == "python train.py --lr 1e-3 --bs 64"
+    assert runs[1].env == {"VASTICLAUDE_PARAM_LR": "1e-3", "VASTICLAUDE_PARAM_BS": "64"}
+    shell = sweepspec.expand(["echo {x} && echo ${HOME}"], [("x", ["a b"])])
+    assert shell[0].command == "echo 'a b' && echo ${HOME}"
+    listed = sweepspec.read_commands("# runs\n- `python a.py --seed {s}`\n\n2. python b.py\n```\n")
+    assert listed == ["python a.py --seed {s}", "python b.py"]
+    both = sweepspec.expand(listed, [("s", ["1", "2"])])
+    assert [r.command for r in both] == ["python a.py --seed 1", "python a.py --seed 2", "python b.py", "python b.py"]
+    for bad in (lambda: sweepspec.parse_param("lr"), lambda: sweepspec.parse_param("lr=1,,2"),
+                lambda: sweepspec.expand(["run {typo}"], [("lr", ["1"])]), lambda: sweepspec.expand([], [])):
+        with pytest.raises(Exception) as err:
+            bad()
+        assert getattr(err.value, "exit_code", None) == 2
+
+
+@pytest.mark.unit
+def test_caps_never_sum_past_the_total():
+    caps = dict(zip("abc", sweepspec.first_caps(1.0, 3)))
+    assert sum(caps.values()) <= 1.0
+    final = {"a": 0.1}  # a retired early, having spent 0.1 of its 0.333
+    caps["b"] = sweepspec.grow(1.0, caps, final, "b")
+    assert caps["b"] > 0.56 and caps["b"] + caps["c"] + final["a"] <= 1.0
+    assert sweepspec.grow(1.0, caps, final, "c") == caps["c"]  # nothing left to hand out
+
+
+# ----- on the sandbox ---------------------------------------------------------------------------
+def test_a_12_run_grid_on_4_instances(cli, sim, tmp_path):
+    starts = project(cli, tmp_path)
+    data = sweep_json(cli, "--experiment", "grid", "--parallel", "4", "--budget-usd", "2",
+                      "--param", "lr=0.001,0.01,0.1", "--param", "bs=16,32,64,128", *SWEEP,
+                      "--", "python3", "train.py", "{lr}", "{bs}", rc=1)  # the lr=0.1 runs fail on purpose
+    states = {r["id"]: r["state"] for r in data["runs"]}
+    assert len(states) == 12
+    failed = [r for r in data["runs"] if r["state"] == "failed"]
+    assert {r["params"]["lr"] for r in failed} == {"0.1"} and len(failed) == 4 and all(r["exit_code"] == 3 for r in failed)
+    assert data["counts"] == {"done": 8, "failed": 4}
+    assert data["rentals"] <= 4 and not data.get("live_instances") and cli.account() == []
+    assert data["spent_usd"] <= 2
+    assert sorted(starts.read_text().split()) == sorted(states)  # each run started exactly once
+    assert data["best"]["id"] and data["best"]["params"] == {"lr": "0.001", "bs": "128"}
+    home = cli.cwd / ".vasticlaude" / "runs" / "grid" / "runs"
+    done = [r for r in data["runs"] if r["state"] == "done"]
+    for r in done:
+        assert json.loads((home / r["id"] / "outputs" / "result.json").read_text())["run"] == r["id"]
+        assert "step 5/5" in (home / r["id"] / "run" / "job.log").read_text()
+    ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "grid" / "ledger.jsonl").read_text().splitlines()]
+    assert {e["run"] for e in ledger if e["event"] == "sweep_run"} == set(states)
+    assert {e["instance_id"] for e in ledger if e["event"] == "sweep_instance"} == set(data["instances"])
