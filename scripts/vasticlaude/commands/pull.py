@@ -10,7 +10,8 @@ config's "pull" list; `--path code/results.csv` fetches something the job wrote 
 code. They land under <project>/.vasticlaude/runs/<experiment>/ (or --dest) with the same
 relative paths: outputs/…, checkpoints/…, run/…
 
-The transfer is resumable (`rsync -az --partial --partial-dir=.rsync-partial`) and retried
+The transfer is resumable (`rsync -az --partial --partial-dir=.rsync-partial`; on an image
+without rsync, tar over ssh of the files whose size or mtime differ) and retried
 after 2, 4, 8 and 16 s when the connection fails, so a dropped link costs only what was in
 flight. Nothing local is ever deleted. Then one SSH call lists the remote files with their
 sizes (GNU find, or a POSIX fallback) and each is compared with its local copy. A file the

@@ -23,10 +23,12 @@ Spaces and odd characters in names are fine; symlinks are sent as symlinks (neve
 PATH must be inside the project once symlinks are resolved: `push /etc`, or a symlink to
 a folder outside, is refused (exit 2) and nothing is sent.
 
-Before sending, one SSH call installs rsync on the instance when it is missing and reads
-its free disk (`df -Pk $HOME`); a dry run measures what would be sent. A push that would
+Before sending, one SSH call sees whether the instance has rsync and reads its free disk
+(`df -Pk $HOME`); a dry run measures what would be sent. A push that would
 not fit with 10% headroom is refused and nothing is sent. Connection failures (rsync exit
-10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s.
+10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s. An image without rsync gets the
+same mirror through tar over ssh: changed files (size or mtime) sent, files gone from the
+project deleted there, what the filters leave out kept.
 
 Then setup (skip with --no-setup) runs in code/, its output kept in run/setup.log: the
 config's "setup" command; else `python3 -m pip install -r requirements.txt` when
@@ -36,13 +38,13 @@ commands. Last, one SSH call compares `nvidia-smi` with the GPU that was rented;
 mismatch is a warning, not a failure. experiment.json gets a "push" entry and an event.
 
 JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
-  "Total bytes sent"), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
+  "Total bytes sent", or the tar stream's size), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
   "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} (absent when none ran),
   "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...] (absent when
   none), "exit_code"}
 
-Exit codes: 0 pushed (and set up) · 1 refused (does not fit, no rsync on the instance),
-rsync failed, or setup failed (the JSON still says what was sent) · 2 usage, or PATH is
+Exit codes: 0 pushed (and set up) · 1 refused (does not fit), rsync or tar failed,
+or setup failed (the JSON still says what was sent) · 2 usage, or PATH is
 outside the project ·
 3 SSH or Vast API trouble.
 """

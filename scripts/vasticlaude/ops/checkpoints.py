@@ -23,7 +23,7 @@ from vasticlaude.errors import Error
 from vasticlaude.output import progress
 from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
-from vasticlaude.remote.transfer import remote, rsync, stat
+from vasticlaude.remote.transfer import fetch, put, remote
 from vasticlaude.store import config, state
 
 JOB_LOG = "run/job.log"
@@ -38,7 +38,8 @@ def local_dir(experiment: str) -> Path:
 
 def summary(dest: Path) -> dict:
     """Files, bytes and the newest modification time of the local checkpoint copy."""
-    files = [p for p in (dest / "checkpoints").rglob("*") if p.is_file() and ".rsync-partial" not in p.parts]
+    partial = {".rsync-partial", ".tar-partial"}
+    files = [p for p in (dest / "checkpoints").rglob("*") if p.is_file() and not partial & set(p.parts)]
     stats = [p.stat() for p in files]
     return {"files": len(files), "bytes": sum(s.st_size for s in stats),
             "newest": max((s.st_mtime for s in stats), default=None)}
@@ -66,12 +67,11 @@ def keep_log(route: ssh.Route, layout: Layout, dest: Path) -> int:
     folder = dest / "logs" / str(route.instance_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:  # best effort, one try: the checkpoints matter, this copy only helps the report
-        stats = rsync(route, [f"remote:{layout.run}/{JOB_LOG.split('/')[-1]}"], f"{folder}/", ["-az", "--partial"],
-                      "keeping the job log", backoff=())
+        return fetch(route, layout.run, [JOB_LOG.split("/")[-1]], folder, ["-az", "--partial"], "keeping the job log",
+                     backoff=())
     except Error as err:
         progress(f"vasticlaude: the job log of instance {route.instance_id} was not kept this time ({err.message[:120]})")
         return 0
-    return stat(stats, "Total bytes received")
 
 
 def send(route: ssh.Route, experiment: str) -> dict:
@@ -81,8 +81,8 @@ def send(route: ssh.Route, experiment: str) -> dict:
     if not have["files"]:
         return {**have, "sent": False}
     remote(route, f"mkdir -p {shlex.quote(layout.checkpoints)}", "making the checkpoint folder")
-    rsync(route, [f"{dest / 'checkpoints'}/"], f"remote:{layout.checkpoints}/",
-          ["-az", "--exclude=.rsync-partial/"], "sending the checkpoint")
+    put(route, dest / "checkpoints", layout.checkpoints, ["-az", "--exclude=.rsync-partial/", "--exclude=.tar-partial/"],
+        "sending the checkpoint")
     return {**have, "sent": True}
 
 

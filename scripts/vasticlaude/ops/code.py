@@ -18,7 +18,7 @@ from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
-from vasticlaude.remote import ssh
+from vasticlaude.remote import ssh, transfer
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.transfer import file_count, remote, rsync, stat
 from vasticlaude.store import config, state
@@ -101,23 +101,18 @@ def selection(root: Path, cfg: dict, heavy: bool, scratch: Path) -> Selection:
 
 # ----- the remote steps ----------------------------------------------------------------------
 def prepare(route: ssh.Route, layout: Layout) -> dict:
-    """One SSH call: make the folders, install rsync if missing, read the free disk."""
-    script = (
-        f"mkdir -p {shlex.quote(layout.code)} {shlex.quote(layout.run)}\n"
-        "if ! command -v rsync >/dev/null 2>&1; then\n"
-        "  (export DEBIAN_FRONTEND=noninteractive; { apt-get update -qq && apt-get install -y -qq rsync; } ||"
-        " { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq rsync; } ||"
-        " apk add --no-cache rsync || yum install -y rsync) >/dev/null 2>&1\n"
-        "fi\n"
-        "command -v rsync >/dev/null 2>&1 && echo rsync=yes || echo rsync=no\n"
-        'df -Pk "$HOME" | tail -n 1\n')
+    """One SSH call: make the folders, see whether rsync is there, read the free disk.
+
+    Without rsync the copy goes through tar over ssh (remote/transfer.py): nothing is installed
+    into the user's image (that needs root, a package manager and the network, and takes longer
+    than the tar)."""
+    script = (f"mkdir -p {shlex.quote(layout.code)} {shlex.quote(layout.run)}\n"
+              "command -v rsync >/dev/null 2>&1 && echo rsync=yes || echo rsync=no\n"
+              'df -Pk "$HOME" | tail -n 1\n')
     lines = remote(route, script, "preparing the instance", timeout=600).strip().splitlines()
-    if "rsync=yes" not in lines:
-        raise Error("no_remote_rsync", f"rsync is missing on instance {route.instance_id} and could not be installed",
-                    "Use an image with rsync (Vast's base and pytorch images have it) or install it over ssh.", FAILED)
     fields = lines[-1].split()
     try:
-        return {"disk_bytes": int(fields[1]) * 1024, "free_bytes": int(fields[3]) * 1024}
+        return {"disk_bytes": int(fields[1]) * 1024, "free_bytes": int(fields[3]) * 1024, "rsync": "rsync=yes" in lines}
     except (IndexError, ValueError):
         raise Error("bad_df", f"could not read the free disk of instance {route.instance_id}: {lines[-1]!r}",
                     "Check 'df -Pk $HOME' on the instance.", API) from None
@@ -213,15 +208,61 @@ def check_gpu(route: ssh.Route, rented_name: str, rented_count: int) -> tuple[di
 
 
 
-def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection) -> tuple[dict, str]:
-    """Check space, then mirror root into code/; the plan and rsync's stats."""
+def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection, scratch: Path) -> tuple[dict, int]:
+    """Check space, then mirror root into code/; the plan and the bytes sent."""
     disk = prepare(route, layout)
+    if not disk["rsync"]:
+        transfer.note_no_rsync(route)
+        return send_by_tar(route, layout, root, sel, disk, scratch)
     source, dest = f"{root}/", f"remote:{layout.code}/"
     plan = measure(route, source, dest, sel.args)
     check_fits(plan, disk, route.instance_id)
+    announce(plan, route)
+    stats = rsync(route, [source], dest, ["-az", "--delete", *sel.args], "pushing the code")
+    return plan, stat(stats, "Total bytes sent")
+
+
+def announce(plan: dict, route: ssh.Route) -> None:
     progress(f"vasticlaude push: sending {plan['files']} files ({human_bytes(plan['bytes_total'])}, "
-             f"{human_bytes(plan['to_send'])} changed) to instance {route.instance_id}")
-    return plan, rsync(route, [source], dest, ["-az", "--delete", *sel.args], "pushing the code")
+             f"{human_bytes(plan['to_send'])} changed) to instance {route.instance_id}"
+             f"{'' if plan.get('rsync', True) else ' with tar (no rsync there)'}")
+
+
+def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, disk: dict,
+                scratch: Path) -> tuple[dict, int]:
+    """The same mirror without rsync on the instance: changed files through tar, and what the
+    instance has that the project no longer has deleted (what the filters leave out is kept there,
+    as rsync --delete keeps excluded files)."""
+    names = transfer.local_list(root, sel.args)
+    there = transfer.tree(route, layout.code)
+    files = [n for n in names if not n.endswith("/")]
+    changed = [n for n in files if not transfer.unchanged(root / n, there.get(n))]
+    plan = {"files": len(files), "bytes_total": sum((root / n).lstat().st_size for n in files),
+            "to_send": sum((root / n).lstat().st_size for n in changed), "rsync": False}
+    check_fits(plan, disk, route.instance_id)
+    announce(plan, route)
+    keep = {n.rstrip("/") for n in names}
+    stale = stale_entries({n: k for n, (k, _, _) in there.items() if n not in keep}, sel, scratch)
+    sent = transfer.tar_up(route, root, [n for n in names if n.endswith("/")] + changed, layout.code, stale,
+                           "pushing the code")
+    return plan, sent
+
+
+def stale_entries(extra: dict[str, str], sel: Selection, scratch: Path) -> list[str]:
+    """Of the instance's entries the project lacks (name → type), those the filters do not protect:
+    rsync itself decides, on empty stand-ins of them (folders end in /)."""
+    if not extra:
+        return []
+    shadow = scratch / "shadow"
+    for name, kind in extra.items():
+        path = shadow / name
+        if kind == "d":
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    listed = {n.rstrip("/") for n in transfer.local_list(shadow, sel.args)}
+    return [n + ("/" if extra[n] == "d" else "") for n in extra if n in listed]
 
 
 def push(bound: Bound, root: Path, include_heavy: bool = False, setup: bool = True,
@@ -232,9 +273,9 @@ def push(bound: Bound, root: Path, include_heavy: bool = False, setup: bool = Tr
     route, layout = bound.route(), Layout(bound.experiment)
     with tempfile.TemporaryDirectory(prefix="vasticlaude-push-") as scratch:
         sel = selection(root, cfg, include_heavy, Path(scratch))
-        plan, stats = send(route, layout, root, sel)
+        plan, sent = send(route, layout, root, sel, Path(scratch))
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "files": plan["files"],
-            "bytes_total": plan["bytes_total"], "bytes_sent": stat(stats, "Total bytes sent"),
+            "bytes_total": plan["bytes_total"], "bytes_sent": sent,
             "ignore_rules": sel.rules, "setup": None, "warnings": []}
     cmd = setup_command(root, cfg) if setup else None
     if cmd:

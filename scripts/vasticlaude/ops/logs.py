@@ -18,20 +18,27 @@ from vasticlaude.remote.ssh import run as ssh_run
 CLEAN = "LC_ALL=C tr -d '\\000-\\010\\013\\014\\016-\\037'"
 
 
-def _reader(log: str, lines: int, width: int, grep: str | None, follow: bool) -> str:
+def _reader(log: str, lines: int, width: int, grep: str | None) -> str:
     """Shell that prints the log's last `lines` lines (of those matching `grep`, when given)."""
-    match = f"grep --line-buffered -F -e {shlex.quote(grep)}" if grep else ""
-    if follow:
-        source = f"tail -n {int(lines)} -F {log}" + (f" | {match}" if match else "")
-    else:
-        source = (f"{match} {log} | tail -n {int(lines)}" if match else f"tail -n {int(lines)} {log}")
+    match = f"grep -F -e {shlex.quote(grep)}" if grep else ""
+    source = (f"{match} {log} | tail -n {int(lines)}" if match else f"tail -n {int(lines)} {log}")
     return f"[ -f {log} ] || {{ echo '@@nolog'; exit 0; }}; {source} | cut -c1-{int(width)} | {CLEAN}"
+
+
+def _follower(log: str, run_dir: str, lines: int, width: int, grep: str | None) -> str:
+    """Shell that follows the log until the wrapper has ended. Only `tail` is ended (by its pid:
+    images may lack pkill), so what cut and tr still buffer is flushed, not lost."""
+    match = f" | grep --line-buffered -F -e {shlex.quote(grep)}" if grep else ""
+    return (f'P={run_dir}/.follow.$$; [ -f {log} ] || {{ echo @@nolog; exit 0; }}; '
+            f'( {{ tail -n {int(lines)} -F {log} & echo $! > "$P"; wait; }}{match} | cut -c1-{int(width)} | {CLEAN} ) '
+            f'& R=$!; while [ ! -f {run_dir}/exit_code ] && kill -0 "$R" 2>/dev/null; do sleep 2; done; sleep 1; '
+            'kill "$(cat "$P" 2>/dev/null)" 2>/dev/null; wait; rm -f "$P"')
 
 
 def tail(bound: Bound, lines: int, width: int = 400, grep: str | None = None) -> dict:
     """The last `lines` lines of the job's log (of those containing `grep`), each cut at `width`."""
     log = shlex.quote(Layout(bound.experiment).run + "/job.log")
-    proc = ssh_run(bound.route(), _reader(log, lines, width, grep, False), timeout=60)
+    proc = ssh_run(bound.route(), _reader(log, lines, width, grep), timeout=60)
     got = proc.stdout.decode("utf-8", "replace").splitlines()
     if got[:1] == ["@@nolog"]:
         raise Error("no_log", f"{bound.experiment} has no job log yet", "Start it with 'vasticlaude run -- CMD'.", FAILED)
@@ -43,11 +50,9 @@ def follow(bound: Bound, lines: int, width: int = 400, grep: str | None = None) 
     """Stream the log to stdout; stop when the wrapper has ended; reconnect on dropped connections."""
     route, layout = bound.route(), Layout(bound.experiment)
     log, run_dir = shlex.quote(layout.run + "/job.log"), shlex.quote(layout.run)
-    stop_when_done = (f"( while [ ! -f {run_dir}/exit_code ]; do sleep 2; done; sleep 1; "
-                      f"pkill -P $$ tail 2>/dev/null ) & ")
     pauses, failures, ways, switched = ssh_pauses(), 0, route.both(), False
     while failures <= len(pauses):
-        cmd = stop_when_done + _reader(log, lines, width, grep, True)
+        cmd = _follower(log, run_dir, lines, width, grep)
         proc = subprocess.Popen(ssh_argv(ways[0], cmd), stdout=sys.stdout.buffer, stdin=subprocess.DEVNULL)
         if proc.wait() != CONNECTION_FAILED:
             if ways[0] is not route:

@@ -14,7 +14,7 @@ from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
-from vasticlaude.remote.transfer import remote, rsync, stat
+from vasticlaude.remote.transfer import fetch, remote
 from vasticlaude.store import config, state
 
 DEFAULT_PATHS = ("outputs", "checkpoints", "run")
@@ -75,10 +75,8 @@ def listing(route: ssh.Route, layout: Layout, paths: list[str]) -> tuple[float, 
 
 def transfer(route: ssh.Route, layout: Layout, paths: list[str], dest: Path) -> int:
     """rsync the paths into dest (relative paths kept); bytes received."""
-    sources = [f"remote:{layout.base}/./{p}" for p in paths]
-    extra = ["-az", "-s", "--relative", "--partial", f"--partial-dir={PARTIAL_DIR}", "--exclude=/run/pulled"]
-    stats = rsync(route, sources, f"{dest}/", extra, "pulling")
-    return stat(stats, "Total bytes received")
+    extra = ["-az", "-s", "--partial", f"--partial-dir={PARTIAL_DIR}", "--exclude=/run/pulled"]
+    return fetch(route, layout.base, paths, dest, extra, "pulling")
 
 
 def compare(files: dict[str, tuple[int, float]], dest: Path, since: float) -> tuple[list[str], list[str]]:
