@@ -250,3 +250,26 @@ def test_ups_at_once_on_one_experiment_rent_once(cli, sim):
     refused = [json.loads(out)["error"]["code"] for code, out, _ in outs if code == 1]
     assert set(refused) <= {"experiment_busy"}, refused
     assert [r["label"] for r in cli.account()] == ["vasticlaude-twice"]
+
+
+# ----- 13. an error line is printed as written --------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize("message,hint,line", [
+    ("cannot read ../x/config.json", "Fix ../x first.", "vc: cannot read ../x/config.json. Fix ../x first."),
+    ("waited... then gave up.", "", "vc: waited... then gave up."),
+    ("no key", "Run vasticlaude doctor..", "vc: no key. Run vasticlaude doctor."),
+])
+def test_an_error_line_keeps_its_dots(message, hint, line, capsys, monkeypatch):
+    from vasticlaude import output
+    from vasticlaude.errors import Error
+    monkeypatch.delenv("VASTICLAUDE_LAUNCHER", raising=False)
+    assert output.fail(Error("x", message, hint), as_json=False, prog="vc") == 1
+    assert capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.unit
+def test_a_failed_commands_line_under_json_keeps_its_dots(tmp_path):
+    proc = subprocess.run([VC, "push", "--json", "../outside", "--experiment", "e"], capture_output=True, text=True,
+                          env=offline_env(tmp_path), cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "../outside" in envelope(proc)["error"]["message"], proc.stdout + proc.stderr
+    assert "push: ../outside is not a folder. " in proc.stderr, proc.stderr

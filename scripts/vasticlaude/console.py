@@ -18,7 +18,7 @@ from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops import binding
 from vasticlaude.ops.binding import Bound
 from vasticlaude.ops.connect import connect as ops_connect
-from vasticlaude.output import emit, fail, log_crash, spell
+from vasticlaude.output import emit, error_line, fail, log_crash, spell
 from vasticlaude.store import paths, state
 from vasticlaude.vast.account import Account
 from vasticlaude.vast.gateway import Vast
@@ -153,7 +153,7 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
     except BrokenPipeError:  # `cost | head`: the reader has what it wanted
         quiet_stdout()
     if error is not None and args.json:
-        print(spell(f"{prog}: {error.message}. {error.hint}".strip().replace("..", ".")), file=sys.stderr)
+        print(error_line(prog, error), file=sys.stderr)
     return code
 
 

@@ -59,9 +59,16 @@ def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
     if as_json:
         print(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
                          separators=(",", ":"), sort_keys=True))
-    hint = f" {err.hint}" if err.hint else ""
-    print(spell(f"{prog}: {err.message}.{hint}".replace("..", ".")), file=sys.stderr)
+    print(error_line(prog, err), file=sys.stderr)
     return err.exit_code
+
+
+def error_line(prog: str, err: Error) -> str:
+    """`prog: message. hint` as written: a message ending in its own period ("gave up.", "waited...")
+    gets no second one, and nothing inside (a path `../x`) is touched."""
+    message = err.message if err.message.endswith(".") else f"{err.message}."
+    hint = err.hint[:-1] if err.hint.endswith("..") and not err.hint.endswith("...") else err.hint
+    return spell(f"{prog}: {message} {hint}".rstrip())
 
 
 def progress(message: str) -> None:
