@@ -273,3 +273,31 @@ def test_a_failed_commands_line_under_json_keeps_its_dots(tmp_path):
                           env=offline_env(tmp_path), cwd=tmp_path, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and "../outside" in envelope(proc)["error"]["message"], proc.stdout + proc.stderr
     assert "push: ../outside is not a folder. " in proc.stderr, proc.stderr
+
+
+# ----- sim's numeric flags ------------------------------------------------------------------------
+BAD_SIM_NUMBERS = [
+    ("start", "--time-scale", "-1"), ("start", "--time-scale", "nan"), ("serve", "--balance", "inf"),
+    ("start", "--balance", "-5"), ("start", "--machines", "0"), ("start", "--port", "-1"), ("start", "--port", "70000"),
+    ("start", "--seed", "-3"), ("start", "--idle-exit", "-1"), ("fault", "http", "--count", "-1"),
+    ("fault", "http", "--rate", "1.5"), ("fault", "http", "--rate", "nan"), ("fault", "http", "--status", "-429"),
+    ("fault", "http", "--retry-after", "-1"), ("fault", "slow", "--delay", "inf"), ("fault", "host-down", "--seconds", "-2"),
+    ("fault", "preempt", "--bid", "-0.1"), ("fault", "balance", "--set", "-1"), ("fault", "balance", "--add", "nan"),
+    ("fault", "ssh-drop", "--refuse", "-1"), ("fault", "preempt", "--instance", "0"), ("fault", "x", "--offer", "-1"),
+]
+
+
+@pytest.mark.parametrize("argv", BAD_SIM_NUMBERS, ids=" ".join)
+def test_a_bad_sim_number_is_a_usage_error_naming_its_flag(argv, tmp_path):
+    env = offline_env(tmp_path)
+    try:
+        proc = subprocess.run([VC, "sim", *argv, "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    finally:  # before the fix, `sim start` started a sandbox with the bad value
+        stop_background(Path(env["VASTICLAUDE_HOME"]) / "sim")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = envelope(proc)["error"]
+    flag = next(a for a in argv if a.startswith("--"))
+    assert error["code"] == "usage" and flag in error["message"], error
+    assert "\n" not in proc.stderr.strip() and flag in proc.stderr, proc.stderr
+    assert not (Path(env["VASTICLAUDE_HOME"]) / "sim").exists()  # refused before any sandbox started

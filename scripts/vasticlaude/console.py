@@ -9,11 +9,11 @@ one line, never as a traceback on the user's screen.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Callable
 
 from vasticlaude.core.market import Wanted
+from vasticlaude.core.numbers import bounded
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops import binding
 from vasticlaude.ops.binding import Bound
@@ -61,19 +61,13 @@ def experiment(value: str) -> str:
 
 
 def number(most: float, least: float = 0.0, *, zero: bool = False, whole: bool = False) -> Callable[[str], float]:
-    """argparse `type=` for every numeric flag: finite, above `least` (or equal to it with zero=True), at most `most`.
-
-    A usage error (exit 2) names the flag (argparse adds "argument --hours:"), so no negative,
-    zero, NaN or absurd value reaches a budget check, a default (`or 40`) or the API."""
+    """argparse `type=` for every numeric flag: core.numbers.bounded's rule as a usage error (exit 2)
+    naming the flag (argparse adds "argument --hours:")."""
     def parse(text: str) -> float:
         try:
-            value = int(text) if whole else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if whole else 'number'}") from None
-        if not math.isfinite(value) or value < least or (value == least and not zero) or value > most:
-            low = f"at least {least:g}" if zero else f"more than {least:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {low} and at most {most:g})")
-        return value
+            return bounded(text, most, least, zero=zero, whole=whole)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     parse.__name__ = "whole number" if whole else "number"
     return parse
 

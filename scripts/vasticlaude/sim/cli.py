@@ -69,7 +69,8 @@ import json
 import time
 from pathlib import Path
 
-from vasticlaude.errors import API, Error
+from vasticlaude.core.numbers import bounded
+from vasticlaude.errors import API, USAGE, Error
 from vasticlaude.output import emit, fail
 from vasticlaude.store.jsonfile import read_json
 from vasticlaude.sim.client import (
@@ -83,7 +84,10 @@ from vasticlaude.store import paths
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except Error as err:
+        return fail(err, "--json" in argv, "vasticlaude sim")
     try:
         return args.func(args)
     except Error as err:
@@ -215,8 +219,32 @@ def _fault_spec(args: argparse.Namespace) -> dict:
 
 
 # ----- argument parsing ------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """A usage error is an Error (exit 2, an envelope with --json), as in the product's parsers."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise Error("usage", message, f"Run {self.prog} --help for the flags.", USAGE)
+
+
+def number(most: float, least: float = 0.0, *, zero: bool = False, whole: bool = False):
+    """argparse `type=`: the product's rule for numbers (core.numbers), a usage error naming the flag."""
+    def parse(text: str) -> float:
+        try:
+            return bounded(text, most, least, zero=zero, whole=whole)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+# The ranges of the sandbox's numeric flags (the product's rule: finite, bounded, usage error naming the flag).
+_ID = number(2 ** 63, whole=True)
+_WHOLE = number(10 ** 9, whole=True, zero=True)
+_SECONDS = number(30 * 86400, zero=True)
+_USD = number(10 ** 9, zero=True)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vasticlaude sim", description=__doc__,
+    parser = _Parser(prog="vasticlaude sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_text in (("serve", cmd_serve, "run in the foreground"),
@@ -244,15 +272,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (0 = any free one)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated market")
-    p.add_argument("--time-scale", type=float, default=1.0,
+    p.add_argument("--port", type=number(65535, whole=True, zero=True), default=0,
+                   help="API port on 127.0.0.1 (0 = any free one)")
+    p.add_argument("--seed", type=_WHOLE, default=1, help="seed of the generated market")
+    p.add_argument("--time-scale", type=number(1000, zero=True), default=1.0,
                    help="multiplies Vast-like delays (boot, image pull); 0 = no artificial delay")
     p.add_argument("--api-key", help="the account's API key (default: generated, kept in the state)")
     p.add_argument("--market", help="JSON file of offers to use instead of the generated market")
-    p.add_argument("--machines", type=int, default=60, help="size of the generated market")
-    p.add_argument("--balance", type=float, default=100.0, help="starting credit in USD")
-    p.add_argument("--idle-exit", type=float, default=0.0, metavar="S",
+    p.add_argument("--machines", type=number(100_000, whole=True), default=60, help="size of the generated market")
+    p.add_argument("--balance", type=_USD, default=100.0, help="starting credit in USD")
+    p.add_argument("--idle-exit", type=_SECONDS, default=0.0, metavar="S",
                    help="stop by itself after S seconds with no instance and no request (default 0: never)")
     p.add_argument("--realism", action="store_true",
                    help="turn on every realism behaviour (what the real Vast does; see the fault kinds)")
@@ -260,10 +289,17 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 def _fault_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", help="fault kind, or 'clear'")
-    for flag in ("--instance", "--offer", "--machine", "--count", "--refuse", "--status"):
-        p.add_argument(flag, type=int)
-    for flag in ("--rate", "--retry-after", "--delay", "--seconds", "--bid", "--set", "--add"):
-        p.add_argument(flag, type=float)
+    for flag in ("--instance", "--offer", "--machine"):
+        p.add_argument(flag, type=_ID)
+    for flag in ("--count", "--refuse"):
+        p.add_argument(flag, type=_WHOLE)
+    p.add_argument("--status", type=number(599, 100, zero=True, whole=True), help="HTTP status (100-599)")
+    p.add_argument("--rate", type=number(1, zero=True), help="share of matching requests (0-1)")
+    for flag in ("--retry-after", "--delay", "--seconds"):
+        p.add_argument(flag, type=_SECONDS)
+    p.add_argument("--bid", type=number(10_000), help="$/h")
+    p.add_argument("--set", type=_USD, help="balance: the new balance in USD")
+    p.add_argument("--add", type=number(10 ** 9, -10 ** 9), help="balance: USD to add (negative to debit)")
     p.add_argument("--mode", choices=("exited", "created", "manifest", "docker-build", "null", "refuse",
                                       "blackhole", "tls", "404", "destroyed", "terminated"),
                    help="fail-start, direct-ssh-dead, proxy-ssh-dead, destroyed-404: how")
