@@ -301,3 +301,33 @@ def test_a_bad_sim_number_is_a_usage_error_naming_its_flag(argv, tmp_path):
     assert error["code"] == "usage" and flag in error["message"], error
     assert "\n" not in proc.stderr.strip() and flag in proc.stderr, proc.stderr
     assert not (Path(env["VASTICLAUDE_HOME"]) / "sim").exists()  # refused before any sandbox started
+
+
+# ----- 11. contention is not failure --------------------------------------------------------------
+def test_an_offer_that_vanished_is_not_a_failed_machine(cli, sim):
+    first = cli.json("offers", "--disk", "8")["candidates"][0]
+    sim.fault("offer-vanish", offer=first["offer_id"])
+    up = cli.json("up", "--experiment", "vanish", "--image", IMAGE, "--disk", "8")
+    failed = up["attempts"][0]
+    assert (failed["offer_id"], failed["outcome"]) == (first["offer_id"], "failed") and "not available" in failed["reason"]
+    assert cli.state().get("failed_machines", []) == []
+    cli.json("down", "--experiment", "vanish")
+
+
+def test_offers_taken_by_sibling_ups_are_not_failed_machines(cli, sim):
+    """Sibling `up`s pick the same best offer; the creates are slowed so all of them search before any rents.
+    The losers get 404 no_such_ask and fail over. Before: each loser's machine was skipped for 7 days."""
+    sim.fault("slow", delay=1.0, count=None, path="asks", method="PUT")
+    try:
+        procs = [cli.spawn("up", "--experiment", f"sib{i}", "--image", IMAGE, "--disk", "8", "--json") for i in range(3)]
+        outs = [cli.finish(p, timeout=180) for p in procs]
+    finally:
+        sim.admin("DELETE", "/sim/faults")
+    try:
+        assert [code for code, _, _ in outs] == [0, 0, 0], outs
+        attempts = [a for _, out, _ in outs for a in json.loads(out)["data"]["attempts"]]
+        taken = [a for a in attempts if a["outcome"] == "failed"]
+        assert taken and all("not available" in a["reason"] for a in taken), attempts  # contention happened
+        assert cli.state().get("failed_machines", []) == []
+    finally:
+        cli.json("down", "--all")

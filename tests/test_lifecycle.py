@@ -187,7 +187,9 @@ def test_failover_to_the_next_offer(cli, sim, kind, spec):
     records = cli.state()["instances"].values()
     dead = [r for r in records if r["machine_id"] == first["machine_id"]]
     assert all(r["status"] == "destroyed" for r in dead) and (kind == "offer-vanish") == (not dead)
-    assert first["machine_id"] in [f["machine_id"] for f in cli.state()["failed_machines"]]
+    # An offer that vanished is not a machine that failed (issue 13 #11); the others are skipped.
+    assert (first["machine_id"] in [f["machine_id"] for f in cli.state().get("failed_machines", [])]) \
+        == (kind != "offer-vanish")
     again = cli.json("offers", "--disk", "10", "--limit", "20")["candidates"]
     assert first["machine_id"] not in [c["machine_id"] for c in again]
     assert cli.json("down", "--all")["destroyed"][0]["id"] == up["instance_id"]

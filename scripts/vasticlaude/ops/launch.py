@@ -3,7 +3,8 @@
 A plan (what to rent, how long to wait, the budget) is settled before any API call.
 Safety, in order: the intent is written before the create, the instance right after;
 a create is never blindly retried (the label is looked up first); every failed attempt
-is destroyed and confirmed gone, and its machine skipped for 7 days.
+is destroyed and confirmed gone, and its machine skipped for 7 days (an offer someone else took
+is not the machine's failure).
 """
 from __future__ import annotations
 
@@ -208,7 +209,9 @@ class Launcher:
         if made is not None:
             self.record(made, cand)
             self.discard(made, f"Vast refused the rental ({err.message}) but created it")
-        raise Failed(err.message, machine=err.status in (404, 410))
+        # 404 (no_such_ask: taken, often by a sibling `up`) and 410 (cannot be scheduled now: its GPU is in use)
+        # say the offer is not free, not that the machine is broken: skipping it for 7 days would cost good machines.
+        raise Failed(err.message, machine=err.status not in (404, 410))
 
     def look_for_label(self, cand: Candidate, why: str) -> int | None:
         try:

@@ -293,7 +293,7 @@ def _fault_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=_ID)
     for flag in ("--count", "--refuse"):
         p.add_argument(flag, type=_WHOLE)
-    p.add_argument("--status", type=number(599, 100, zero=True, whole=True), help="HTTP status (100-599)")
+    p.add_argument("--status", type=number(599, zero=True, whole=True), help="HTTP status (0: a delay only)")
     p.add_argument("--rate", type=number(1, zero=True), help="share of matching requests (0-1)")
     for flag in ("--retry-after", "--delay", "--seconds"):
         p.add_argument(flag, type=_SECONDS)
