@@ -42,6 +42,7 @@ CLAUDE = Path(os.environ.get("VASTICLAUDE_CLAUDE_BIN") or ROOT / ".tools" / "nod
 VASTAI = str(Path(sys.executable).with_name("vastai"))
 GOALS = {"always_on_tokens": 300, "vast_run_invoke_tokens": 3000, "flow_bytes": 4096, "launcher_overhead_ms": 50}
 FLOW = ["doctor", "offers", "up", "push", "run", "watch", "cost"]
+SHOW = False  # --show: print what Claude reads at each step (stderr)
 VALUES = {"exp": "bench", "vram_gb": "8", "hours": "1", "disk": "8", "budget": "1", "max_hours": "1",
           "image": "vastai/base:0.0.2", "command": "python train.py"}
 TRAIN = ("import os, time\nfor i in range(1, 31):\n    time.sleep(0.1)\n"
@@ -128,6 +129,9 @@ def plugin_flow(work: Path, data: Path) -> dict:
                 time.sleep(0.5)
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=project, timeout=300)
             steps.append({"step": step, "exit": proc.returncode, "bytes": len(proc.stdout.encode()) + len(proc.stderr.encode())})
+            if SHOW:
+                print(f"=== {step}: {len(proc.stdout.encode()) + len(proc.stderr.encode())} B\n{proc.stderr}{proc.stdout}",
+                      file=sys.stderr)
             if step == "offers":
                 offer_id = str(json.loads(proc.stdout)["data"]["candidates"][0]["offer_id"])
     finally:
@@ -215,12 +219,18 @@ def raw_flow(work: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=21, help="launcher overhead samples (default 21)")
+    parser.add_argument("--flow-only", action="store_true", help="only the two flows (no tokens, no launcher timing)")
+    parser.add_argument("--show", action="store_true", help="print each plugin step's output on stderr")
     args = parser.parse_args()
+    global SHOW
+    SHOW = args.show
     work = Path(tempfile.mkdtemp(prefix="vasticlaude-plugin-bench-"))
     try:
         data = work / "plugin-data"
-        result = {"tokens": tokens(work), "bootstrap": bootstrap(data)}
-        result["launcher"] = overhead(data, args.runs)
+        result = {} if args.flow_only else {"tokens": tokens(work)}
+        result["bootstrap"] = bootstrap(data)
+        if not args.flow_only:
+            result["launcher"] = overhead(data, args.runs)
         result["flow"] = {"plugin": plugin_flow(work, data), "raw_vastai": raw_flow(work)}
         flow = result["flow"]
         flow["ratio_raw_to_plugin"] = round(flow["raw_vastai"]["total_bytes"] / max(1, flow["plugin"]["total_bytes"]), 1)

@@ -143,3 +143,19 @@ def test_an_idle_sandbox_stops_itself_and_says_when(tmp_path: Path):
     finally:
         vc("sim", "stop", env=env)
     assert not psutil.pid_exists(info["pid"]) or psutil.Process(info["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_default_sandbox_is_announced_when_it_starts_not_on_every_call(tmp_path: Path):
+    """Without a key every command runs on the sandbox; the line that says so comes once, from the
+    command that starts it (Claude reads every line; doctor and status name the target anyway)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "VASTICLAUDE_"))}
+    env.update(HOME=str(tmp_path), VASTICLAUDE_HOME=str(tmp_path / "home"), VASTICLAUDE_SIM_TIME_SCALE="0",
+               VASTAI_NO_UPDATE_CHECK="1")
+    try:
+        first = vc("offers", "--limit", "1", "--json", env=env)
+        second = vc("offers", "--limit", "1", "--json", env=env)
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        assert "no Vast API key found, so this runs on the local sandbox" in first.stderr
+        assert "sandbox" not in second.stderr, second.stderr
+    finally:
+        vc("sim", "stop", env=env)

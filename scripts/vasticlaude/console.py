@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from vasticlaude.core.market import Wanted
 from vasticlaude.core.numbers import bounded
 from vasticlaude.errors import USAGE, Error
-from vasticlaude.ops import binding
-from vasticlaude.ops.binding import Bound
-from vasticlaude.ops.connect import connect as ops_connect
-from vasticlaude.output import emit, error_line, fail, log_crash, spell
+from vasticlaude.output import emit, error_line, fail, log_crash
 from vasticlaude.store import paths, state
 from vasticlaude.vast.account import Account
-from vasticlaude.vast.gateway import Vast
+
+if TYPE_CHECKING:  # imported where used: a local command (cost, --help) loads no ssh, market or gateway code
+    from vasticlaude.core.market import Wanted
+    from vasticlaude.ops.binding import Bound
+    from vasticlaude.vast.gateway import Vast
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,6 +49,7 @@ def account_of(args: argparse.Namespace) -> Account:
 
 def connect(args: argparse.Namespace, cfg: dict | None = None) -> Vast:
     """The gateway for the target flags: built once per command and handed to the workflows."""
+    from vasticlaude.ops.connect import connect as ops_connect
     return ops_connect(account_of(args), cfg)
 
 
@@ -87,6 +88,7 @@ ID = number(2 ** 63, whole=True)      # instance and offer ids
 def bind(args: argparse.Namespace) -> Bound:
     """The instance the flags name: the local record first (an unknown experiment fails before any
     connection, so no sandbox starts just to say so), then the gateway and its live row."""
+    from vasticlaude.ops import binding
     try:
         rec = binding.find_record(args.experiment, args.instance)
     except Error as err:
@@ -99,6 +101,7 @@ def bind(args: argparse.Namespace) -> Bound:
 def known(args: argparse.Namespace) -> None:
     """Refuse, before connecting, an experiment this machine has never seen (no record, no experiment.json)."""
     if args.experiment and not state.read_experiment(args.experiment):
+        from vasticlaude.ops import binding
         binding.find_record(args.experiment, args.instance)
 
 
@@ -184,6 +187,8 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def wanted_from(args: argparse.Namespace, cfg: dict, limit: int = 5) -> Wanted:
+    from vasticlaude.core.market import Wanted
+
     def pick(flag: object, key: str) -> object:
         return flag if flag is not None else cfg.get(key)
     return Wanted(gpus=tuple(args.gpu or cfg.get("gpu") or ()), num_gpus=pick(args.num_gpus, "num_gpus"),

@@ -50,14 +50,14 @@ def spent_today(data: dict, now: float | None = None) -> float:
     for rec in data["instances"].values():
         if rec.get("destroyed_at") and float(rec["destroyed_at"]) < midnight:
             continue  # gone before today: nothing of it is today's
-        total += money.instance_cost(rec, now)["total_usd"] - _cost_until(rec, midnight)
+        total += money.total_usd(rec, now)[1] - _cost_until(rec, midnight)
     return total
 
 
 def _cost_until(rec: dict, when: float) -> float:
     if (rec.get("created_at") or 0) >= when:
         return 0.0
-    return money.instance_cost(rec, min(when, rec.get("destroyed_at") or when))["total_usd"]
+    return money.total_usd(rec, min(when, rec.get("destroyed_at") or when))[1]
 
 
 def check_before_rent(limits: Limits, experiment: str, dph: float, hours: float, data: dict) -> dict:

@@ -12,19 +12,32 @@ import time
 from vasticlaude.core.lifecycle import GONE, GPU_BILLED
 
 
+def spans(rec: dict, now: float) -> tuple[float, float]:
+    """Seconds running (GPU billed) and existing (storage billed) up to `now`, from the history."""
+    running = exists = 0.0
+    history = rec.get("history") or []
+    last = len(history) - 1
+    for i, here in enumerate(history):
+        end = min(history[i + 1]["at"] if i < last else (rec.get("destroyed_at") or now), now)  # clipped: "until midnight"
+        status = here["status"]
+        if end <= here["at"] or status in GONE:
+            continue
+        exists += end - here["at"]
+        if status in GPU_BILLED:
+            running += end - here["at"]
+    return running, exists
+
+
+def total_usd(rec: dict, now: float) -> tuple[float, float]:
+    """Seconds running and dollars spent up to `now`, unrounded: what totals over months of records add up."""
+    running, exists = spans(rec, now)
+    return running, (running * float(rec.get("gpu_dph") or 0) + exists * float(rec.get("storage_dph") or 0)) / 3600
+
+
 def instance_cost(rec: dict, now: float | None = None) -> dict:
     """Seconds running and existing, and dollars of GPU, storage and total up to `now`."""
     now = now or time.time()
-    running = exists = 0.0
-    history = rec.get("history") or []
-    for here, nxt in zip(history, history[1:] + [None]):
-        end = min(nxt["at"] if nxt else (rec.get("destroyed_at") or now), now)  # clipped: budget asks "until midnight"
-        span = max(0.0, end - here["at"])
-        if here["status"] in GONE:
-            continue
-        exists += span
-        if here["status"] in GPU_BILLED:
-            running += span
+    running, exists = spans(rec, now)
     gpu = running * float(rec.get("gpu_dph") or 0) / 3600
     storage = exists * float(rec.get("storage_dph") or 0) / 3600
     return {"running_s": round(running, 1), "exists_s": round(exists, 1), "gpu_usd": round(gpu, 6),

@@ -26,21 +26,26 @@ def endpoint(account: Account, config_target: str | None = None) -> Endpoint:
     """Where this account's requests go; starts the local sandbox when it is the target."""
     if not wants_sandbox(account, config_target):
         return real_endpoint(account)
-    target = sandbox_endpoint()
-    if sandbox_by_default(account, config_target):
+    target, started = sandbox_endpoint()
+    # Said when this command starts the sandbox, not on every call: Claude reads every line, and
+    # `doctor` and `status` name the target anyway.
+    if started and sandbox_by_default(account, config_target):
         progress(f"vasticlaude: no Vast API key found, so this runs on the local sandbox at {target.url} "
                  "(a rehearsal: nothing real is rented). Set VAST_API_KEY to use Vast.")
     return target
 
 
-def sandbox_endpoint() -> Endpoint:
-    """The local sandbox of this vasticlaude home, started in the background if needed."""
+def sandbox_endpoint() -> tuple[Endpoint, bool]:
+    """The local sandbox of this vasticlaude home, started in the background if needed (then True)."""
     from vasticlaude.sim.client import running_info, start_background
     folder = paths.sim_dir()
     scale = os.environ.get("VASTICLAUDE_SIM_TIME_SCALE", SANDBOX_TIME_SCALE)
     idle = os.environ.get("VASTICLAUDE_SIM_IDLE_EXIT", SANDBOX_IDLE_EXIT)
-    info = running_info(folder) or start_background(folder, ["--time-scale", scale, "--idle-exit", idle])
-    return Endpoint(url=info["url"], api_key=info["api_key"], key_source="sandbox", sandbox=True)
+    info = running_info(folder)
+    started = info is None
+    if started:
+        info = start_background(folder, ["--time-scale", scale, "--idle-exit", idle])
+    return Endpoint(url=info["url"], api_key=info["api_key"], key_source="sandbox", sandbox=True), started
 
 
 def connect(account: Account, cfg: dict | None = None) -> Vast:

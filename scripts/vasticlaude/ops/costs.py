@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import replace
 
 from vasticlaude.core import budget
 from vasticlaude.core import money as costing
@@ -34,25 +33,38 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     """What `cost` reports: instances, experiments, the session, today; Vast's charges when `vast` is given."""
     now = time.time()
     data = read_state()
-    recs = sorted((r for r in data["instances"].values()
-                   if not experiment or r.get("experiment") == experiment),
-                  key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
-    rows = [instance_row(r, now) for r in recs]
-    if vast is not None:
-        add_actual(rows, fetch_actual(vast, recs, now))
+    recs = [r for r in data["instances"].values() if not experiment or r.get("experiment") == experiment]
+    lean = [Lean.of(r, now) for r in recs]  # every record counts in the totals; only the listed get a full row
     cutoff = 0.0 if everything else time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-    listed = [r for r in rows if not r["destroyed_at"] or r["destroyed_at"] >= cutoff]
-    exps = experiments(rows, limits, experiment, vast is not None)
+    listed = sorted((x for x in lean if not x.destroyed_at or x.destroyed_at >= cutoff),
+                    key=lambda x: (x.rec.get("created_at") or 0, str(x.rec.get("id"))))
+    shown = listed if everything else listed[-MAX_INSTANCES:]
+    rows = [instance_row(x.rec, now) for x in shown]
+    charged = fetch_actual(vast, recs, now) if vast is not None else None
+    if charged is not None:
+        add_actual(rows, charged)
+    exps = experiments(lean, limits, experiment, charged)
     if not everything:  # live or active today, newest first; what is left out still counts in the totals
         exps = [e for e in exps if e["live"] or e["last_at"] >= cutoff or (experiment and e["experiment"] == experiment)]
         exps = sorted(exps, key=lambda e: (-e["live"], -e["last_at"]))[:MAX_EXPERIMENTS]
-    for e in exps:
-        e.pop("last_at")  # for the order only
-    return {"instances": listed[-MAX_INSTANCES:] if not everything else listed, "experiments": exps,
-            "session": session(data, now), "today": today(data, limits, now),
-            "billing_usd_per_hour": round(float(sum(r["dph_now"] for r in rows)), 6),
-            "not_listed": len(rows) - min(len(listed), len(listed) if everything else MAX_INSTANCES),
-            "total_usd": round(sum(r["total_usd"] for r in rows), 6)}
+    exps = [_with_budget(e, limits) for e in exps]  # an experiment's own budget is read only for what is shown
+    return {"instances": rows, "experiments": exps, "session": session(data, now), "today": today(data, limits, now),
+            "billing_usd_per_hour": round(float(sum(x.dph_now for x in lean)), 6),
+            "not_listed": len(lean) - len(rows), "total_usd": round(sum(x.total_usd for x in lean), 6)}
+
+
+class Lean:
+    """What the totals need of one record, without rounding or a row: months of records stay fast."""
+    __slots__ = ("rec", "running_s", "total_usd", "dph_now", "destroyed_at")
+
+    def __init__(self, rec: dict, running_s: float, total: float, dph_now: float, destroyed_at: float | None):
+        self.rec, self.running_s, self.total_usd, self.dph_now, self.destroyed_at = \
+            rec, running_s, total, dph_now, destroyed_at
+
+    @classmethod
+    def of(cls, rec: dict, now: float) -> "Lean":
+        running, total = costing.total_usd(rec, now)
+        return cls(rec, running, total, costing.billing_now(rec), _whole(rec.get("destroyed_at")))
 
 
 def instance_row(rec: dict, now: float) -> dict:
@@ -99,28 +111,37 @@ def _int(value: object) -> int | None:
 
 
 # ----- totals --------------------------------------------------------------------------------
-def experiments(rows: list[dict], limits: budget.Limits, only: str | None, actual: bool) -> list[dict]:
-    by_name: dict[str, list[dict]] = {only: []} if only else {}
-    for row in rows:  # grouped once: months of records stay fast
-        by_name.setdefault(row["experiment"] or "", []).append(row)
-    return [_experiment(name, by_name[name], limits, actual) for name in sorted(by_name)]
+def experiments(lean: list[Lean], limits: budget.Limits, only: str | None,
+                charged: dict[int, float] | None) -> list[dict]:
+    by_name: dict[str, list[Lean]] = {only: []} if only else {}
+    for x in lean:  # grouped once: months of records stay fast
+        by_name.setdefault(x.rec.get("experiment") or "", []).append(x)
+    return [_experiment(name, by_name[name], limits, charged) for name in sorted(by_name)]
 
 
-def _experiment(name: str, rows: list[dict], limits: budget.Limits, actual: bool) -> dict:
-    spent = sum(r["total_usd"] for r in rows)
-    hours = sum(r["running_s"] for r in rows) / 3600
-    if name and state.experiment_dir(name).is_dir():  # the budget set for it (up or run) beats the default
-        cap = budget.experiment_budget(None, state.read_experiment(name), {"budget": {"experiment_usd": limits.experiment_usd}})
-        limits = replace(limits, experiment_usd=cap)
-    out = {"experiment": name or None, "instances": len(rows), "live": sum(not r["destroyed_at"] for r in rows),
-           "last_at": max((r["destroyed_at"] or time.time() for r in rows), default=0),
-           "dph_now": round(sum(r["dph_now"] for r in rows), 6), "spent_usd": round(spent, 6),
+def _experiment(name: str, group: list[Lean], limits: budget.Limits, charged: dict[int, float] | None) -> dict:
+    spent = sum(x.total_usd for x in group)
+    hours = sum(x.running_s for x in group) / 3600
+    out = {"experiment": name or None, "instances": len(group), "live": sum(not x.destroyed_at for x in group),
+           "last_at": max((x.destroyed_at or time.time() for x in group), default=0),
+           "dph_now": round(sum(x.dph_now for x in group), 6), "spent_usd": round(spent, 6),
            "running_hours": round(hours, 4), "budget_usd": limits.experiment_usd,
            "left_usd": _left(limits.experiment_usd, spent), "budget_hours": limits.experiment_hours,
            "left_hours": _left(limits.experiment_hours, hours, 4)}
-    if actual:
-        out["actual_usd"] = round(sum(r.get("actual_usd") or 0 for r in rows), 6)
+    if charged is not None:
+        out["actual_usd"] = round(sum(charged.get(_int(x.rec.get("id")), 0.0) for x in group), 6)
     return out
+
+
+def _with_budget(exp: dict, limits: budget.Limits) -> dict:
+    """The budget set for the experiment (up or run) beats the default; `last_at` was for the order only."""
+    exp.pop("last_at")
+    name = exp["experiment"]
+    if name and state.experiment_dir(name).is_dir():
+        cap = budget.experiment_budget(None, state.read_experiment(name), {"budget": {"experiment_usd": limits.experiment_usd}})
+        if cap != exp["budget_usd"]:
+            exp.update(budget_usd=cap, left_usd=_left(cap, exp["spent_usd"]))
+    return exp
 
 
 def _left(limit: float | None, used: float, digits: int = 6) -> float | None:
@@ -142,10 +163,9 @@ def session(data: dict, now: float) -> dict | None:
     sid = session_id()
     if not sid:
         return None
-    rows = [instance_row(r, now) for r in data["instances"].values() if created_in(r) == sid]
-    return {"id": sid, "instances": [r["id"] for r in rows], "live": sum(not r["destroyed_at"] for r in rows),
-            "dph_now": round(sum(r["dph_now"] for r in rows), 6),
-            "spent_usd": round(sum(r["total_usd"] for r in rows), 6)}
+    mine = [Lean.of(r, now) for r in data["instances"].values() if created_in(r) == sid]
+    return {"id": sid, "instances": [x.rec.get("id") for x in mine], "live": sum(not x.destroyed_at for x in mine),
+            "dph_now": round(sum(x.dph_now for x in mine), 6), "spent_usd": round(sum(x.total_usd for x in mine), 6)}
 
 
 def today(data: dict, limits: budget.Limits, now: float) -> dict:

@@ -23,12 +23,13 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-from filelock import FileLock, Timeout
+from typing import TYPE_CHECKING, Iterator
 
 from vasticlaude.store import paths, quarantine, records
 from vasticlaude.store.jsonfile import write_json_atomic
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 VERSION = 1
 LOCK_TIMEOUT = 60.0
@@ -47,6 +48,7 @@ def _empty() -> dict:
 
 
 def _lock(path: Path) -> FileLock:
+    from filelock import FileLock  # here, not at the top: a command that only reads state (cost) skips its ~20 ms
     paths.ensure_private_dir(path.parent)
     return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
 
@@ -113,6 +115,7 @@ def transaction() -> Iterator[dict]:
 @contextmanager
 def only_one(path: Path, busy: Exception) -> Iterator[None]:
     """Hold the lock at `path` for the block, or raise `busy` at once when someone else holds it."""
+    from filelock import Timeout
     lock = _lock(path.with_suffix(""))  # _lock adds ".lock"
     try:
         lock.acquire(timeout=0)
