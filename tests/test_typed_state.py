@@ -130,3 +130,18 @@ def test_a_torn_state_file_status_falls_back_to_the_account_and_reconcile_keeps_
     files = next(c for c in doctor["checks"] if c["name"] == "files")
     assert files["status"] == "warn" and str(path) in files["detail"]
     user.run("down", "--experiment", "typed-live")
+
+
+@pytest.mark.unit
+def test_a_file_the_store_wrote_is_trusted_and_any_other_change_is_checked(tmp_path, monkeypatch):
+    """The store notes the digest of what it writes, so `cost` over months of records skips the
+    check; a hand edit after it misses the digest and is checked (and cleaned) in full."""
+    monkeypatch.setenv("VASTICLAUDE_HOME", str(tmp_path))
+    state.upsert_instance(7, label="vasticlaude-x", experiment="x", status="running", history=[])
+    assert state.peek() == (state.load(), [])
+    path = state.instances_path()
+    data = json.loads(path.read_text())
+    data["instances"]["7"]["history"] = 5  # a hand edit: the digest no longer matches
+    path.write_text(json.dumps(data))
+    loaded, problems = state.peek()
+    assert loaded["instances"]["7"]["history"] == [] and problems and "history" in problems[0]
