@@ -153,7 +153,7 @@ class Watch:
             progress(f"vasticlaude watch: checkpoint sync failed ({err.message[:160]}); next try in {self.sync_every:g} s")
             return
         self.syncs += 1
-        if got["bytes_received"]:
+        if got["bytes_received"] and got["files"]:  # the job log alone moving is no checkpoint news
             progress(f"vasticlaude watch: checkpoint synced home ({got['files']} files, {got['bytes']} B)")
 
     def on_fault(self, a: Assessment) -> dict | None:
