@@ -65,6 +65,6 @@ def _whole(chunks: list[bytes]) -> bool:
     import json
     try:
         json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True

@@ -42,10 +42,7 @@ LAST_REPORT = "last-session-end.json"
 def read_event(wait: float = 1.0, raw: bytes | None = None) -> dict:
     """The event JSON on stdin (read with a deadline by hookio.read_raw), or {}."""
     raw = hookio.read_raw(wait) if raw is None else raw
-    try:
-        event = json.loads(raw.decode("utf-8", "replace") or "{}")
-    except ValueError:
-        return {}
+    event, _ = records.parse(raw.decode("utf-8", "replace").encode("utf-8", "replace") or b"{}")
     return event if isinstance(event, dict) else {}
 
 
@@ -315,11 +312,17 @@ def spawn(argv: list[str], env: dict, log_name: str, cwd: str | None = None) -> 
     if os.name == "nt":  # pragma: no cover
         extra = {"creationflags": 0x00000008 | 0x00000200}  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
     with open(logs / log_name, "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv[-6:])}\n".encode())
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv[-6:])}\n".encode("utf-8", "replace"))
         log.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=cwd if cwd and os.path.isdir(cwd) else None, env=env, close_fds=True, **extra)
     return proc.pid
+
+
+def safe_text(value: object, limit: int) -> str:
+    """`value` as printable text of at most `limit` characters (an event's fields may hold anything)."""
+    text = str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def project_dir(event: dict) -> str | None:

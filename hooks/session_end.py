@@ -30,7 +30,7 @@ def handle(event: dict) -> str | None:
         return None
     args = ["reap", "--reason", "session-end", "--session", hooklib.session_id(event)]
     if event.get("reason"):
-        args += ["--end-reason", str(event["reason"])[:40]]
+        args += ["--end-reason", hooklib.safe_text(event["reason"], 40)]
     argv, env = hooklib.worker(args)
     pid = hooklib.spawn(argv, env, "reap.log", cwd=hooklib.project_dir(event))
     what = hooklib.damage_line(damaged) if damaged else f"{len(hooklib.live(data))} live instance(s)"

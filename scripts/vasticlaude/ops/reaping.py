@@ -148,7 +148,7 @@ def reconcile_scoped(vast: Vast, group: Group) -> tuple[dict[int, dict], list[st
     rows = {int(r["id"]): r for r in vast.instances()}
     with state.transaction() as data:
         recovered = data.pop("recovered_from", None)
-        adopted = [str(a["id"]) for a in reconcile.adopt(data, rows)]
+        adopted = [str(a["id"]) for a in reconcile.adopt(data, rows)] + strays(data, rows, group)
         for iid in adopted:
             data["instances"][iid]["target"] = vast.target.url
         group.ids.update(adopted)
@@ -159,6 +159,14 @@ def reconcile_scoped(vast: Vast, group: Group) -> tuple[dict[int, dict], list[st
     for rec in gone:
         reconcile.write_final_cost(rec)
     return rows, adopted, gone, recovered
+
+
+def strays(data: dict, rows: dict[int, dict], group: Group) -> list[str]:
+    """Live records of other groups whose instance is on this account under the same label: their
+    recorded target is wrong (a damaged or hand-edited record), and this account is where they bill."""
+    return [k for k, r in data["instances"].items()
+            if k not in group.ids and not r.get("destroyed_at") and r.get("label")
+            and (rows.get(int(k)) or {}).get("label") == r.get("label")]
 
 
 # ----- deciding -----------------------------------------------------------------------------
@@ -417,6 +425,10 @@ def reap_group(group: Group, report: Report, policy: dict, cfg: dict, scope: set
     """Reconcile one account, then decide and act for each live instance in scope."""
     recs = {k: r for k, r in state.load()["instances"].items() if k in group.ids and (scope is None or k in scope)}
     if group.account is None:
+        seen = {str(i["id"]) for i in report.data["instances"]}
+        if group.ids and group.ids <= seen:  # all found on a reachable account (their target was wrong)
+            return
+        recs = {k: r for k, r in recs.items() if k not in seen}
         local = "127.0.0.1" in str(group.url) or "localhost" in str(group.url)
         unreached(report, recs, f"rented on {group.url or 'an unknown account'}, which this configuration does not "
                                 "reach" + (" (a local sandbox that is not running: start it, or run "
@@ -492,7 +504,8 @@ def reap(req: ReapRequest) -> dict:
         live = state.live_instances(snapshot)
         report.data["pending"] = [int(r["id"]) for r in live if scope is None or str(r["id"]) in scope]
         report.save()
-        groups = plan_groups(req.account, cfg, live, bool(snapshot.get("damaged")))
+        groups = sorted(plan_groups(req.account, cfg, live, bool(snapshot.get("damaged"))),
+                        key=lambda g: g.account is None)  # the reachable first: they may find the others' records
         if not groups:
             report.undone(None, None, "look for unrecorded instances",
                           "no Vast API key and no running sandbox: the account cannot be checked")

@@ -147,7 +147,7 @@ def check_config(data: Any) -> tuple[dict, list[str]]:
 
 # ----- instances.json (store/state.py documents the file) --------------------------------------------
 STAMP, OPT_NUM, OPT_TEXT = optional(number()), optional(number(None)), optional(string(2000))
-HISTORY = items(obj({"at": number(), "status": OPT_TEXT, "why": OPT_TEXT}))
+HISTORY = items(needs("at", needs("status", obj({"at": number(), "status": string(200), "why": OPT_TEXT}))))
 RECORD: dict[str, Check] = {
     "id": number(1, integer=True), "label": OPT_TEXT, "experiment": OPT_TEXT, "status": OPT_TEXT,
     "target": OPT_TEXT, "created_by": OPT_TEXT, "ssh_route": OPT_TEXT,
@@ -211,9 +211,10 @@ def salvage_instances(text: str) -> dict:
     for found in RECORD_START.finditer(text):
         try:
             rec, _ = decoder.raw_decode(text, found.end() - 1)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(rec, dict) and (rec.get("id") in (None, int(found.group(1)))) and "history" in rec:
+        if isinstance(rec, dict) and rec.get("id") in (None, int(found.group(1))) and "history" in rec \
+                and not too_deep(rec):
             recs[found.group(1)] = rec
     return {"version": 1, "instances": recs, "intents": {}}
 
@@ -239,16 +240,32 @@ def check_experiment(data: Any) -> tuple[dict, list[str]]:
 
 
 # ----- bytes to JSON ---------------------------------------------------------------------------------
+MAX_DEPTH = 64  # no vasticlaude file nests half as deep; deeper could not be written back (RecursionError)
+
+
 def parse(raw: bytes) -> tuple[Any, str | None]:
     """(the JSON in `raw`, None) or (None, why it is not JSON): wrong encodings and depth included."""
     try:
-        return json.loads(raw.decode("utf-8")), None
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         return None, f"not UTF-8 ({err.reason} at byte {err.start})"
     except RecursionError:
         return None, "nested too deeply"
     except ValueError as err:
         return None, f"not valid JSON ({str(err)[:80]})"
+    return (None, f"nested deeper than {MAX_DEPTH}") if too_deep(data) else (data, None)
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Does `value` nest deeper than `limit` (checked without recursion)?"""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _problem(where: str, want: str, value: Any) -> str:
