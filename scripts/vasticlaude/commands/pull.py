@@ -1,7 +1,7 @@
 """vasticlaude pull: bring an experiment's outputs, checkpoints and run files home, verified.
 
 Usage:
-  vasticlaude pull [--path REMOTE_REL]... [--dest DIR] [--experiment X | --instance ID]
+  vasticlaude pull [--path REMOTE_REL]... [--dest DIR] [--experiment X | --instance ID] [--from-store]
                    [--sandbox] [--api-key KEY] [--json]
 
 REMOTE_REL is relative to the experiment's folder on the instance (~/vasticlaude/<experiment>/):
@@ -29,6 +29,11 @@ JSON data: {"experiment", "instance_id", "local_path", "files", "bytes", "verifi
   "seconds", "paths": [pulled REMOTE_REL], "skipped": [missing defaults], "changing": [...],
   "bytes_received", "warnings": [when the pulled marker could not be left]}
 
+With a results store (README "Results store"), the copy the instance shipped there is read
+instead whenever the instance is gone (the watchdog destroyed it once the store held a verified
+copy) or with --from-store: the manifest's files, each checked by size and sha256. JSON then
+has "source": "store" and "stored_bytes".
+
 Exit codes: 0 pulled and verified · 1 a path is missing, rsync failed, or sizes differ
 (named) · 2 usage · 3 SSH or Vast API trouble.
 """
@@ -39,7 +44,9 @@ from pathlib import Path
 
 from vasticlaude import console
 from vasticlaude.core.fmt import human_bytes
-from vasticlaude.ops.results import pull
+from vasticlaude.errors import Error
+from vasticlaude.ops import binding
+from vasticlaude.ops.results import pull, pull_from_store, stored
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", action="append", metavar="REMOTE_REL",
                    help="what to pull, relative to ~/vasticlaude/<experiment>/ (repeatable)")
     p.add_argument("--dest", metavar="DIR", help="where to (default <project>/.vasticlaude/runs/<experiment>/)")
+    p.add_argument("--from-store", action="store_true",
+                   help="read the results store's verified copy, not the instance (automatic once the instance is gone)")
     console.add_instance_flags(p)
     return p
 
 
 def human(data: object) -> str:
     assert isinstance(data, dict)
+    source = "the results store" if data.get("source") == "store" else f"instance {data['instance_id']}"
     lines = [f"pulled {data['files']} files ({human_bytes(data['bytes'])}, verified) of {data['experiment']} "
-             f"from instance {data['instance_id']} into {data['local_path']} in {data['seconds']:g} s"]
+             f"from {source} into {data['local_path']} in {data['seconds']:g} s"]
     if data["skipped"]:
         lines.append(f"not there yet: {', '.join(data['skipped'])}")
     if data["changing"]:
@@ -67,5 +77,18 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    dest = Path(args.dest) if args.dest else None
+    if args.experiment and (args.from_store or (stored(args.experiment) and not _live(args))):
+        return pull_from_store(args.experiment, dest, "" if args.from_store else "no live instance")
     bound = console.bind(args)
-    return pull(bound, args.path, Path(args.dest) if args.dest else None)
+    if bound.row is None and stored(bound.experiment) and not args.path:
+        return pull_from_store(bound.experiment, dest, f"instance {bound.instance_id} is gone")
+    return pull(bound, args.path, dest)
+
+
+def _live(args: argparse.Namespace) -> bool:
+    try:
+        binding.find_record(args.experiment, args.instance)
+    except Error:
+        return False
+    return True

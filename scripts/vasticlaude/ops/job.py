@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from vasticlaude.core import budget
 from vasticlaude.core import money as costing
 from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.ops import bucket
 from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
@@ -38,7 +39,7 @@ LAUNCH = ('mkdir -p {run} || exit 1; {busy}rm -f {run}/watchdog.sh.new; '
           'kill -TERM "$o"; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$o" 2>/dev/null || break; sleep 0.1; done; '
           'kill -KILL "$o" 2>/dev/null; fi; '
           'rm -f {run}/exit_code {run}/ended_at {run}/signal {run}/job_pid {run}/pulled {run}/disposable '
-          '{run}/watchdog_pid {run}/watchdog_heartbeat {run}/watchdog_done; '
+          '{run}/watchdog_pid {run}/watchdog_heartbeat {run}/watchdog_done {run}/store_fallback; '
           'setsid nohup bash {run}/run.sh >/dev/null 2>&1 </dev/null & '
           '{watchdog}'
           'for i in 1 2 3 4 5; do sleep 0.2; [ -f {run}/exit_code ] && break; done; '
@@ -80,7 +81,14 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     """Start the command detached under its wrapper and watchdog; what `run` reports."""
     layout = Layout(bound.experiment)
     workdir = spec.workdir or layout.code
-    guard = guard_settings(spec.guard, config.load(), bound)
+    cfg = config.load()
+    guard = guard_settings(spec.guard, cfg, bound)
+    store = bucket.resolve(cfg, sandbox=bound.vast.target.sandbox) if guard["watchdog"] else None
+    if store is not None:  # before the job starts: wrong keys are said now, not after the GPU hours
+        progress(f"vasticlaude: checking the results store {store.url} from the instance")
+        bucket.install(bound.route(), layout.run, bound.experiment, store)
+    guard["store"] = store is not None
+    guard["store_sync_s"] = store.sync_interval_s if store is not None else None
     script = render("run.sh.j2", experiment=bound.experiment, command=spec.command, run_dir=layout.run,
                     checkpoint_dir=layout.checkpoints, output_dir=layout.outputs, workdir=workdir,
                     heartbeat=spec.heartbeat, env=spec.env)
@@ -88,6 +96,9 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     result = _launch(bound.route(), layout, script, watchdog, spec.restart)
     guard["alive"] = result.pop("watchdog_alive")
     _record(bound.experiment, bound.instance_id, spec, workdir, result, guard)
+    if store is not None:
+        with state.experiment(bound.experiment) as exp:
+            exp["store"] = {**store.public(), "prefix": store.key(bound.experiment)}
     return {"experiment": bound.experiment, "instance_id": bound.instance_id, "command": spec.command,
             "run_dir": layout.run, "workdir": workdir, **result, "guard": guard}
 
@@ -148,7 +159,8 @@ def watchdog_script(experiment: str, layout: Layout, guard: dict) -> str:
     return render("watchdog.sh.j2", experiment=experiment, run_dir=layout.run, dph=f"{guard['dph']:.6f}",
                   already_spent_usd=f"{guard['already_spent_usd']:.6f}", budget_usd=blank(guard["budget_usd"]),
                   max_hours=blank(guard["max_hours"]), grace_s=f"{guard['grace_s']:g}",
-                  kill_grace_s=f"{guard['kill_grace_s']:g}", check_s=f"{guard['check_s']:g}", on_end=guard["on_end"])
+                  kill_grace_s=f"{guard['kill_grace_s']:g}", check_s=f"{guard['check_s']:g}", on_end=guard["on_end"],
+                  store="yes" if guard.get("store") else "no", store_sync_s=f"{guard.get('store_sync_s') or 300:g}")
 
 
 def _launch(route: Route, layout: Layout, script: str, watchdog: str | None, restart: bool) -> dict:

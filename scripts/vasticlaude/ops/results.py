@@ -179,3 +179,33 @@ def local_dest(dest: Path | None, experiment: str) -> Path:
     dest = Path(dest).expanduser() if dest else config.runs_dir(experiment)
     dest.mkdir(parents=True, exist_ok=True)
     return dest.resolve()
+
+
+def stored(experiment: str) -> dict | None:
+    """The results store this experiment's last run shipped to (experiment.json "store"), if any."""
+    return (state.read_experiment(experiment) or {}).get("store")
+
+
+def pull_from_store(experiment: str, dest: Path | None = None, why: str = "") -> dict:
+    """Bring the store's verified copy home (the instance may be long gone): every file checked by sha256."""
+    from vasticlaude.ops import bucket
+    start = time.monotonic()
+    recorded = stored(experiment) or {}
+    target = bucket.resolve(config.load(), sandbox=bool(recorded.get("sandbox")))
+    if target is None:
+        raise Error("no_store", f"no results store is configured to pull {experiment} from",
+                    "Add \"store\" to .vasticlaude/config.json (README \"Results store\").", FAILED)
+    dest = local_dest(dest, experiment)
+    progress(f"vasticlaude pull: from the results store {target.url}{f' ({why})' if why else ''}")
+    got = bucket.download(target, experiment, dest)
+    data = {"experiment": experiment, "instance_id": got["manifest"].get("instance_id"), "local_path": str(dest),
+            "files": got["files"], "bytes": got["bytes"], "verified": True, "source": "store",
+            "seconds": round(time.monotonic() - start, 2), "paths": list(DEFAULT_PATHS), "skipped": [],
+            "changing": [], "bytes_received": got["bytes"], "stored_bytes": got["stored_bytes"]}
+    with state.experiment(experiment) as exp:
+        exp["pull"] = {"at": time.time(), "local_path": str(dest), "files": data["files"], "bytes": data["bytes"],
+                       "source": "store", "paths": list(DEFAULT_PATHS)}
+        exp.setdefault("store", {})["bytes"] = got["stored_bytes"]
+    state.append_event(experiment, "pull", source="store", files=data["files"], bytes=data["bytes"],
+                       local_path=str(dest))
+    return data

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import realism
+from . import objectstore, realism
 from .errors import bad_request
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 OFFER_FAULTS = {"offer-vanish", "offer-busy", "stuck-loading", "fail-start"}
 KINDS = sorted(OFFER_FAULTS | {"http", "slow", "preempt", "host-down", "container-exit", "ssh-drop", "balance"}
-               | realism.KINDS)
+               | realism.KINDS | set(objectstore.KINDS))
 
 
 async def apply_fault(sandbox: "Sandbox", spec: dict) -> dict:
@@ -28,6 +28,8 @@ async def apply_fault(sandbox: "Sandbox", spec: dict) -> dict:
         raise bad_request(f"unknown fault kind {kind!r}; one of: {', '.join(KINDS)}")
     if kind in realism.KINDS:
         return await realism.apply(sandbox, kind, spec)
+    if kind in objectstore.KINDS:
+        return _store_fault(sandbox, spec)
     if kind in ("http", "slow"):
         rule = dict(spec, status=0) if kind == "slow" else spec
         return {"rule": sandbox.faults.add(rule).__dict__}
@@ -113,6 +115,15 @@ def _seconds(spec: dict) -> float | None:
     if seconds < 0:
         raise bad_request("seconds must not be negative")
     return seconds
+
+
+def _store_fault(sandbox: "Sandbox", spec: dict) -> dict:
+    if sandbox.store is None:
+        raise bad_request("this sandbox has no object store")
+    try:
+        return {"store_fault": sandbox.store.add_fault(spec)}
+    except (TypeError, ValueError) as err:
+        raise bad_request(str(err)) from None
 
 
 def _balance(sandbox: "Sandbox", spec: dict) -> dict:

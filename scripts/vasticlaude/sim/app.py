@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -64,6 +64,7 @@ class Sandbox:
         self.engine = engine
         self.faults = faults
         self.results: dict[str, dict] = {}
+        self.store: Any = None  # the S3-compatible object store (objectstore.py), attached at start
 
     # ----- plumbing ------------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.Response:
@@ -362,7 +363,8 @@ class Sandbox:
                                                   "gpu_name", "dph_total", "ssh_port", "disk_space", "disk_usage")}
                               for r in rows],
                 "spent": sum(billing.total(r) for r in self.world.data["instances"].values()),
-                "faults": self.faults.describe(), "offers": len(self.world.data["offers"]),
+                "faults": self.faults.describe() + (self.store.describe() if self.store else []),
+                "offers": len(self.world.data["offers"]),
                 "realism": self.world.data.get("realism", {})}
 
     async def add_fault(self, call: Call) -> object:
@@ -375,6 +377,8 @@ class Sandbox:
 
     async def clear_faults(self, call: Call) -> object:
         self.faults.clear()
+        if self.store is not None:
+            self.store.clear()
         for offer in self.world.data["offers"]:
             offer.pop("faults", None)
         for rec in self.world.data["instances"].values():

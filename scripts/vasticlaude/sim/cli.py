@@ -60,6 +60,11 @@ for a seeded share of them):
   df-host            df inside the instance reports the host's disk
   list-v0-gone       GET /api/v0/instances/ answers 410 (vastai 1.9.1 uses v1)
 
+Object store kinds (the sandbox's S3-compatible results store; until cleared, or --count N):
+  store-slow         every store request waits --delay seconds (default 1)
+  store-5xx          store requests answer --status (default 503 SlowDown; 500 InternalError)
+  store-denied       store requests answer 403 AccessDenied (a revoked key, a wrong bucket policy)
+
 Exit codes: 0 ok · 1 failed · 2 usage · 3 the sandbox is not running or refused the call.
 """
 from __future__ import annotations
@@ -167,13 +172,17 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def info_view(info: dict) -> dict:
-    return {"url": info["url"], "api_key": info["api_key"], "pid": info["pid"], "time_scale": info["time_scale"]}
+    store = info.get("store") or {}
+    return {"url": info["url"], "api_key": info["api_key"], "pid": info["pid"], "time_scale": info["time_scale"],
+            "store_url": store.get("endpoint_url"), "store_bucket": store.get("bucket")}
 
 
 def _env_text(data: dict) -> str:
     # The sandbox key opens only this local sandbox; printing it is the point of `env`.
+    store = (f"\n# results store (S3-compatible): {data['store_url']} bucket {data['store_bucket']}"
+             if data.get("store_url") else "")
     return (f"export VAST_URL={data['url']}\nexport VAST_API_KEY={data['api_key']}\n"
-            "export VASTAI_NO_UPDATE_CHECK=1")
+            "export VASTAI_NO_UPDATE_CHECK=1" + store)
 
 
 def _status_text(data: dict) -> str:

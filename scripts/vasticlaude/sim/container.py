@@ -35,6 +35,11 @@ Honest limits, by design:
   taken off ``PATH`` by replacing the host's bin directories with a directory of links to
   everything else; ``command -v rsync`` fails and a remote ``rsync --server`` exits 127, but an
   absolute path (``/usr/bin/rsync``) still reaches the host's binary.
+- **boto3 in the image.** The sandbox's instances run the host's ``python3``; like an image that
+  ships boto3 (or one where the uploader's ``pip install --user boto3`` already ran, which needs
+  the internet the tests must not reach), ``PYTHONPATH`` points at ``tools-<id>/pylib``: links to
+  the sandbox's own boto3, botocore, s3transfer and their pure-Python dependencies, so the results
+  store's uploader (templates/store.py.j2) imports them without pip.
 - **df** reports the rented disk (quota) for the home directory, unless the realism
   ``df-host`` behaviour makes it report the host's filesystem as Docker often does
   (moby/moby #22677). ``os.statvfs`` always sees the host's filesystem.
@@ -69,6 +74,8 @@ MARKER_VAR = "VAST_SIM_CONTAINER"
 GIB = 1024**3
 INIT_SECONDS = "2147483647"
 TOOL_NAMES = ("nvidia-smi", "df", "vastai")
+# What the results store's uploader imports (boto3 and its pure-Python dependencies): linked into pylib.
+PYLIB_MODULES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 # Processes that do not count as "using the GPU": shells and file transfer around the job.
 _NOT_JOBS = frozenset({"bash", "sh", "dash", "zsh", "rsync", "sftp-server", "scp", "sleep", "tmux"})
 _BUSY_CPU = 0.2  # cores; a job burning less than this is treated as idle
@@ -523,6 +530,7 @@ def _build_env(user_env: dict[str, str], home: Path, marker: str,
     if "PATH" in user_env and not env["PATH"].startswith(str(tools) + ":"):
         env["PATH"] = f"{tools}:{env['PATH']}"
     env.update({"HOME": str(home), MARKER_VAR: marker, "VASTAI_NO_UPDATE_CHECK": "1"})
+    env.setdefault("PYTHONPATH", str(tools / "pylib"))
     return env
 
 
@@ -605,6 +613,22 @@ def _install_tools(tools: Path) -> None:
     for name in TOOL_NAMES:
         data = source.joinpath(name).read_bytes()
         _atomic_write(tools / name, data, mode=0o755)
+    _link_pylib(tools / "pylib")
+
+
+def _link_pylib(pylib: Path) -> None:
+    """Links to the sandbox's own boto3 and its dependencies (module docstring: boto3 in the image)."""
+    import importlib.util
+    pylib.mkdir(exist_ok=True)
+    for name in PYLIB_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        source = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        link = pylib / source.name
+        if not link.is_symlink() or os.readlink(link) != str(source):
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
 
 
 def _atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:

@@ -24,6 +24,7 @@ from . import realism
 from .app import Sandbox, build_app
 from .faults import FaultBook
 from .lifecycle import Engine
+from .objectstore import ObjectStore
 from .world import World
 
 log = logging.getLogger("vasticlaude.sim")
@@ -58,12 +59,15 @@ async def _main(settings: Settings) -> None:
     url = f"http://{settings.host}:{port}"
     engine = Engine(world, settings.state_dir, url, settings.time_scale, marker_for(settings.state_dir))
     runner.app["sandbox"].engine = engine
+    store = _start_store(settings, world)
+    runner.app["sandbox"].store = store
     if settings.realism:  # every realism behaviour (realism.py), durations at this time scale
         world.data["realism"] = realism.profile(settings.time_scale)
     await engine.recover()
     write_json_atomic(settings.state_dir / "sim.json", {
         "url": url, "port": port, "pid": os.getpid(), "api_key": world.data["api_key"],
-        "time_scale": settings.time_scale, "started_at": time.time(), "marker": engine.marker})
+        "time_scale": settings.time_scale, "started_at": time.time(), "marker": engine.marker,
+        "store": store.info()})
     log.info("sandbox listening on %s (state %s, time scale %s)", url, settings.state_dir, settings.time_scale)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,9 +80,20 @@ async def _main(settings: Settings) -> None:
     if idler is not None:
         idler.cancel()
     await engine.shutdown()
+    store.stop()
     await runner.cleanup()
     (settings.state_dir / "sim.json").unlink(missing_ok=True)
     log.info("sandbox stopped")
+
+
+def _start_store(settings: Settings, world: World) -> ObjectStore:
+    """The S3-compatible results store (objectstore.py); its keys are kept with the world, like the API key."""
+    keys = world.data.setdefault("store_keys", {})
+    store = ObjectStore(settings.host, keys.get("access_key_id"), keys.get("secret_access_key"))
+    keys.update(access_key_id=store.access_key_id, secret_access_key=store.secret_access_key)
+    world.save()
+    store.start()
+    return store
 
 
 IDLE_CHECK_S = 5.0

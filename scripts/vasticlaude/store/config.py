@@ -35,6 +35,18 @@ unreachable, a job running without a live on-instance guard) is always destroyed
                 "stale_after_s": 600,      a job without heartbeat this long is moved
                 "unreachable_after_s": 300}}  SSH failing this long while Vast says running: moved
 
+"store" (README "Results store"): where the instance ships checkpoints and results, so the
+watchdog can destroy the instance the moment they are safe, laptop or not.
+  {"store": {"url": "s3://bucket/prefix",      S3, R2, B2, MinIO (null: no store)
+             "endpoint_url": null,             e.g. https://<account>.r2.cloudflarestorage.com (null: AWS,
+                                               or the sandbox's own store on the sandbox)
+             "region": null,                   the bucket's region (null: us-east-1, R2 "auto")
+             "sync_interval_s": null,          checkpoints uploaded this often (null: recovery.sync_interval_s)
+             "timeout_s": 300}}                the end-of-job upload may take this long before the fallback
+  Credentials are never in this file: VASTICLAUDE_STORE_ACCESS_KEY_ID / _SECRET_ACCESS_KEY (or
+  AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN) in the environment or in
+  .vasticlaude/.env.
+
 Flags beat the file; the file beats the defaults below. A value of the wrong type is left
 out (its default used), said once and the file kept as config.json.bad-<time>; unknown keys
 are kept (a new key is declared with its type in store/records.py CONFIG). The project root is the
@@ -57,6 +69,7 @@ DEFAULTS = {
     "recovery": {"auto": True, "max_attempts": 3, "sync_interval_s": 300, "sync": ["checkpoints"],
                  "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
                  "stale_after_s": 600, "unreachable_after_s": 300},
+    "store": {"url": None, "endpoint_url": None, "region": None, "sync_interval_s": None, "timeout_s": 300},
 }
 
 
@@ -97,7 +110,7 @@ def check(root: Path | None = None) -> tuple[dict, list[str]]:
     data, problems = records.check_config(found) if not why else ({}, [f"the file is {why}"])
     if problems:
         quarantine.keep(path, raw, problems)
-    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery")}
+    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery", "store")}
     merged.update(data)
     merged.update(nested)
     return merged, problems

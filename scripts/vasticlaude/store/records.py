@@ -134,6 +134,8 @@ CONFIG: dict[str, Check] = {
                      "preempt_wait_s": NUM, "bid_step": number(1), "max_bid_dph": optional(NUM),
                      "disk_growth": number(1), "stale_after_s": NUM, "unreachable_after_s": NUM}),
     "session_end": obj({"running": one_of("leave-guarded", "stop", "destroy"), "finished": one_of("destroy", "stop")}),
+    "store": obj({"url": optional(string(1000)), "endpoint_url": optional(string(1000)), "region": optional(string(100)),
+                  "sync_interval_s": optional(number(1)), "timeout_s": number(1)}),
 }
 
 

@@ -1,0 +1,108 @@
+"""The results store (issue 15): the instance ships checkpoints and results to S3-compatible storage,
+then is destroyed within seconds, laptop or not.
+
+Everything runs through the sandbox with its embedded S3 server (moto behind the sandbox's key and
+fault gate), the real vastai SDK, real ssh/rsync and boto3, as a user would: `vasticlaude`
+subprocesses, and after `run` no vasticlaude process at all until the assertions.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from test_lifecycle import cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+from test_watchdog import GONE, ended_at, rent, run_file, start, status_of, wait_state, world_rec
+
+BUCKET = "vasticlaude-results"
+
+
+# ----- helpers -------------------------------------------------------------------------------
+def store_info(sim) -> dict:
+    return json.loads((sim.state / "sim.json").read_text())["store"]
+
+
+def configure(cli, sim, prefix: str, key_id: str | None = None, **store: object) -> dict:
+    """The project's config names the sandbox's S3 endpoint; the keys go in .vasticlaude/.env, as a user's would."""
+    info = store_info(sim)
+    folder = cli.cwd / ".vasticlaude"
+    folder.mkdir(exist_ok=True)
+    cfg = {"store": {"url": f"s3://{BUCKET}/{prefix}", "endpoint_url": info["endpoint_url"], **store}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / ".env").write_text(f"VASTICLAUDE_STORE_ACCESS_KEY_ID={key_id or info['access_key_id']}\n"
+                                 f"VASTICLAUDE_STORE_SECRET_ACCESS_KEY={info['secret_access_key']}\n")
+    return info
+
+
+def s3(sim):
+    info = store_info(sim)
+    return boto3.client("s3", endpoint_url=info["endpoint_url"], region_name="us-east-1",
+                        aws_access_key_id=info["access_key_id"], aws_secret_access_key=info["secret_access_key"],
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+def stored(sim, key: str) -> bytes | None:
+    try:
+        return s3(sim).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except s3(sim).exceptions.NoSuchKey:
+        return None
+
+
+def assert_no_store_secret(cli, sim, iid: int | None = None) -> None:
+    """The store's secret is in no output, no state file, no instance file but the 0600 one, no argv."""
+    import psutil
+    secret = store_info(sim)["secret_access_key"]
+    files = [p for p in cli.vchome.rglob("*") if p.is_file()]
+    assert not any(secret in text for text in cli.outputs), "the store secret leaked into output"
+    assert not any(secret.encode() in p.read_bytes() for p in files), "the store secret leaked into state"
+    if iid is not None:
+        home = sim.state / "instances" / str(iid) / "root"
+        for path in [p for p in home.rglob("*") if p.is_file() and p.name != ".store_credentials"]:
+            assert secret.encode() not in path.read_bytes(), f"the store secret is in {path}"
+        for path in home.rglob(".store_credentials"):
+            assert path.stat().st_mode & 0o077 == 0, "the credentials file is readable by others"
+    for proc in psutil.process_iter():
+        try:
+            assert secret not in " ".join(proc.cmdline())
+        except (psutil.Error, OSError):
+            continue
+
+
+JOB = ("mkdir -p $VASTICLAUDE_CHECKPOINT_DIR $VASTICLAUDE_OUTPUT_DIR; "
+       "echo step-3 > $VASTICLAUDE_CHECKPOINT_DIR/ckpt.txt; echo 42 > $VASTICLAUDE_OUTPUT_DIR/answer.txt; "
+       "head -c 300000 /dev/urandom > $VASTICLAUDE_OUTPUT_DIR/weights.bin; sleep 1; echo done")
+
+
+# ----- must show -------------------------------------------------------------------------------
+def test_unwatched_job_ships_to_the_store_and_the_instance_goes_at_once(cli, sim):
+    configure(cli, sim, "t1")
+    up = rent(cli, "shipped")
+    iid = up["instance_id"]
+    data = start(cli, "shipped", "--grace", "600", "--check", "1", "--", "sh", "-c", JOB)
+    assert data["guard"]["store"] is True
+    # From here on no vasticlaude process runs: only the instance's watchdog and uploader act.
+    end = ended_at(sim, iid, "shipped")
+    wait_state(sim, iid, "shipped", GONE, 30)
+    gone = world_rec(sim, iid)["destroyed_at"]
+    assert gone - end <= 10, f"destroyed {gone - end:.1f} s after the job's exit"
+    assert world_rec(sim, iid)["actual_status"] != "stopped"  # destroyed: no storage billing
+    manifest = json.loads(stored(sim, "t1/shipped/manifest.json"))
+    names = {f["path"]: f for f in manifest["files"]}
+    assert {"outputs/answer.txt", "outputs/weights.bin", "checkpoints/ckpt.txt", "run/job.log"} <= set(names)
+    assert stored(sim, "t1/shipped/outputs/answer.txt") == b"42\n"
+    assert manifest["exit_code"] == "0" and names["outputs/weights.bin"]["size"] == 300000
+    shipped_log = stored(sim, "t1/shipped/run/watchdog.log").decode()  # the instance's own copy went with it
+    assert "store: shipping outputs, checkpoints and the run files" in shipped_log
+    print(f"destroyed {gone - end:.2f} s after the job's exit")
+
+    pulled = cli.json("pull", "--experiment", "shipped")
+    assert pulled["source"] == "store" and pulled["verified"]
+    home = Path(pulled["local_path"])
+    assert (home / "outputs" / "answer.txt").read_text() == "42\n"
+    assert (home / "outputs" / "weights.bin").stat().st_size == 300000
+    assert "done" in (home / "run" / "job.log").read_text()
+    assert_no_store_secret(cli, sim, iid)
