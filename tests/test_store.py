@@ -106,3 +106,79 @@ def test_unwatched_job_ships_to_the_store_and_the_instance_goes_at_once(cli, sim
     assert (home / "outputs" / "weights.bin").stat().st_size == 300000
     assert "done" in (home / "run" / "job.log").read_text()
     assert_no_store_secret(cli, sim, iid)
+
+
+def test_wrong_store_keys_are_refused_at_run_before_the_job_starts(cli, sim):
+    configure(cli, sim, "t2", key_id="AKIAWRONGWRONGWRONG0")
+    up = rent(cli, "badkeys")
+    iid = up["instance_id"]
+    proc = cli.run("run", "--json", "--experiment", "badkeys", "--workdir", ".", "--", "sleep", "30")
+    envelope = json.loads(proc.stdout)
+    assert proc.returncode == 1 and not envelope["ok"], proc.stdout + proc.stderr
+    assert envelope["error"]["code"] == "store_denied"
+    assert "InvalidAccessKeyId" in envelope["error"]["message"] and "nothing was started" in envelope["error"]["hint"]
+    assert not run_file(sim, iid, "badkeys", "job_pid") and not run_file(sim, iid, "badkeys", "watchdog_pid")
+    assert status_of(sim, iid) == "running"  # still yours: fix the keys and run again
+    assert_no_store_secret(cli, sim, iid)
+    cli.json("down", "--experiment", "badkeys")
+
+
+def test_store_down_at_the_end_falls_back_to_waiting_for_a_pull(cli, sim):
+    configure(cli, sim, "t3", timeout_s=3)
+    up = rent(cli, "fallback")
+    iid = up["instance_id"]
+    start(cli, "fallback", "--grace", "120", "--check", "1", "--", "sh", "-c", "sleep 2; " + JOB)
+    sim.fault("store-5xx", status=503)  # the keys were checked at run; the store dies before the end
+    ended_at(sim, iid, "fallback")
+    snap = None
+    for _ in range(100):
+        snap = cli.json("status", "--experiment", "fallback")
+        if (snap.get("store") or {}).get("fallback"):
+            break
+        time.sleep(0.3)
+    assert snap["store"]["fallback"] and snap["store"]["state"] == "failed", snap
+    assert "SlowDown" in snap["store"]["message"] or "503" in snap["store"]["message"]
+    assert snap["next"].startswith("the results store failed") and "vasticlaude pull --experiment fallback" in snap["next"]
+    human = cli.run("status", "--experiment", "fallback").stdout
+    assert "FALLBACK: waiting for a pull" in human
+    log = run_file(sim, iid, "fallback", "watchdog.log")
+    assert "store FAILED" in log and "falling back to waiting for a pull" in log
+    assert status_of(sim, iid) == "running"  # nothing destroyed: the results are only on the instance
+    pulled = cli.json("pull", "--experiment", "fallback")  # nothing lost: the pull the watchdog waits for
+    assert pulled.get("source") != "store"
+    assert (Path(pulled["local_path"]) / "outputs" / "answer.txt").read_text() == "42\n"
+    wait_state(sim, iid, "fallback", GONE, 20)  # pulled, so the watchdog destroys it, as without a store
+
+
+def test_host_down_mid_run_resumes_from_the_store_without_the_laptop(cli, sim, tmp_path):
+    from test_recovery import STEP_S, TRAIN, result_of, step_of, wait_for
+    from test_recovery import launch as launch_job
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(TRAIN)
+    cli.cwd = project
+    configure(cli, sim, "t4", sync_interval_s=1)
+    up = launch_job(cli, "hdstore", "60", str(STEP_S))
+    iid = up["instance_id"]
+
+    def shipped_step() -> int:
+        doc = stored(sim, "t4/hdstore/checkpoints/state.json")
+        return json.loads(doc)["step"] if doc else 0
+    wait_for(lambda: shipped_step() >= 5, timeout=60, what="a checkpoint in the store")
+    at_fault = step_of(sim.state / "instances" / str(iid) / "root" / "vasticlaude" / "hdstore" / "checkpoints" / "state.json")
+    sim.fault("host-down", instance=iid)
+
+    done = cli.json("recover", "--experiment", "hdstore")
+    assert done["done"] and done["to_instance"] != iid and done["checkpoint"]["source"] == "store", done["steps"]
+    assert any("fetched the checkpoint from the results store" in s for s in done["steps"])
+    local = project / ".vasticlaude" / "runs" / "hdstore"
+    assert not (local / "checkpoints").exists()  # the laptop never held, let alone relayed, the checkpoint
+    new = done["to_instance"]
+    wait_state(sim, new, "hdstore", GONE, 60)  # finished, shipped, and destroyed by its own watchdog
+    pulled = cli.json("pull", "--experiment", "hdstore")
+    assert pulled["source"] == "store"
+    total, resumed = result_of(project, "hdstore")
+    assert total == 60 and resumed >= 5
+    assert (at_fault - resumed) * STEP_S <= 1 + 1 + 2 * STEP_S  # at most one sync interval of work lost
+    assert "resumed from step" in (local / "run" / "job.log").read_text()
+    assert_no_store_secret(cli, sim, new)

@@ -31,6 +31,9 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   "log_tail": [lines], "gpu": {"util", "mem_used_mb", "mem_total_mb"}, "disk": {"used_gb", "size_gb", "pct"},
   "cost": {"spent_usd", "dph", "projected_usd", "budget_usd", "left_usd"},
   "guard": {"alive", "heartbeat_age_s", "done", "last": [the last watchdog.log line, when not alive]},
+  "store": {"state" (ready | syncing | uploading | retrying | verified | failed | refused), "message",
+  "checkpoint_at", "checkpoint_files", "files", "bytes", "fallback": true when the store failed at the
+  job's end and the watchdog waits for a pull instead} (README "Results store"; absent without one),
   "fault": {"kind", "evidence": [...], "action", "confirm_s", "plan"} (README "Recovery"; absent when
   nothing is wrong), "next": str}
   "quarantined": [{"file", "copy", "at", "problems"}] (config/state files whose bad parts were left out
@@ -74,6 +77,10 @@ def human(data: dict) -> str:
             + (f", GPU {gpu['util']}% {gpu['mem_used_mb']}/{gpu['mem_total_mb']} MB" if gpu else "")
             + (f", disk {disk['used_gb']}/{disk['size_gb']} GB" if disk else ""),
             f"  guard: {guard_line(data)}"]
+    shipped = data.get("store")
+    if shipped:
+        head.append(f"  store: {shipped.get('state', '?')}" + (" — FALLBACK: waiting for a pull" if shipped.get("fallback") else "")
+                    + (f" ({shipped['message'][:120]})" if shipped.get("message") else ""))
     fault = data.get("fault")
     if fault:
         head.append(f"  fault: {fault['kind']} — {'; '.join(fault['evidence'])[:300]}")

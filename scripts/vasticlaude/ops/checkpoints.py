@@ -86,19 +86,48 @@ def send(route: ssh.Route, experiment: str) -> dict:
     return {**have, "sent": True}
 
 
+def ship(route: ssh.Route, experiment: str) -> str:
+    """Have the instance upload its checkpoint to the results store now (its uploader, run/store.py)."""
+    run = shlex.quote(Layout(experiment).run)
+    return remote(route, f"[ -f {run}/store.py ] && python3 {run}/store.py sync", "shipping the checkpoint to the store")
+
+
 def local_exit_code(experiment: str) -> int | None:
     try:
         return int((local_dir(experiment) / "run" / "exit_code").read_text().strip())
     except (OSError, ValueError):
+        shipped = ended_in_store(experiment)
+        code = (shipped or {}).get("exit_code")
+        return int(code) if code not in (None, "") else None
+
+
+def ended_in_store(experiment: str) -> dict | None:
+    """The results store's manifest when it holds the end of the experiment's latest run (the watchdog
+    destroys the instance once it does), else None. One S3 read; none without a store."""
+    exp = state.read_experiment(experiment) or {}
+    runs = exp.get("runs") or []
+    if not exp.get("store") or not runs:
         return None
+    from vasticlaude.ops import bucket
+    try:
+        target = bucket.resolve(config.load(), sandbox=bool(exp["store"].get("sandbox")))
+        shipped = bucket.manifest(target, experiment) if target is not None else None
+    except Error as err:
+        progress(f"vasticlaude: the results store could not be read ({err.message[:120]})")
+        return None
+    if shipped is None or float(shipped.get("at") or 0) < float(runs[-1]["at"]) - 5:
+        return None
+    return shipped
 
 
 def ended_home(experiment: str) -> bool:
-    """Does the pulled copy hold the exit code of the experiment's latest run?"""
+    """Does the pulled copy (or the results store) hold the exit code of the experiment's latest run?"""
     run_dir = local_dir(experiment) / "run"
     runs = (state.read_experiment(experiment) or {}).get("runs") or []
     try:
         started = float((run_dir / "started_at").read_text().strip())
     except (OSError, ValueError):
-        return False
-    return (run_dir / "exit_code").is_file() and bool(runs) and started >= float(runs[-1]["at"]) - 5
+        started = None
+    if started is not None and (run_dir / "exit_code").is_file() and bool(runs) and started >= float(runs[-1]["at"]) - 5:
+        return True
+    return ended_in_store(experiment) is not None

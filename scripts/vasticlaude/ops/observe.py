@@ -5,6 +5,7 @@ reap); `wait` repeats it until the job ends. The fault comes from core.faults.
 """
 from __future__ import annotations
 
+import json
 import time
 
 from vasticlaude.core import budget, money
@@ -67,6 +68,9 @@ def observe(bound: Bound, tail: int = 3) -> dict:
             "log_tail": [line[:TAIL_WIDTH] for line in lines[-tail:]] if tail > 0 else [],
             "gpu": _gpu(probe), "disk": _disk(probe, row), "cost": _cost(bound.experiment, rec, job),
             "guard": _guard(probe)}
+    shipped = _store(probe)
+    if shipped:
+        data["store"] = shipped
     ended_home = row is None and checkpoints.ended_home(bound.experiment)
     data["fault"] = diagnose(data, bound.record, lines, policy, ended_home)
     data["next"] = next_step(data)
@@ -95,7 +99,7 @@ def _probe(bound: Bound, lines: int) -> tuple[dict | None, str | None]:
 
 
 def _sections(text: str) -> dict:
-    out: dict = {"run": {}, "guard": {}, "wlog": [], "log": [], "gpu": [], "disk": []}
+    out: dict = {"run": {}, "guard": {}, "wlog": [], "log": [], "gpu": [], "disk": [], "store": []}
     current = None
     for line in text.splitlines():
         if line.startswith("@@"):
@@ -104,7 +108,7 @@ def _sections(text: str) -> dict:
         if current in ("run", "guard") and "=" in line:
             key, _, value = line.partition("=")
             out[current][key] = value
-        elif current in ("wlog", "log", "gpu", "disk"):
+        elif current in ("wlog", "log", "gpu", "disk", "store"):
             out[current].append(line)
     return out
 
@@ -146,6 +150,27 @@ def _guard(probe: dict | None) -> dict:
     beat = _num(guard.get("watchdog_heartbeat"))
     return {"alive": guard.get("alive") == "1", "last": [line[:120] for line in probe["wlog"][-1:]],
             "heartbeat_age_s": round(now - beat, 1) if beat else None, "done": guard.get("watchdog_done")}
+
+
+def _store(probe: dict | None) -> dict | None:
+    """The results store as the instance's uploader last wrote it (run/store_status.json), and the
+    watchdog's fallback (the store failed at the end: it waits for a pull instead)."""
+    if probe is None or not probe.get("store"):
+        return None
+    found: dict = {}
+    for line in probe["store"]:
+        if line.startswith("fallback="):
+            found["fallback"] = True
+            continue
+        try:
+            found.update({k: v for k, v in json.loads(line).items()
+                          if k in ("state", "message", "files", "bytes", "checkpoint_at", "checkpoint_files",
+                                   "sync_error")})
+        except ValueError:
+            continue
+    if isinstance(found.get("message"), str):
+        found["message"] = found["message"][:160]
+    return found or None
 
 
 def _instance(row: dict | None) -> dict:
@@ -202,6 +227,9 @@ def next_step(data: dict) -> str:
                 f"{fault['plan']}")
     if data["job"]["state"] in ("running", "stale") and not data["guard"]["alive"]:
         return f"{NO_GUARD}; {step}"
+    if (data.get("store") or {}).get("fallback"):
+        return (f"the results store failed ({(data['store'].get('message') or 'no answer')[:100]}), so the watchdog "
+                f"waits for a pull instead: vasticlaude pull --experiment {exp} now; nothing is lost")
     return step
 
 

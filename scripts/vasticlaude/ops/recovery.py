@@ -17,7 +17,7 @@ from vasticlaude.core.faults import fault as fault_of
 from vasticlaude.core.market import Wanted
 from vasticlaude.core.retry import poll_scale
 from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
-from vasticlaude.ops import checkpoints, code, job, results
+from vasticlaude.ops import bucket, checkpoints, code, job, results
 from vasticlaude.ops.binding import Bound, bind
 from vasticlaude.ops.launch import (
     Launcher,
@@ -32,6 +32,7 @@ from vasticlaude.ops.reconcile import reconcile
 from vasticlaude.ops.search import remember_failed
 from vasticlaude.ops.teardown import Target, teardown
 from vasticlaude.output import progress
+from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import probe_any, route_for, ssh_key
 from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast
@@ -114,6 +115,7 @@ class Recovery:
         self.exp = state.read_experiment(self.exp_id) or {}
         self.steps: list[str] = []
         self.to_instance: int | None = assessment.bound.instance_id if assessment.bound else None
+        self.fetched: dict | None = None  # the checkpoint the new instance took from the results store
 
     # -- the actions
     def perform(self, fault: dict) -> None:
@@ -238,7 +240,10 @@ class Recovery:
         if (old.row or {}).get("actual_status") != "running":
             return
         try:
-            if full:
+            if not full and self.store() is not None:  # the old instance ships its own last checkpoint
+                checkpoints.ship(old.route(), self.exp_id)
+                self.step(f"instance {old.instance_id} shipped its checkpoint to the results store")
+            elif full:
                 got = results.pull(old, dest=checkpoints.local_dir(self.exp_id))
                 self.step(f"pulled {got['files']} files ({got['bytes']} B) from instance {old.instance_id}")
             else:
@@ -317,10 +322,32 @@ class Recovery:
             self.step(f"pushed the code ({pushed['files']} files) to instance {bound.instance_id}")
         else:
             self.step("no pushed code on record (the experiment never used `vasticlaude push`): nothing to send")
-        sent = checkpoints.send(bound.route(), self.exp_id)
-        self.step(f"checkpoint sent ({sent['files']} files, {sent['bytes']} B)" if sent["sent"] else
-                  "no checkpoint at home: the job starts from the beginning", files=sent["files"])
+        if not self.fetch(bound):
+            sent = checkpoints.send(bound.route(), self.exp_id)
+            self.step(f"checkpoint sent ({sent['files']} files, {sent['bytes']} B)" if sent["sent"] else
+                      "no checkpoint at home: the job starts from the beginning", files=sent["files"])
         self.restart()
+
+    def store(self) -> bucket.Target | None:
+        """The results store the experiment ships to (None: the checkpoint travels through the laptop)."""
+        if not self.exp.get("store"):
+            return None
+        return bucket.resolve(config.load(), sandbox=self.vast.target.sandbox)
+
+    def fetch(self, bound: Bound) -> bool:
+        """The new instance downloads the checkpoint from the store itself (the laptop relays nothing);
+        False when there is no store or it holds no checkpoint."""
+        target = self.store()
+        if target is None:
+            return False
+        got = bucket.install(bound.route(), Layout(self.exp_id).run, self.exp_id, target, action="fetch")
+        if not got.get("files"):
+            self.step("the results store holds no checkpoint yet")
+            return False
+        self.fetched = {"files": got["files"], "bytes": got["bytes"]}
+        self.step(f"instance {bound.instance_id} fetched the checkpoint from the results store "
+                  f"({got['files']} files, {got['bytes']} B)", files=got["files"], source="store")
+        return True
 
     # -- budget
     def budget_usd(self) -> float | None:
@@ -381,9 +408,11 @@ def _attempt(assessment: Assessment, worker: "Recovery", attempt: int) -> dict:
         raise
     entry = _finish(exp_id, fault, from_id, worker, start, ok=True)
     have = checkpoints.summary(checkpoints.local_dir(exp_id))
+    if worker.fetched:  # the checkpoint came from the store, not from home
+        have = {**worker.fetched, "newest": None, "source": "store"}
     return {"experiment": exp_id, "fault": _public(fault), "action": fault["action"], "done": True,
             "from_instance": from_id, "to_instance": worker.to_instance, "steps": worker.steps,
-            "checkpoint": {"files": have["files"], "bytes": have["bytes"],
+            "checkpoint": {"files": have["files"], "bytes": have["bytes"], "source": have.get("source", "home"),
                            "age_s": round(time.time() - have["newest"], 1) if have["newest"] else None},
             "seconds": entry["seconds"], "attempt": attempt, "spent_usd": round(budget.experiment_spent(exp_id, state.load()), 4)}
 

@@ -121,10 +121,17 @@ class Watch:
         """No fault and no running job: gone after its end, stopped on purpose, or never started."""
         instance = a.snap["instance"]["status"] if a.snap else "gone"
         job, exp = (a.snap or {}).get("job", {}).get("state"), a.experiment
-        if instance == "gone":  # only without a fault: the pulled copy holds this run's exit code
+        if instance == "gone":  # only without a fault: the pulled copy (or the store) holds this run's exit code
+            where, got = "its files are at home", None
+            if not checkpoints.local_dir(exp).joinpath("run", "exit_code").is_file() and results.stored(exp):
+                got = results.pull_from_store(exp, why="the watchdog destroyed the instance once the store held them")
+                where = f"its files came home from the results store ({got['files']} files, verified)"
             code = checkpoints.local_exit_code(exp)
-            return self.result("finished" if code == 0 else "failed", f"the instance is gone; the job had ended "
-                               f"with exit code {code} and its files are at home", 0 if code == 0 else FAILED)
+            data = self.result("finished" if code == 0 else "failed", f"the instance is gone; the job had ended "
+                               f"with exit code {code} and {where}", 0 if code == 0 else FAILED)
+            if got is not None:
+                data["pull"] = {k: got[k] for k in ("files", "bytes", "local_path")}
+            return data
         if instance == "stopped":
             return self.result("needs_you", f"instance {a.snap['instance_id']} was stopped on purpose (by you or its "
                                f"watchdog) and storage still bills: start it to go on, or vasticlaude down "
@@ -191,7 +198,7 @@ class Watch:
             exp["finished_at"] = time.time()
             exp.pop("recovering", None)
         if self.opts.finish in ("down", "pull"):
-            got = results.pull(bind(self.vast, a.experiment))
+            got = self.pull(a.experiment)
             data["pull"] = {k: got[k] for k in ("files", "bytes", "local_path")}
             data.pop("checkpoint", None)  # the pull brought everything: its local_path says where
         if self.opts.finish == "down":
@@ -203,6 +210,15 @@ class Watch:
                             message=data["message"] + f"; NOT confirmed gone: {report['failed']} — run 'vasticlaude down'")
         data["spent_usd"] = round(budget.experiment_spent(a.experiment, state.load()), 4)
         return data
+
+    def pull(self, experiment: str) -> dict:
+        """From the instance; from the results store when the watchdog destroyed the instance meanwhile."""
+        try:
+            return results.pull(bind(self.vast, experiment))
+        except Error:
+            if not results.stored(experiment) or not checkpoints.ended_in_store(experiment):
+                raise
+            return results.pull_from_store(experiment, why="the instance went once the store held the results")
 
     def api_down(self, err: Error) -> dict:
         a = self.last
