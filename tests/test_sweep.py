@@ -105,3 +105,62 @@ def test_a_12_run_grid_on_4_instances(cli, sim, tmp_path):
     ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "grid" / "ledger.jsonl").read_text().splitlines()]
     assert {e["run"] for e in ledger if e["event"] == "sweep_run"} == set(states)
     assert {e["instance_id"] for e in ledger if e["event"] == "sweep_instance"} == set(data["instances"])
+
+
+def sweep_state(cli, name: str) -> dict:
+    try:
+        return json.loads((cli.vchome / "experiments" / name / "experiment.json").read_text()).get("sweep") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def kill_when(cli, proc, name: str, ready, timeout: float = 120) -> dict:
+    """kill -9 the controller (and its ssh/rsync) as soon as its state shows `ready`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        sw = sweep_state(cli, name)
+        if sw and ready(sw):
+            cli.kill9(proc)
+            return sw
+        time.sleep(0.02)
+    raise AssertionError(f"the sweep never reached the kill point (rc={proc.poll()})")
+
+
+def test_kill_9_at_several_points_then_resume(cli, sim, tmp_path):
+    starts = project(cli, tmp_path, steps=12, pause=0.1)
+    args = ["--experiment", "kills", "--parallel", "2", "--budget-usd", "2", "--param", "lr=0.001,0.002,0.003",
+            "--param", "bs=8,16", *SWEEP, "--", "python3", "train.py", "{lr}", "{bs}"]
+    points = [lambda sw: any(s["state"] == "renting" for s in sw["slots"]),
+              lambda sw: any(r["state"] == "running" for r in sw["runs"]),
+              lambda sw: sum(r["state"] == "done" for r in sw["runs"]) >= 2]
+    proc = cli.spawn("sweep", *args)
+    for n, point in enumerate(points):
+        kill_when(cli, proc, "kills", point)
+        if n + 1 < len(points):
+            proc = cli.spawn("sweep", "--experiment", "kills", "--resume", "--interval", "0.3")
+    data = sweep_json(cli, "--experiment", "kills", "--resume", "--interval", "0.3", rc=0)
+    assert data["counts"] == {"done": 6}
+    started = starts.read_text().split()
+    assert sorted(started) == sorted(r["id"] for r in data["runs"])  # no run done twice
+    assert data["rentals"] == 2 and cli.account() == []  # no duplicate rental, nothing left
+    again = sweep_json(cli, "--experiment", "kills", "--resume", rc=0)  # resuming a finished sweep does nothing
+    assert again["counts"] == {"done": 6} and again["rentals"] == 2
+
+
+def test_a_budget_that_runs_out_midway_stops_cleanly(cli, sim, tmp_path):
+    starts = project(cli, tmp_path, steps=40, pause=0.1)
+    dph = cli.json("offers", "--disk", "8", "--hours", "0.001")["candidates"][0]["dph"]
+    total = round(2 * dph * 10 / 3600, 8)  # about 10 s of each of the 2 instances: a run or two each, not six
+    data = sweep_json(cli, "--experiment", "broke", "--parallel", "2", "--budget-usd", str(total),
+                      "--param", "lr=0.001,0.002,0.003", "--param", "bs=8,16", *SWEEP[:4], "--hours", "0.001",
+                      "--interval", "0.3", "--check", "0.5", "--kill-grace", "1", "--grace", "120", "--no-setup",
+                      "--", "python3", "train.py", "{lr}", "{bs}", rc=1)
+    states = {r["id"]: r["state"] for r in data["runs"]}
+    assert set(states.values()) <= {"done", "stopped", "not_run"} and "not_run" in states.values()
+    never = [rid for rid, s in states.items() if s == "not_run"]
+    assert not set(never) & set(starts.read_text().split())  # runs reported not run never started
+    assert cli.account() == [] and not data.get("live_instances")  # nothing bills
+    world = json.loads((sim.state / "world.json").read_text())["instances"]
+    billed = sum(world[str(i)]["billing"]["gpu"]["amount"] + world[str(i)]["billing"]["disk"]["amount"]
+                 for i in data["instances"])
+    assert data["spent_usd"] <= total * 1.05 and billed <= total * 1.05, (data["spent_usd"], billed, total)

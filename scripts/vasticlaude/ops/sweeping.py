@@ -291,6 +291,12 @@ class Slot:
         assert self.bound is not None
         run, sw = self.claims.run(rid), self.book.read()
         cap = self.cap()
+        short = self.cannot_finish(cap, sw)
+        if short:
+            self.claims.give_back(rid, short)
+            self.say(f"budget: {short}")
+            self.book.slot(self.name, note=f"budget: {short}"[:300], code="over_budget")
+            return False
         if self.over_total():
             self.claims.give_back(rid, "the sweep's total budget is spent")
             return False
@@ -314,6 +320,20 @@ class Slot:
         self.book.run(rid, state="running", started_at=time.time(), cap_usd=cap,
                       dph=got["guard"]["dph"], recoveries=run.get("recoveries", 0))
         return True
+
+    def cannot_finish(self, cap: float, sw: dict) -> str | None:
+        """Why the cap left cannot pay for one more run like those this instance ran (None when it can):
+        a run the budget would stop midway only wastes money."""
+        done = [r for r in sw["runs"] if r.get("slot") == self.name and r.get("seconds") and r.get("dph")]
+        if not done:
+            return None
+        seconds = sum(float(r["seconds"]) for r in done) / len(done)
+        kill_grace = float((sw.get("guard") or {}).get("kill_grace_s") or 0)
+        need = float(done[-1]["dph"]) * (seconds + kill_grace) / 3600
+        left = cap - slot_spent(self.name)
+        if left >= need:
+            return None
+        return f"${left:.4f} of this instance's ${cap:.4f} share is left; a run here takes about ${need:.4f}"
 
     def over_total(self) -> bool:
         """The controller's own check of the one total: every slot's spend so far against it."""
@@ -348,7 +368,19 @@ class Slot:
                 return None
             time.sleep(self.opts.interval * poll_scale())
 
+    def spent_out(self, rid: str) -> bool:
+        """Has the run's watchdog reached its cap (and so, most likely, destroyed the instance itself)?"""
+        run, sw = self.claims.run(rid), self.book.read()
+        guard = sw.get("guard") or {}
+        slack = float(guard.get("kill_grace_s") or 0) + float(guard.get("check_s") or 15) + 5
+        cap = float(run.get("cap_usd") or 0)
+        return bool(cap) and slot_spent(self.name) + float(run.get("dph") or 0) * slack / 3600 >= cap
+
     def recover(self, rid: str, a) -> bool:
+        if a.fault["action"] == "relaunch" and self.spent_out(rid):
+            self.book.run(rid, state="stopped", note=f"{a.fault['kind']} at the budget: its watchdog stopped it")
+            self.bound = None
+            return False
         self.say(f"{rid}: {a.fault['kind']} → {a.fault['plan']}")
         try:
             done = recover(a, self.vast, self.opts.policy or Policy.from_config(config.load()))
