@@ -163,4 +163,4 @@ def test_a_budget_that_runs_out_midway_stops_cleanly(cli, sim, tmp_path):
     world = json.loads((sim.state / "world.json").read_text())["instances"]
     billed = sum(world[str(i)]["billing"]["gpu"]["amount"] + world[str(i)]["billing"]["disk"]["amount"]
                  for i in data["instances"])
-    assert data["spent_usd"] <= total * 1.05 and billed <= total * 1.05, (data["spent_usd"], billed, total)
+    assert billed <= total, (billed, total)  # what the sandbox billed: the total held

@@ -52,6 +52,7 @@ from vasticlaude.vast.gateway import Vast
 ENDED = {"exited", "killed", "vanished"}
 FINAL = {"done", "failed", "stopped", "lost", "not_run"}
 VERSION = 1
+START_S = 2.0  # seconds from the spend the start is priced at to the watchdog's first look (an SSH call)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,14 @@ ARCHIVE = ('cd {base} || exit 1; [ "$(cat run/sweep_run 2>/dev/null)" = {rid} ] 
 def remote_step(bound: Bound, template: str, rid: str, what: str) -> list[str]:
     script = template.format(base=shlex.quote(Layout(bound.experiment).base), rid=shlex.quote(rid))
     return remote(bound.route(), script, what).splitlines()
+
+
+def watchdog_cap(cap: float, bound: Bound, guard: dict) -> float:
+    """The cap the run's watchdog enforces: the slot's, less what it bills before the watchdog's first
+    look (the start over SSH) and between two looks, so that where it stops lands within the cap."""
+    dph = float(bound.record.get("dph_total") or 0)
+    blind_s = float(guard.get("check_s") or 15) + START_S
+    return round(max(0.0, cap - dph * blind_s / 3600), 8)
 
 
 # ----- one slot ----------------------------------------------------------------------------------
@@ -304,7 +313,7 @@ class Slot:
         env = {**run["env"], "VASTICLAUDE_SWEEP": self.book.name, "VASTICLAUDE_SWEEP_RUN": rid}
         command = OUTPUTS.format(base=shlex.quote(Layout(self.name).base), rid=rid) + run["command"]
         guard = sw.get("guard") or {}
-        ask = job.GuardAsk(budget_usd=cap, grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
+        ask = job.GuardAsk(budget_usd=watchdog_cap(cap, self.bound, guard), grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
                            kill_grace_s=guard.get("kill_grace_s"), on_end="destroy")
         self.book.run(rid, state="starting", slot=self.name, instance_id=self.bound.instance_id)
         try:
