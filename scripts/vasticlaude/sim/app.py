@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import billing, realism
+from . import billing, overlays, realism
 from .errors import ApiError, bad_request, forbidden, not_found
 from .faults import FaultBook
 from .lifecycle import Engine
@@ -315,6 +315,38 @@ class Sandbox:
         rec = self.world.instance(call.int_arg())
         return {"success": True, "ssh_keys": [{"id": i, "public_key": k} for i, k in enumerate(rec["ssh_keys"])]}
 
+    # ----- overlay networks (vastai 1.9.1 api/clusters.py) ----------------------------------
+    async def show_overlays(self, call: Call) -> object:
+        return overlays.rows(self.world.data, self.world.live_instances())
+
+    async def create_overlay(self, call: Call) -> object:
+        made = overlays.create(self.world.data, call.body)
+        self.changed()
+        return {"success": True, "overlay_id": made["overlay_id"],
+                "msg": f"Overlay network {made['name']} created on cluster {made['cluster_id']} "
+                       f"(subnet {made['internal_subnet']})."}
+
+    async def join_overlay(self, call: Call) -> object:
+        overlay = overlays.find(self.world.data, call.body.get("name"))
+        try:
+            rec = self.world.instance(int(call.body.get("instance_id")))
+        except (TypeError, ValueError):
+            raise bad_request("instance_id must be an integer.") from None
+        ip = overlays.join(self.world.data, overlay, rec)
+        self.engine.set_network(rec)
+        self.changed()
+        return {"success": True, "msg": f"Instance {rec['id']} joined overlay {overlay['name']} ({ip})."}
+
+    async def delete_overlay(self, call: Call) -> object:
+        members = [r for r in self.world.live_instances()
+                   if r.get("overlay") and (r["overlay"]["overlay_id"] == call.body.get("overlay_id")
+                                            or r["overlay"]["name"] == call.body.get("overlay_name"))]
+        gone = overlays.delete(self.world.data, call.body, self.world.live_instances())
+        for rec in members:
+            self.engine.set_network(rec)
+        self.changed()
+        return {"success": True, "msg": f"Overlay {gone['name']} deleted ({len(members)} instances removed from it)."}
+
     # ----- billing -----------------------------------------------------------------------
     async def charges(self, call: Call) -> object:
         recs = list(self.world.data["instances"].values())
@@ -496,6 +528,10 @@ _ROUTES: list[tuple[str, str, str, Handler]] = [
     ("GET", r"/api/v0/ssh", "account", Sandbox.list_keys),
     ("DELETE", rf"/api/v0/ssh/{_N}", "account", Sandbox.delete_key),
     ("PUT", rf"/api/v0/ssh/{_N}", "account", Sandbox.update_key),
+    ("GET", r"/api/v0/overlay", "account", Sandbox.show_overlays),
+    ("POST", r"/api/v0/overlay", "account", Sandbox.create_overlay),
+    ("PUT", r"/api/v0/overlay", "account", Sandbox.join_overlay),
+    ("DELETE", r"/api/v0/overlay", "account", Sandbox.delete_overlay),
     ("GET", r"/api/v0/charges", "account", Sandbox.charges),
     ("GET", r"/api/v0/users/me/invoices", "account", Sandbox.invoices_v0),
     ("GET", r"/api/v1/invoices", "account", Sandbox.invoices_v1),

@@ -173,6 +173,16 @@ class Container:
         self.env = _build_env(self.user_env, self.home, self.marker, self.tools_dir, self._bin_farm())
         self._prepare_files()
 
+    def set_env(self, changes: dict[str, str | None]) -> None:
+        """Set (or, with None, drop) variables of the instance's env; new sessions see them."""
+        for key, value in changes.items():
+            if value is None:
+                self.user_env.pop(key, None)
+            else:
+                self.user_env[key] = value
+        self.env = _build_env(self.user_env, self.home, self.marker, self.tools_dir, self._bin_farm())
+        self._prepare_files()
+
     def _bin_farm(self) -> Path | None:
         """A directory of links to every command on PATH except the hidden ones (None: no hiding)."""
         if not self.hidden_tools:

@@ -24,7 +24,7 @@ import socket
 import time
 from pathlib import Path
 
-from . import billing, realism
+from . import billing, overlays, realism
 from .container import Container, GpuSpec
 from .errors import bad_request
 from .routes import Route
@@ -202,7 +202,8 @@ class Engine:
         env = {**rec["env"], "CONTAINER_ID": str(iid), "CONTAINER_API_KEY": rec["instance_api_key"],
                "VAST_CONTAINERLABEL": f"C.{iid}", "PUBLIC_IPADDR": "127.0.0.1",
                "VAST_TCP_PORT_22": str(ports.get("direct") or ports["proxy"]),
-               "GPU_COUNT": str(gpu.count), "VAST_URL": self.url, "DATA_DIRECTORY": "/workspace/"}
+               "GPU_COUNT": str(gpu.count), "VAST_URL": self.url, "DATA_DIRECTORY": "/workspace/",
+               **overlays.env_of(rec)}
         env = {k: v for k, v in env.items() if not k.startswith("-")}
         container = Container(iid, self.instance_dir(iid) / "root", env, float(rec["disk"]), gpu,
                               f"{self.marker}:{iid}", hidden_tools=realism.hidden_tools(self.world.data, rec),
@@ -279,6 +280,12 @@ class Engine:
     async def refresh_all(self) -> None:
         for rec in list(self.world.live_instances()):
             await self.refresh(rec)
+
+    def set_network(self, rec: dict) -> None:
+        """A joined (or left) overlay reaches a live container's env at once; new sessions see it."""
+        container = self.containers.get(rec["id"])
+        if container is not None:
+            container.set_env({"VAST_OVERLAY_IP": None, "VAST_OVERLAY_NAME": None, **overlays.env_of(rec)})
 
     def instance_dir(self, iid: int) -> Path:
         return self.state_dir / "instances" / str(iid)

@@ -164,7 +164,26 @@ def generate_market(seed: int, n_machines: int = 60, now: float = MARKET_EPOCH) 
         ids = {"id": offer_ids[i], "ask_contract_id": offer_ids[i], "machine_id": machine_ids[i],
                "bundle_id": bundle_ids[i], "host_id": rng.choice(host_pool)}
         offers.append(_make_offer(rng, i, ids, now))
+    assign_clusters(offers, seed)
     return offers
+
+
+def assign_clusters(offers: list[dict], seed: int) -> None:
+    """Group some machines into physical clusters (`cluster_id`), as Vast's hosts register them.
+
+    A cluster is machines of one host on one LAN (docs.vast.ai/clusters): the same GPU model here,
+    in one place. About half the GPU models with three or more machines get one cluster of up to
+    six; a separate generator, so the rest of the market is the same as without clusters."""
+    rng = random.Random(seed * 7919 + 17)
+    by_gpu: dict[str, list[dict]] = {}
+    for offer in sorted(offers, key=lambda o: o["id"]):
+        by_gpu.setdefault(offer["gpu_name"], []).append(offer)
+    groups = [members for _, members in sorted(by_gpu.items()) if len(members) >= 3]
+    chosen = [g for g in groups if rng.random() < 0.5] or groups[:1]
+    for members in chosen:
+        cluster_id, first = rng.randrange(100, 10_000), members[0]
+        for offer in members[:6]:
+            offer.update(cluster_id=cluster_id, geolocation=first["geolocation"], geolocode=first["geolocode"])
 
 
 def _make_offer(rng: random.Random, index: int, ids: dict, now: float) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vasticlaude.store.jsonfile import read_json, write_json_atomic
 
-from . import billing, market, query, realism
+from . import billing, market, overlays, query, realism
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 
 STATE_VERSION = 1
@@ -154,6 +154,8 @@ class World:
         if bid_rule is None:
             bid_rule = realism.active(self.data, None, "bid-too-low")
         spec = _launch_spec(body, offer, check_min_bid=bid_rule is None)
+        network = overlays.requested(spec["env"])
+        overlay = overlays.find(self.data, network) if network else None
         rec = {
             "id": self._next_id("instance"), "offer_id": offer["id"], "machine_id": offer["machine_id"],
             "host_id": offer["host_id"], "offer": market.price_offer(offer, "bid" if spec["is_bid"] else "on-demand", spec["disk"]),
@@ -163,6 +165,8 @@ class World:
             "phase_since": now, "ports": {}, "init_pid": None, "billing": billing.new_billing(now),
             "host_offline": False, "faults": dict(offer.get("faults", {})),
         }
+        if overlay is not None:  # refused before the contract exists when the machine is elsewhere
+            overlays.join(self.data, overlay, rec)
         offer["rented"], offer["rentable"] = True, False
         if rec["faults"].get("busy"):
             # Without cancel_unavail Vast still makes the contract, stopped, billing storage.
