@@ -73,3 +73,128 @@ def test_overlay_through_vastai(sim):
     finally:
         for iid in ids:
             sim.vastai("destroy", "instance", str(iid), "-y", check_error=False)
+
+
+# ----- the product ----------------------------------------------------------------------------------
+# A job with torch.distributed's env:// contract and no torch: rank 0 listens on MASTER_ADDR:MASTER_PORT,
+# every other rank connects from its own overlay address (NODE_ADDR) and says who it is; rank 0 checks
+# the world size and the sources, then sends each the world size and a payload that names the step it
+# resumes from (rank 0's checkpoint). Then steps; rank 0 checkpoints after each.
+RENDEZVOUS = r'''
+import json, os, socket, sys, time
+rank, world = int(os.environ["NODE_RANK"]), int(os.environ["WORLD_SIZE"])
+master, port, me = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), os.environ["NODE_ADDR"]
+ckpt_dir, out_dir = os.environ["VASTICLAUDE_CHECKPOINT_DIR"], os.environ["VASTICLAUDE_OUTPUT_DIR"]
+total, period = int(sys.argv[1]), float(sys.argv[2])
+ckpt = os.path.join(ckpt_dir, "state.json")
+start = json.load(open(ckpt))["step"] if os.environ["VASTICLAUDE_RESUME"] == "1" and os.path.exists(ckpt) else 0
+peers = {}
+if rank == 0:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((master, port)); srv.listen(); srv.settimeout(120)
+    conns = []
+    while len(conns) < world - 1:
+        c, (ip, _) = srv.accept()
+        hello = json.loads(c.makefile().readline())
+        assert hello["world"] == world and hello["addr"] == ip, (hello, ip)
+        peers[hello["rank"]] = ip
+        conns.append(c)
+    payload = f"rank0-{start}"
+    for c in conns:
+        c.sendall((json.dumps({"world": world, "payload": payload, "start": start}) + "\n").encode()); c.close()
+else:
+    for _ in range(1200):
+        try:
+            c = socket.create_connection((master, port), timeout=5, source_address=(me, 0)); break
+        except OSError:
+            time.sleep(0.1)
+    c.sendall((json.dumps({"rank": rank, "world": world, "addr": me}) + "\n").encode())
+    reply = json.loads(c.makefile().readline())
+    assert reply["world"] == world
+    payload, start = reply["payload"], reply["start"]
+print(f"rendezvous rank={rank} world={world} payload={payload} start={start}", flush=True)
+for step in range(start + 1, total + 1):
+    time.sleep(period)
+    print(f"step {step}/{total}", flush=True)
+    if rank == 0:
+        json.dump({"step": step}, open(ckpt + ".tmp", "w")); os.replace(ckpt + ".tmp", ckpt)
+json.dump({"rank": rank, "world": world, "payload": payload, "start": start, "peers": peers, "addr": me},
+          open(os.path.join(out_dir, "result.json"), "w"))
+'''
+
+
+@pytest.fixture
+def project(cli, tmp_path: Path) -> Path:  # noqa: F811
+    root = tmp_path / "project"
+    (root / ".vasticlaude").mkdir(parents=True)
+    (root / "rendezvous.py").write_text(RENDEZVOUS)
+    (root / ".vasticlaude" / "config.json").write_text(json.dumps(
+        {"recovery": {"sync_interval_s": 1}, "guard": {"grace_s": 600}, "min_reliability": 0.8,
+         "num_gpus": None}))  # the seed-7 cluster 188: five fitting machines, one spare or two
+    cli.cwd = root
+    return root
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def step_on(sim, iid: int, experiment: str) -> int:
+    path = sim.state / "instances" / str(iid) / "root" / "vasticlaude" / experiment / "checkpoints" / "state.json"
+    try:
+        return json.loads(path.read_text())["step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_three_nodes_rendezvous_survive_a_dead_host_and_leave_nothing(sim, cli, project):  # noqa: F811
+    """up --nodes 3 → push → run (MASTER_ADDR…) → host-down of node 1 mid-run → the group restarts from
+    rank 0's checkpoint and finishes → every rank saw world 3 and rank 0's payload → no instance, no overlay."""
+    port = str(free_port())
+    up = cli.json("up", "--experiment", "mn", "--image", IMAGE, "--disk", "8", "--hours", "1", "--nodes", "3",
+                  "--any-verified", "--budget-usd", "3", "--master-port", port)
+    assert len(up["nodes"]) == 3 and up["overlay"].startswith("vc-mn-")
+    [overlay] = [o for o in sim.sdk().show_overlays() if o["name"] == up["overlay"]]
+    assert sorted(overlay["instances"]) == sorted(n["instance_id"] for n in up["nodes"])
+    for n in up["nodes"]:  # one cluster; each node's watchdog gets a third of the budget
+        assert json.loads((cli.vchome / "experiments" / n["experiment"] / "experiment.json").read_text())["budget_usd"] == 1.0
+    cli.json("push", "--experiment", "mn", "--no-setup")
+    proc = cli.run("run", "--json", "--experiment", "mn", "--", "python3", "rendezvous.py", "60", "0.25")
+    assert proc.returncode == 0, proc.stderr
+    started = json.loads(proc.stdout)["data"]
+    assert started["state"] == "running" and len({n["address"] for n in started["nodes"]}) == 3
+    assert started["endpoint"] == f"{started['nodes'][0]['address']}:{port}"
+    status = cli.json("status", "--experiment", "mn")
+    assert [n["node"] for n in status["nodes"]] == [0, 1, 2] and status["overlay"] == up["overlay"]
+
+    watch = cli.spawn("watch", "--experiment", "mn", "--interval", "1", "--sync-interval", "1", "--json")
+    node0, node1 = up["nodes"][0]["instance_id"], up["nodes"][1]["instance_id"]
+    wait_for(lambda: step_on(sim, node0, "mn-n0") >= 4, 60, "rank 0's fourth checkpoint")
+    time.sleep(1.5)  # a sync of it reaches home
+    sim.fault("host-down", instance=node1)
+    code, out, err = cli.finish(watch, timeout=240)
+    result = json.loads(out)["data"]
+    assert code == 0, err[-3000:]
+    assert result["outcome"] == "finished" and [r["node"] for r in result["recoveries"]] == [1]
+    assert result["recoveries"][0]["kind"] == "host_offline" and result["recoveries"][0]["to_instance"] != node1
+    outs = [json.loads((project / ".vasticlaude" / "runs" / f"mn-n{r}" / "outputs" / "result.json").read_text())
+            for r in range(3)]
+    assert {o["world"] for o in outs} == {3} and len({o["payload"] for o in outs}) == 1
+    assert outs[0]["start"] >= 3 and all(o["start"] == outs[0]["start"] for o in outs)  # resumed from rank 0's
+    assert sorted(outs[0]["peers"].values()) == sorted(o["addr"] for o in outs[1:])  # over the overlay addresses
+    assert cli.account() == []
+    assert not [o for o in sim.sdk().show_overlays() if o["name"] == up["overlay"]]
+    ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "mn" / "ledger.jsonl").read_text().splitlines()]
+    assert len(ledger) == 4 and {e["node"] for e in ledger} == {"mn-n0", "mn-n1", "mn-n2"}  # the dead node's too
+    assert 0 < result["spent_usd"] <= 3 and abs(sum(e["cost_usd"] for e in ledger) - result["spent_usd"]) < 0.01

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.ops import nodes
 from vasticlaude.errors import Error
 from vasticlaude.ops import teardown
 
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> dict:
     if not (args.ids or args.experiment or args.all):
         build_parser().error("name instance IDs, --experiment X or --all")
     vast = console.connect(args)
+    if nodes.group_of(args.experiment) is not None and not args.ids:
+        return nodes.down(vast, args.experiment, args.keep_disk)
     return teardown.take_down(vast, teardown.targets(vast, args.ids, args.experiment, args.all), args.keep_disk)
 
 
@@ -63,6 +66,8 @@ def human(data: object) -> str:
         lines.append(f"already gone: {', '.join(map(str, data['already_gone']))}")
     lines += [f"stopped {i}: its disk is kept and still bills storage until destroyed" for i in data["stopped"]]
     lines += [f"NOT confirmed gone {f['id']}: {f['reason']}" for f in data["failed"]]
+    if data.get("overlay"):
+        lines.append(f"overlay network {data['overlay']} deleted")
     return "\n".join(lines) or "nothing to take down"
 
 

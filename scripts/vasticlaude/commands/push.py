@@ -58,6 +58,8 @@ from vasticlaude.output import compact
 from vasticlaude.errors import Error
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import USAGE
+from vasticlaude.ops import nodes
+from vasticlaude.ops.binding import attach, find_record
 from vasticlaude.ops.code import push
 from vasticlaude.store import config
 
@@ -122,5 +124,13 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     root = source_root(args)
+    group = nodes.group_of(args.experiment)
+    if group is not None:  # several nodes: the same code to each; the first failure stops it
+        vast = console.connect(args)
+        pushed = [push(attach(vast, find_record(name, None)), root, args.include_heavy, not args.no_setup,
+                       args.setup_timeout) for name in group["members"]]
+        failed = next((p for p in pushed if p["exit_code"]), None)
+        return {**(failed or pushed[0]), "experiment": args.experiment, "nodes": [
+            {k: p[k] for k in ("experiment", "instance_id", "files", "bytes_sent", "exit_code")} for p in pushed]}
     bound = console.bind(args)
     return push(bound, root, args.include_heavy, not args.no_setup, args.setup_timeout)

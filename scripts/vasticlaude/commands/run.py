@@ -34,6 +34,15 @@ JSON (--json) data: {"experiment", "instance_id", "command", "run_dir", "workdir
   "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "grace_s", "on_end",
             "check_s", "kill_grace_s", "dph", "already_spent_usd"}}
 
+Several nodes (an experiment rented with `up --nodes N`): the command starts on every node,
+each with MASTER_ADDR (node 0's overlay address), MASTER_PORT, NODE_RANK, RANK, WORLD_SIZE (the
+nodes: one process per node), NNODES and NODE_ADDR, for commands that launch themselves. With
+--torchrun a Python script (`python train.py ARGS`) runs as `torchrun --nnodes N --nproc-per-node
+<GPUs> --node-rank i --rdzv-backend c10d --rdzv-endpoint <node 0>:<port> --rdzv-id <experiment>
+train.py ARGS`. --budget-usd is the group's, split evenly into the nodes' watchdogs. JSON data
+then: {"experiment", "command", "torchrun", "endpoint", "state", "exit_code", "log_tail",
+"nodes": [{"node", "experiment", "instance_id", "address", "state", "exit_code", "log_tail", "guard"}], "guard"}.
+
 Exit codes: 0 started (or exited at once with 0) · 1 refused (already running; no
 command; the budget or hours are already used up) or the command failed at once ·
 2 usage · 3 SSH/API trouble.
@@ -48,7 +57,7 @@ from vasticlaude import console
 from vasticlaude.core.faults import last_words
 from vasticlaude.errors import Error
 from vasticlaude.errors import FAILED, USAGE
-from vasticlaude.ops import job
+from vasticlaude.ops import job, nodes
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -60,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the job")
     p.add_argument("--heartbeat", type=console.number(3600, whole=True), default=job.HEARTBEAT, help="seconds between heartbeats")
     p.add_argument("--restart", action="store_true", help="start even if a run of this experiment is still going")
+    p.add_argument("--nodes", type=console.number(64, whole=True), help="expect this many nodes (the experiment's, from up --nodes)")
+    p.add_argument("--torchrun", action="store_true", help="several nodes: run the Python script under torchrun (c10d rendezvous at node 0)")
+    p.add_argument("--master-port", type=console.number(65535, whole=True), help="several nodes: rendezvous port (default: up's)")
     g = p.add_argument_group("guard (the on-instance watchdog; defaults from the config's budget and guard blocks)")
     g.add_argument("--budget-usd", type=console.USD, help="the experiment's spend cap: at it the job is stopped, then the instance")
     g.add_argument("--max-hours", type=console.HOURS, help="hours this run may last (default: budget.experiment_hours left)")
@@ -87,6 +99,12 @@ def human(data: dict) -> str:
     if data["state"] == "exited":
         tail = "\n".join("  " + line for line in data["log_tail"][-5:])
         return f"{data['experiment']}: `{data['command']}` exited at once with code {data['exit_code']}\n{tail}"
+    if "nodes" in data:
+        return (f"{data['experiment']}: started `{data['command']}` on {len(data['nodes'])} nodes, rendezvous at "
+                f"{data['endpoint']}" + (" (torchrun)" if data["torchrun"] else "") + "\n"
+                + "\n".join(f"  node {n['node']}: instance {n['instance_id']} at {n['address']}, {n['state']}"
+                            for n in data["nodes"])
+                + f"\n  guard: {guard_line(data['guard'])} (each node)\n  watch: vasticlaude watch --experiment {data['experiment']}")
     return (f"{data['experiment']}: started `{data['command']}` on instance {data['instance_id']} (detached).\n"
             f"  guard: {guard_line(data['guard'])}\n"
             f"  watch: vasticlaude status --experiment {data['experiment']}")
@@ -133,6 +151,13 @@ def run(args: argparse.Namespace) -> dict:
         raise Error("bad_guard", f"--on-end must be one of {', '.join(job.ON_END)}", "", USAGE)
     spec = job.JobSpec(command=argv[0] if len(argv) == 1 else shlex.join(argv), env=_env(args.env),
                        workdir=args.workdir, heartbeat=args.heartbeat, restart=args.restart, guard=guard_ask(args))
+    group = nodes.group_of(args.experiment)
+    if group is not None or args.nodes or args.torchrun:
+        if group is None or (args.nodes and args.nodes != group["count"]):
+            have = f"has {group['count']} nodes" if group else "is not a multi-node experiment"
+            raise Error("bad_nodes", f"experiment {args.experiment} {have}",
+                        "Rent the nodes with vasticlaude up --experiment X --nodes N first.", USAGE)
+        return nodes.run(console.connect(args), args.experiment, argv, spec, args.torchrun, args.master_port)
     return job.start(console.bind(args), spec)
 
 

@@ -42,6 +42,11 @@ JSON (--json) data: {"experiment", "instance_id", "instance": {"status", "msg", 
   with --wait also "timed_out" and "reason" ("ended" | "timeout" | "budget: …" | "instance stopped|exited|gone":
   the wait ends when nothing more can happen without you).
 
+Several nodes (`up --nodes N`): one line per node (instance, job, fault) and the group's state
+(running | finished | failed | fault | mixed), overlay, spend (all nodes) and next step. JSON data
+then: {"experiment", "nodes": [{"node", "experiment", "instance_id", "instance", "job", "exit_code",
+"fault", "line"}], "state", "overlay", "cluster_id", "spent_usd", "budget_usd", "next"}.
+
 Exit codes: 0 snapshot taken (whatever the job's state; with --wait: the job ended with 0)
 · 1 with --wait: the job failed, was killed or vanished, the timeout passed, the budget
 is spent, or the instance was stopped or is gone · 3 API trouble.
@@ -53,7 +58,7 @@ import json
 
 from vasticlaude import console
 from vasticlaude.errors import FAILED, Error
-from vasticlaude.ops import observe
+from vasticlaude.ops import nodes, observe
 from vasticlaude.ops.observe import HUMAN_MAX, TAIL_WIDTH, one_line
 from vasticlaude.output import compact
 from vasticlaude.store import quarantine
@@ -71,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def human(data: dict) -> str:
     """At most HUMAN_MAX bytes: the log lines give way to the rest."""
+    if "nodes" in data:
+        return group_human(data)
     inst, gpu, disk = data["instance"], data["gpu"], data["disk"]
     head = [one_line(data)[:300],
             f"  instance {data['instance_id']} {inst['status']} ({inst['gpu']})"
@@ -92,6 +99,15 @@ def human(data: dict) -> str:
     return "\n".join(head + lines + tail)
 
 
+def group_human(data: dict) -> str:
+    cap = f" of ${data['budget_usd']:g}" if data.get("budget_usd") is not None else ""
+    lines = [f"{data['experiment']}: {data['state']}, {len(data['nodes'])} nodes on overlay {data['overlay']}, "
+             f"${data['spent_usd']:.3f}{cap} spent"]
+    lines += [f"  node {n['node']}: instance {n['instance_id']} {n['instance']}, "
+              + (f"fault {n['fault']}; " if n["fault"] else "") + n["line"][:200] for n in data["nodes"]]
+    return "\n".join(lines + [f"  next: {data['next'][:400]}"])
+
+
 def guard_line(data: dict) -> str:
     guard = data["guard"]
     if data["job"]["state"] == "unreachable":
@@ -105,6 +121,8 @@ def guard_line(data: dict) -> str:
 
 def compact_view(data: dict) -> object:
     """The --json form: empty fields out, no repeats of what is said elsewhere."""
+    if "nodes" in data:
+        return compact(data)
     view = json.loads(json.dumps(data))
     inst, guard = view.get("instance") or {}, view.get("guard") or {}
     inst.pop("dph", None)  # cost.dph says it
@@ -142,6 +160,8 @@ def run(args: argparse.Namespace) -> dict:
         console.known(args)
         return observe.wait(console.connect(args), args.experiment, args.instance, args.lines, args.timeout,
                             args.interval)
+    if nodes.group_of(args.experiment) is not None:
+        return nodes.status(console.connect(args), args.experiment)
     data = observe.observe(console.bind(args), args.lines)
     data["quarantined"] = quarantine.recent()  # bad config/state content left out this week
     return data

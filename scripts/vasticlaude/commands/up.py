@@ -36,6 +36,14 @@ JSON data: {"experiment", "instance_id", "label", "offer_id", "gpu_name", "dph",
   "attempts": [{"offer_id", "machine_id", "outcome": "ready"|"created"|"failed", "reason"}],
   "estimate_usd", "waited_s"}
 
+Several nodes (--nodes N, N >= 2; README "Several nodes"): N instances of one physical cluster
+(`cluster_id` on offers; the cluster whose N cheapest fitting machines cost least) on one Vast
+overlay network, created first and joined at create (`--env "-n NAME"`). Each node is an
+experiment of its own, <experiment>-n<i>; --budget-usd is the group's, split evenly into the
+nodes' budgets (each node's watchdog cap). One node failing to come up takes down the others and
+the overlay. JSON data then: {"experiment", "nodes": [one node's data as above], "cluster_id",
+"overlay", "port", "dph", "estimate_usd", "waited_s"}.
+
 Exit codes: 0 ready (or created, with --no-wait) · 1 refused by a budget, or no offer
 worked (nothing left billing) · 2 usage · 3 Vast/sandbox API failure · 4 an instance
 could not be confirmed destroyed, or it is unknown whether a rental happened (the
@@ -52,7 +60,7 @@ from vasticlaude import console
 from vasticlaude.output import compact
 from vasticlaude.core import budget
 from vasticlaude.errors import USAGE, Error
-from vasticlaude.ops import launch
+from vasticlaude.ops import launch, nodes
 from vasticlaude.store import config, paths
 
 
@@ -79,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=console.number(100, whole=True), default=3, help="offers to try, each on another machine (default 3)")
     p.add_argument("--deadline", type=console.SECONDS, metavar="SECONDS", help="boot deadline (default 600 pytorch/cuda, else 300)")
     p.add_argument("--no-wait", action="store_true", help="return once rented, without waiting for SSH")
+    p.add_argument("--nodes", type=console.number(64, whole=True), default=1,
+                   help="instances of one physical cluster on one overlay network, for multi-node training (default 1)")
+    p.add_argument("--master-port", type=console.number(65535, whole=True), default=nodes.MASTER_PORT,
+                   help=f"rendezvous port on node 0 with --nodes (default {nodes.MASTER_PORT})")
     console.add_search_flags(p)
     return p
 
@@ -86,11 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     cfg = config.load()
     plan = make_plan(args, cfg)
+    if args.nodes > 1:
+        if args.offer is not None or args.no_wait:
+            raise Error("bad_nodes", "--nodes picks its own cluster and waits for every node",
+                        "Drop --offer and --no-wait.", USAGE)
+        return nodes.up(console.connect(args, cfg), plan, args.nodes, args.master_port)
     return launch.up(console.connect(args, cfg), plan, args.offer)
 
 
 def human(data: object) -> str:
     assert isinstance(data, dict)
+    if "nodes" in data:
+        lines = [f"{len(data['nodes'])} nodes for experiment {data['experiment']} on cluster {data['cluster_id']}, "
+                 f"overlay {data['overlay']} (${data['dph']:.3f}/h together, est ${data['estimate_usd']:.2f})"]
+        return "\n".join(lines + [f"  node {i}: instance {n['instance_id']} ({n['gpu_name']}, ${n['dph']:.3f}/h) "
+                                   f"as {n['experiment']}" for i, n in enumerate(data["nodes"])])
     ssh = data["ssh"]
     head = (f"instance {data['instance_id']} ({data['gpu_name']}, ${data['dph']:.3f}/h, est "
             f"${data['estimate_usd']:.2f}) for experiment {data['experiment']}")

@@ -48,7 +48,7 @@ import argparse
 
 from vasticlaude import console
 from vasticlaude.errors import Error
-from vasticlaude.ops import watching
+from vasticlaude.ops import nodes, watching
 from vasticlaude.output import compact
 from vasticlaude.store import config
 
@@ -70,11 +70,13 @@ def human(data: object) -> str:
     assert isinstance(data, dict)
     lines = [f"{data['experiment']}: {data['outcome']} — {data['message']}"]
     for r in data["recoveries"]:
-        lines.append(f"  recovered from {r['kind']} ({r['action']}): instance {r.get('from_instance')} → "
+        lines.append(f"  recovered from {r['kind']} ({r.get('action') or 'node ' + str(r.get('node')) + ', group restarted'}): instance {r.get('from_instance')} → "
                      f"{r.get('to_instance')} in {r['seconds']:g} s")
-    if data.get("pull"):
+    if isinstance(data.get("pull"), dict):
         lines.append(f"  results: {data['pull']['local_path']} ({data['pull']['files']} files)")
-    lines.append(f"  spent ${data['spent_usd']:.3f}; {data['syncs']} checkpoint syncs")
+    if isinstance(data.get("pull"), list):
+        lines += [f"  results: {p['local_path']} ({p['files']} files)" for p in data["pull"]]
+    lines.append(f"  spent ${data['spent_usd']:.3f}" + (f"; {data['syncs']} checkpoint syncs" if "syncs" in data else ""))
     return "\n".join(lines)
 
 
@@ -99,4 +101,10 @@ def run(args: argparse.Namespace) -> dict:
     cfg = config.load()
     plan = watching.WatchPlan(interval=args.interval, sync_interval=args.sync_interval, recover=not args.no_recover,
                               finish=args.finish, timeout=args.timeout)
+    if nodes.group_of(args.experiment) is not None:
+        rec = cfg["recovery"]
+        group = nodes.GroupWatch(console.connect(args, cfg), args.experiment, args.interval,
+                                 float(args.sync_interval or rec["sync_interval_s"]), console.policy_of(args, cfg),
+                                 args.finish, args.timeout or None, bool(rec.get("auto", True)) and not args.no_recover)
+        return group.run()
     return watching.watch(console.connect(args, cfg), args.experiment, plan, console.policy_of(args, cfg), cfg)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from vasticlaude.errors import FAILED, Error
 
-RELAX_ORDER = ("region", "verified", "reliability", "max_dph", "cuda", "vram", "disk", "num_gpus", "gpu")
+RELAX_ORDER = ("region", "verified", "reliability", "max_dph", "cuda", "vram", "disk", "num_gpus", "gpu", "cluster")
 
 
-QUERY_ORDER = ("num_gpus", "gpu", "vram", "reliability", "cuda", "disk", "max_dph", "region", "verified")
+QUERY_ORDER = ("num_gpus", "gpu", "vram", "reliability", "cuda", "disk", "max_dph", "region", "verified", "cluster")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Wanted:
     interruptible: bool = False
     hours: float = 1.0
     limit: int = 5
+    cluster_id: int | None = None  # several nodes: machines of this physical cluster only
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def terms(w: Wanted) -> list[Term]:
         "vram": w.min_vram_gb is not None and Term("vram", f"gpu_ram>={w.min_vram_gb:g}", "--min-vram"),
         "disk": Term("disk", f"disk_space>={w.disk_gb:g}", "--disk"),
         "num_gpus": w.num_gpus is not None and Term("num_gpus", f"num_gpus={int(w.num_gpus)}", "--num-gpus"),
+        "cluster": w.cluster_id is not None and Term("cluster", f"cluster_id={int(w.cluster_id)}", "--nodes"),
         "gpu": w.gpus and Term("gpu", f"gpu_name in [{','.join(g.replace(' ', '_') for g in w.gpus)}]", "--gpu"),
     }
     return [out[name] for name in RELAX_ORDER if out[name]]

@@ -74,9 +74,10 @@ def keep_log(route: ssh.Route, layout: Layout, dest: Path) -> int:
         return 0
 
 
-def send(route: ssh.Route, experiment: str) -> dict:
-    """Copy the local checkpoints into the instance's checkpoint folder (nothing there is deleted)."""
-    layout, dest = Layout(experiment), local_dir(experiment)
+def send(route: ssh.Route, experiment: str, source: str | None = None) -> dict:
+    """Copy the local checkpoints (of `source`, default the experiment's own: a node gets rank 0's)
+    into the instance's checkpoint folder (nothing there is deleted)."""
+    layout, dest = Layout(experiment), local_dir(source or experiment)
     have = summary(dest)
     if not have["files"]:
         return {**have, "sent": False}

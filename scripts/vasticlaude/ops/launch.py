@@ -43,6 +43,7 @@ class Plan:
     wait: bool
     max_attempts: int
     limits: budget.Limits
+    overlay: str | None = None  # several nodes: the overlay network the instance joins at create
 
     @property
     def label(self) -> str:
@@ -230,6 +231,8 @@ class Launcher:
                 "ssh": True, "direct": True, "cancel_unavail": True}
         if self.plan.wanted.interruptible:
             spec["bid_price"] = self.plan.gpu_dph(cand)
+        if self.plan.overlay:  # Vast's guide: `--env "-n NAME"` at create joins the overlay
+            spec["env"] = f"-n {self.plan.overlay}"
         return spec
 
     def record(self, iid: int, cand: Candidate) -> None:
@@ -309,7 +312,7 @@ def remember_rental(plan: Plan) -> None:
     with state.experiment(plan.experiment) as exp:
         exp["rental"] = {"image": plan.image, "wanted": asdict(plan.wanted), "bid": plan.bid,
                          "deadline": plan.deadline, "max_attempts": plan.max_attempts,
-                         "budget_usd": plan.limits.experiment_usd}
+                         "budget_usd": plan.limits.experiment_usd, "overlay": plan.overlay}
         exp.update({} if plan.limits.experiment_usd is None else {"budget_usd": plan.limits.experiment_usd})
 
 

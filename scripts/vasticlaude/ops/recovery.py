@@ -303,7 +303,7 @@ class Recovery:
         return Plan(self.exp_id, image, replace(wanted, disk_gb=round(disk, 3), hours=hours, limit=6),
                     rental.get("bid") if wanted.interruptible else None,
                     float(rental.get("deadline") or default_deadline(image)), True,
-                    int(rental.get("max_attempts") or 3), limits)
+                    int(rental.get("max_attempts") or 3), limits, overlay=rental.get("overlay"))
 
     def record(self) -> dict:
         if self.a.bound is not None:
@@ -370,8 +370,9 @@ def _wanted(saved: dict | None, rec: dict, cfg: dict) -> Wanted:
 
 
 # ----- bookkeeping ----------------------------------------------------------------------------------
-def recover(assessment: Assessment, vast: Vast, policy: Policy) -> dict:
-    """One recovery of `assessment.fault`, bounded and recorded; raises Error when it cannot be done."""
+def recover(assessment: Assessment, vast: Vast, policy: Policy, kind: type[Recovery] = Recovery) -> dict:
+    """One recovery of `assessment.fault`, bounded and recorded; raises Error when it cannot be done.
+    `kind` carries it out (a node of a group: everything but the restart, which the group does)."""
     fault, exp_id = assessment.fault, assessment.experiment
     assert fault is not None
     exp = state.read_experiment(exp_id) or {}
@@ -381,7 +382,7 @@ def recover(assessment: Assessment, vast: Vast, policy: Policy) -> dict:
         raise Error("recovery_limit", f"{fault['kind']} again, and {len(done)} recoveries were already made "
                     f"(limit {policy.max_attempts})", "Look at what keeps failing (vasticlaude report); raise "
                     "recovery.max_attempts or --max-attempts to go on.", FAILED)
-    worker = Recovery(assessment, vast, policy)
+    worker = kind(assessment, vast, policy)
     _check_budget(exp_id, worker.budget_usd())
     busy = Error("recovery_running", f"another recovery of {exp_id} is under way",
                  "Wait for it ('vasticlaude status'), then look again.", FAILED)

@@ -168,6 +168,28 @@ class Vast:
     def attach_ssh(self, instance_id: int, public_key: str) -> None:
         self._read("attach ssh", lambda: self.sdk.attach_ssh(instance_id=instance_id, ssh_key=public_key))
 
+    # ----- overlay networks (multi-node; vastai 1.9.1 api/clusters.py) ------------------------------
+    def overlays(self) -> list[dict]:
+        return rows.overlays(self._read("show overlays", self.sdk.show_overlays))
+
+    def create_overlay(self, cluster_id: int, name: str) -> None:
+        """Not retried blindly: after an ambiguous failure the caller looks for the name first."""
+        try:
+            self.sdk.create_overlay(cluster_id=cluster_id, name=name)
+        except Exception as err:  # noqa: BLE001
+            raise self._error("create overlay", err) from None
+
+    def join_overlay(self, name: str, instance_id: int) -> None:
+        self._read("join overlay", lambda: self.sdk.join_overlay(name=name, instance_id=instance_id))
+
+    def delete_overlay(self, name: str) -> None:
+        """Delete by name; one already gone counts as deleted."""
+        try:
+            self._read("delete overlay", lambda: self.sdk.delete_overlay(overlay_identifier=name))
+        except VastError as err:
+            if err.status != 404:
+                raise
+
     # ----- retry and error mapping ---------------------------------------------------------------
     def _read(self, what: str, call: Callable[[], T]) -> T:
         for attempt, pause in enumerate((*self.backoff, None)):

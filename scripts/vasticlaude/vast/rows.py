@@ -21,7 +21,8 @@ from typing import Any
 
 INT_FIELDS = {"id", "machine_id", "host_id", "ssh_port", "num_gpus", "ask_contract_id", "bundle_id",
               "cpu_cores", "gpu_ram", "cpu_ram", "new_contract", "direct_port_count", "direct_port_start",
-              "direct_port_end", "inet_up_billed", "inet_down_billed", "gpu_totalram", "user_id", "verification_id"}
+              "direct_port_end", "inet_up_billed", "inet_down_billed", "gpu_totalram", "user_id", "verification_id",
+              "cluster_id"}
 FLOAT_FIELDS = {"dph_total", "dph_base", "storage_cost", "storage_total_cost", "inet_up_cost", "inet_down_cost",
                 "min_bid", "bid_price", "start_date", "end_date", "disk_space", "disk_util", "gpu_util",
                 "cpu_util", "mem_usage", "mem_limit", "dlperf", "dlperf_per_dphtotal", "reliability", "reliability2",
@@ -111,6 +112,18 @@ def offers(body: Any) -> list[dict]:
 
 def ssh_keys(body: Any) -> list[dict]:
     return [row(b) for b in _listed(body, "ssh_keys", "keys")]
+
+
+def overlays(body: Any) -> list[dict]:
+    """`show overlays` rows: {overlay_id, name, internal_subnet, cluster_id, instances: [ids]}."""
+    out = []
+    for item in _listed(body, "overlays", "results"):
+        one = row(item)
+        for key in ("overlay_id", "cluster_id"):
+            one[key] = _number(one.get(key), int)
+        one["instances"] = [int(i) for i in one.get("instances") or [] if str(i).strip().isdigit()]
+        out.append(one)
+    return out
 
 
 def user(body: Any) -> dict:
