@@ -198,3 +198,27 @@ def test_three_nodes_rendezvous_survive_a_dead_host_and_leave_nothing(sim, cli, 
     ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "mn" / "ledger.jsonl").read_text().splitlines()]
     assert len(ledger) == 4 and {e["node"] for e in ledger} == {"mn-n0", "mn-n1", "mn-n2"}  # the dead node's too
     assert 0 < result["spent_usd"] <= 3 and abs(sum(e["cost_usd"] for e in ledger) - result["spent_usd"]) < 0.01
+
+
+@pytest.mark.unit
+def test_the_launch_lines():
+    """torchrun's flags (Vast's multi-node guide, c10d), the env contract, the overlay's address and name."""
+    from vasticlaude.ops import nodes
+    line = nodes.torchrun_line(["python3", "train.py", "--lr", "3e-4"], 3, 8, 1, "10.0.0.1:29500", "exp")
+    assert line == ("torchrun --nnodes 3 --nproc-per-node 8 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint "
+                    "10.0.0.1:29500 --rdzv-id exp train.py --lr 3e-4")
+    assert nodes.torchrun_line(["train.py"], 2, 1, 0, "a:1", "e").endswith("--rdzv-id e train.py")
+    with pytest.raises(Exception, match="Python script"):
+        nodes.torchrun_line(["bash", "go.sh"], 2, 1, 0, "a:1", "e")
+    env = nodes.node_env({"A": "1"}, "10.0.0.1", 29500, 2, 3, "10.0.0.3")
+    assert env == {"A": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "2", "RANK": "2",
+                   "WORLD_SIZE": "3", "NNODES": "3", "NODE_ADDR": "10.0.0.3"}
+    # the address in the overlay's subnet wins over the box's others (Vast: read from the interface)
+    assert nodes.pick_address(["", "172.17.0.5", "10.8.0.7"], "10.8.0.0/24", "n") == "10.8.0.7"
+    assert nodes.pick_address(["127.77.2.3", "192.168.1.9"], "127.77.2.0/24", "n") == "127.77.2.3"
+    name = nodes.overlay_name("My_Exp.v2")
+    assert name.startswith("vc-my-exp-v2-") and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    assert nodes.overlay_name("a.b") != nodes.overlay_name("a_b")
+    assert nodes.group_state([{"fault": None, "job": "exited", "exit_code": 0}] * 2) == "finished"
+    assert nodes.group_state([{"fault": None, "job": "running", "exit_code": None},
+                              {"fault": "host_offline", "job": "unreachable", "exit_code": None}]) == "fault"

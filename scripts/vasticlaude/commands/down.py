@@ -19,6 +19,10 @@ data stays, and so does the storage bill.
 Env: VASTICLAUDE_POLL_SCALE multiplies every wait between polls and retried reads
 (default 1; tests use a small value).
 
+A multi-node experiment (`up --nodes N`): --experiment takes every node, then deletes the
+group's overlay network ("overlay" in the JSON); --all also deletes vasticlaude's overlays
+(named vc-…) that no instance uses any more ("overlays").
+
 JSON data: {"destroyed": [{"id", "label", "cost_usd"}], "already_gone": [id],
   "failed": [{"id", "reason"}], "stopped": [id], "exit_code": 0 | 4}
 
@@ -55,7 +59,10 @@ def run(args: argparse.Namespace) -> dict:
     vast = console.connect(args)
     if nodes.group_of(args.experiment) is not None and not args.ids:
         return nodes.down(vast, args.experiment, args.keep_disk)
-    return teardown.take_down(vast, teardown.targets(vast, args.ids, args.experiment, args.all), args.keep_disk)
+    report = teardown.take_down(vast, teardown.targets(vast, args.ids, args.experiment, args.all), args.keep_disk)
+    if args.all and not args.keep_disk and not report["failed"]:
+        report["overlays"] = nodes.delete_empty_overlays(vast)
+    return report
 
 
 def human(data: object) -> str:
@@ -68,6 +75,8 @@ def human(data: object) -> str:
     lines += [f"NOT confirmed gone {f['id']}: {f['reason']}" for f in data["failed"]]
     if data.get("overlay"):
         lines.append(f"overlay network {data['overlay']} deleted")
+    if data.get("overlays"):
+        lines.append(f"overlay networks deleted: {', '.join(data['overlays'])}")
     return "\n".join(lines) or "nothing to take down"
 
 

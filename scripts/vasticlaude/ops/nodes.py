@@ -336,6 +336,21 @@ def down(vast: Vast, group: str, keep_disk: bool = False) -> dict:
     return report
 
 
+def delete_empty_overlays(vast: Vast) -> list[str]:
+    """`down --all`: vasticlaude's overlays (named vc-…) that no instance uses any more."""
+    gone = []
+    try:
+        found = vast.overlays()
+    except VastError as err:  # the instances are gone; an overlay left empty bills nothing
+        progress(f"vasticlaude down: could not list overlay networks ({err.message}); none deleted")
+        return gone
+    for overlay in found:
+        if str(overlay.get("name") or "").startswith("vc-") and not overlay.get("instances"):
+            vast.delete_overlay(overlay["name"])
+            gone.append(overlay["name"])
+    return gone
+
+
 def _ledger(group: str, g: dict) -> None:
     """The group's ledger gets a line for every destroyed instance of every node (relaunched ones too),
     beside the line each node's own ledger has."""
