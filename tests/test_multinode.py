@@ -13,7 +13,34 @@ from pathlib import Path
 
 import pytest
 
+from simkit import Sim
 from test_lifecycle import IMAGE, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+
+
+def _offer(oid: int, machine: int, dph: float, cluster: int | None) -> dict:
+    return {"id": oid, "machine_id": machine, "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564,
+            "dph_base": dph, "storage_cost": 0.1, "min_bid": dph / 2, "disk_space": 100, "reliability": 0.99,
+            "cluster_id": cluster, "geolocation": "Oregon, US"}
+
+
+# Cluster 4242: five machines (three nodes, and spares for a relaunch); cluster 77: two (too few for
+# three nodes); two cheaper machines in no cluster, which a multi-node rental must pass over.
+MARKET = ([_offer(7100 + i, 8100 + i, 0.30 + i / 100, 4242) for i in range(5)]
+          + [_offer(7200 + i, 8200 + i, 0.20, 77) for i in range(2)]
+          + [_offer(7300 + i, 8300 + i, 0.10, None) for i in range(2)])
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory):
+    """This module's sandbox: time scale 0 and the pinned market above."""
+    base = tmp_path_factory.mktemp("sim")
+    (base / "market.json").write_text(json.dumps(MARKET))
+    sandbox = Sim(state=base / "state", home=base / "home")
+    sandbox.home.mkdir()
+    try:
+        yield sandbox.start("--time-scale", "0", "--market", str(base / "market.json"), "--balance", "100")
+    finally:
+        sandbox.stop()
 
 
 def cluster_offers(sim) -> dict[int, list[dict]]:
@@ -30,8 +57,8 @@ def test_overlay_through_vastai(sim):
     vastai 1.9.1's CLI has its overlay commands disabled ("cluster/overlay commands disabled for
     now", cli/main.py), so those go through its SDK, as vasticlaude's gateway does."""
     by = cluster_offers(sim)
-    assert by and all(len({o["gpu_name"] for o in group}) == 1 for group in by.values())
-    cluster, group = max(by.items(), key=lambda kv: len(kv[1]))
+    assert {c: len(g) for c, g in by.items()} == {4242: 5, 77: 2}
+    cluster, group = 4242, by[4242]
     sdk = sim.sdk()
     assert "mn-net" in sdk.create_overlay(cluster, "mn-net")["msg"]
     sim.ensure_ssh_key()
@@ -130,8 +157,7 @@ def project(cli, tmp_path: Path) -> Path:  # noqa: F811
     (root / ".vasticlaude").mkdir(parents=True)
     (root / "rendezvous.py").write_text(RENDEZVOUS)
     (root / ".vasticlaude" / "config.json").write_text(json.dumps(
-        {"recovery": {"sync_interval_s": 1}, "guard": {"grace_s": 600}, "min_reliability": 0.8,
-         "num_gpus": None}))  # the seed-7 cluster 188: five fitting machines, one spare or two
+        {"recovery": {"sync_interval_s": 1}, "guard": {"grace_s": 600}}))
     cli.cwd = root
     return root
 
@@ -164,7 +190,8 @@ def test_three_nodes_rendezvous_survive_a_dead_host_and_leave_nothing(sim, cli, 
     port = str(free_port())
     up = cli.json("up", "--experiment", "mn", "--image", IMAGE, "--disk", "8", "--hours", "1", "--nodes", "3",
                   "--any-verified", "--budget-usd", "3", "--master-port", port)
-    assert len(up["nodes"]) == 3 and up["overlay"].startswith("vc-mn-")
+    assert len(up["nodes"]) == 3 and up["overlay"].startswith("vc-mn-") and up["cluster_id"] == 4242
+    assert [n["offer_id"] for n in up["nodes"]] == [7100, 7101, 7102]  # the cluster's cheapest, not the cheaper loners
     [overlay] = [o for o in sim.sdk().show_overlays() if o["name"] == up["overlay"]]
     assert sorted(overlay["instances"]) == sorted(n["instance_id"] for n in up["nodes"])
     for n in up["nodes"]:  # one cluster; each node's watchdog gets a third of the budget
@@ -222,3 +249,19 @@ def test_the_launch_lines():
     assert nodes.group_state([{"fault": None, "job": "exited", "exit_code": 0}] * 2) == "finished"
     assert nodes.group_state([{"fault": None, "job": "running", "exit_code": None},
                               {"fault": "host_offline", "job": "unreachable", "exit_code": None}]) == "fault"
+
+
+@pytest.mark.unit
+def test_the_generated_market_has_clusters():
+    """Some machines grouped in physical clusters: one GPU model and one place each, at most six, the
+    same for a seed."""
+    from vasticlaude.sim.market import generate_market
+    market = generate_market(7, 60)
+    assert market == generate_market(7, 60)
+    by: dict[int, list[dict]] = {}
+    for offer in market:
+        if offer["cluster_id"] is not None:
+            by.setdefault(offer["cluster_id"], []).append(offer)
+    assert by and all(2 < len(g) <= 6 for g in by.values())
+    assert all(len({(o["gpu_name"], o["geolocation"]) for o in g}) == 1 for g in by.values())
+    assert len({o["machine_id"] for o in market}) == 60
