@@ -36,11 +36,12 @@ def edit_state(vchome: Path, change) -> None:
 def test_config_wrong_types_fall_back_to_defaults_once_and_keep_new_keys(tmp_path, capsys):
     path = write_config(tmp_path, {"guard": "x", "recovery": 5, "region": "US", "gpu": "RTX 4090",
                                    "session_end": {"running": 3}, "budget": {"experiment_usd": 7},
-                                   "store": {"url": "s3://bucket/x"}})
+                                   "store": {"url": "s3://bucket/x"}, "later": {"url": "s3://bucket/x"}})
     cfg, problems = config.check(tmp_path)
     assert cfg["guard"] == config.DEFAULTS["guard"] and cfg["recovery"] == config.DEFAULTS["recovery"]
     assert cfg["region"] == ["US"] and cfg["gpu"] == ["RTX 4090"]  # one string is a list of one, not ["U", "S"]
-    assert cfg["budget"]["experiment_usd"] == 7 and cfg["store"] == {"url": "s3://bucket/x"}  # unknown key kept
+    assert cfg["budget"]["experiment_usd"] == 7 and cfg["later"] == {"url": "s3://bucket/x"}  # unknown key kept
+    assert cfg["store"]["url"] == "s3://bucket/x" and cfg["store"]["timeout_s"] == 300  # a declared block, defaults filled
     assert "session_end" not in cfg or "running" not in cfg["session_end"]
     assert sorted(p.split(":")[0] for p in problems) == ["guard", "recovery", "session_end.running"]
     copies = list(path.parent.glob("config.json.bad-*"))
