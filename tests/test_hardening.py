@@ -331,3 +331,35 @@ def test_offers_taken_by_sibling_ups_are_not_failed_machines(cli, sim):
         assert cli.state().get("failed_machines", []) == []
     finally:
         cli.json("down", "--all")
+
+
+# ----- 14. sparse files stay sparse ---------------------------------------------------------------
+def sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as handle:
+        handle.write(b"head")
+        handle.truncate(size)  # a hole: `size` bytes long, a few KB on disk
+    return path
+
+
+@pytest.mark.parametrize("tools", ["rsync", "tar"])
+def test_a_sparse_file_stays_sparse_and_counts_whole_against_the_disk(tools, cli, sim, tmp_path):
+    project = tmp_path / "proj"
+    (project / ".vasticlaude").mkdir(parents=True)
+    sparse(project / "table.img", 64 * 2 ** 20)
+    cli.cwd = project
+    iid = cli.json("up", "--experiment", f"sparse-{tools}", "--image", IMAGE, "--disk", "1")["instance_id"]
+    try:
+        if tools == "tar":
+            sim.fault("image-minimal", instance=iid, tools="rsync")
+        pushed = cli.json("push", "--experiment", f"sparse-{tools}", "--no-setup")
+        assert pushed["bytes_total"] >= 64 * 2 ** 20 and pushed["bytes_sent"] < 2 ** 20, pushed
+        there = sim.state / "instances" / str(iid) / "root" / "vasticlaude" / f"sparse-{tools}" / "code" / "table.img"
+        assert there.stat().st_size == 64 * 2 ** 20 and there.stat().st_blocks * 512 < 2 ** 20, there.stat()
+        # The disk check counts what the file may grow into (its apparent size): 2 GB on a 1 GB disk is refused.
+        sparse(project / "huge.img", 2 * 2 ** 30)
+        proc = cli.run("push", "--experiment", f"sparse-{tools}", "--no-setup", "--json")
+        assert proc.returncode == 1 and envelope(proc)["error"]["code"] == "no_space", proc.stdout + proc.stderr
+        assert not there.with_name("huge.img").exists()
+    finally:
+        sim.admin("DELETE", "/sim/faults")
+        cli.json("down", "--experiment", f"sparse-{tools}")

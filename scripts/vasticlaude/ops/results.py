@@ -75,7 +75,7 @@ def listing(route: ssh.Route, layout: Layout, paths: list[str]) -> tuple[float, 
 
 def transfer(route: ssh.Route, layout: Layout, paths: list[str], dest: Path) -> int:
     """rsync the paths into dest (relative paths kept); bytes received."""
-    extra = ["-az", "-s", "--partial", f"--partial-dir={PARTIAL_DIR}", "--exclude=/run/pulled"]
+    extra = ["-az", "-s", "--sparse", "--partial", f"--partial-dir={PARTIAL_DIR}", "--exclude=/run/pulled"]
     return fetch(route, layout.base, paths, dest, extra, "pulling")
 
 

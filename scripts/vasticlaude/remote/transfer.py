@@ -108,8 +108,8 @@ s=("${PIPESTATUS[@]}")
 [ "${s[0]}" -eq 0 ] || [ "${s[0]}" -eq 1 ] || exit "${s[0]}"
 exit "${s[2]}"
 """
-TAR_UP = r"""count=$1; root=$2; names=$3; shift 3
-(cd "$root" && tar -b 1 -cf - --no-recursion --null -T "$names") | dd bs=65536 2>"$count" | "$@"
+TAR_UP = r"""count=$1; root=$2; names=$3; sparse=$4; shift 4
+(cd "$root" && tar -b 1 $sparse -cf - --no-recursion --null -T "$names") | dd bs=65536 2>"$count" | "$@"
 s=("${PIPESTATUS[@]}")
 [ "${s[0]}" -eq 0 ] || exit 70
 exit "${s[2]}"
@@ -174,9 +174,10 @@ def local_list(source: Path, filters: list[str]) -> list[str]:
 
 
 def tar_up(route: ssh.Route, root: Path, names: list[str], folder: str, delete: list[str] = (),
-           what: str = "sending") -> int:
+           what: str = "sending", sparse: bool = False) -> int:
     """Send `names` (relative to root; folders end in /) into ~/folder through tar; bytes sent.
-    `delete` (relative to folder) is removed first: files, then emptied folders."""
+    `delete` (relative to folder) is removed first: files, then emptied folders. With `sparse`
+    (GNU tar on the instance) holes are sent as holes and stay holes there, as rsync --sparse does."""
     files = [n for n in delete if not n.endswith("/")]
     dirs = sorted((n for n in delete if n.endswith("/")), key=len, reverse=True)
     script = f"mkdir -p {shlex.quote(folder)} && cd {shlex.quote(folder)} || exit 71\n"
@@ -188,7 +189,7 @@ def tar_up(route: ssh.Route, root: Path, names: list[str], folder: str, delete: 
     with tempfile.TemporaryDirectory(prefix="vasticlaude-tar-") as scratch:
         listed, count = Path(scratch) / "names", Path(scratch) / "count"
         listed.write_bytes(b"".join(n.rstrip("/").encode("utf-8", "surrogateescape") + b"\0" for n in names))
-        proc = ssh.retrying(lambda r: ["bash", "-c", TAR_UP, "tar-up", str(count), str(root), str(listed),
+        proc = ssh.retrying(lambda r: ["bash", "-c", TAR_UP, "tar-up", str(count), str(root), str(listed), "-S" if sparse else "",
                                        *ssh.ssh_argv(r, script)],
                             what, route=route, timeout=TRANSFER_TIMEOUT, backoff=ssh_pauses())
         sent = _dd_bytes(count)
