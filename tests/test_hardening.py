@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_lifecycle import IMAGE, Cli, charged, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
+from test_plugin import plugin_data  # noqa: F401 — the session's launcher env (built once per run)
 from test_watchdog import pricey, rent, run_file, ssh, start, wait_state  # noqa: F401 — `pricey`: a $36/h market
 
 from vasticlaude.core import budget
@@ -363,3 +364,34 @@ def test_a_sparse_file_stays_sparse_and_counts_whole_against_the_disk(tools, cli
     finally:
         sim.admin("DELETE", "/sim/faults")
         cli.json("down", "--experiment", f"sparse-{tools}")
+
+
+# ----- 15. the launcher's env runs its own programs -----------------------------------------------
+def test_the_launchers_env_runs_its_programs(plugin_data):
+    """The env is built where it stays: the scripts in its bin/ (`vastai`, `pip`) run, their `#!` names
+    the env's own python, not a temporary folder it was built in and moved from."""
+    venv = plugin_data["dir"] / "venv"
+    for program in ("vastai", "pip"):
+        script = venv / "bin" / program
+        first = script.read_text(errors="replace").splitlines()[0]
+        assert first.startswith(f"#!{venv}/bin/python") or first.startswith("#!/bin/sh"), first
+        proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "VASTAI_NO_UPDATE_CHECK": "1"}, cwd="/")
+        assert proc.returncode == 0 and proc.stdout.strip(), (program, proc.stdout, proc.stderr)
+    assert list(plugin_data["dir"].glob("venv.*")) == []  # no temporary, old or lock folder left
+
+
+def test_a_rebuilt_launcher_env_runs_its_programs(tmp_path):
+    """A rebuild (the dependencies changed) also leaves working scripts, and no temporary folder."""
+    from test_plugin import fake_root
+    root = fake_root(tmp_path, "")
+    env = {**os.environ, "CLAUDE_PLUGIN_DATA": str(tmp_path / "data"), "VASTICLAUDE_HOME": str(tmp_path / "h")}
+    pip = tmp_path / "data" / "venv" / "bin" / "pip"
+    for deps in ("", '    "filelock",\n'):
+        text = (root / "pyproject.toml").read_text()
+        (root / "pyproject.toml").write_text(text.replace("dependencies = [\n", f"dependencies = [\n{deps}"))
+        proc = subprocess.run([str(root / "scripts" / "vc"), "hi"], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stdout == "stub hi\n" and "preparing" in proc.stderr, proc.stderr
+        ran = subprocess.run([str(pip), "--version"], capture_output=True, text=True, timeout=120, cwd="/")
+        assert ran.returncode == 0 and "pip" in ran.stdout, ran.stderr
+    assert list((tmp_path / "data").glob("venv.*")) == []
