@@ -102,6 +102,14 @@ def test_a_12_run_grid_on_4_instances(cli, sim, tmp_path):
     for r in done:
         assert json.loads((home / r["id"] / "outputs" / "result.json").read_text())["run"] == r["id"]
         assert "step 5/5" in (home / r["id"] / "run" / "job.log").read_text()
+    table = cli.json("status", "--experiment", "grid")  # no instance left: from the state alone
+    assert table["sweep"] and table["counts"] == data["counts"] and len(table["runs"]) == 12
+    human = cli.run("status", "--experiment", "grid").stdout
+    assert "r12" in human and "best: r" in human and len(human.encode()) < 2000
+    got = cli.json("report", "--experiment", "grid")
+    page = Path(got["report"]).read_text()
+    assert f"**Best run: {data['best']['id']}**" in page and "| r12 |" in page and "![loss" in page
+    assert Path(got["charts"][0]).read_bytes()[:4] == b"\x89PNG"
     ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "grid" / "ledger.jsonl").read_text().splitlines()]
     assert {e["run"] for e in ledger if e["event"] == "sweep_run"} == set(states)
     assert {e["instance_id"] for e in ledger if e["event"] == "sweep_instance"} == set(data["instances"])
@@ -136,6 +144,9 @@ def test_kill_9_at_several_points_then_resume(cli, sim, tmp_path):
     proc = cli.spawn("sweep", *args)
     for n, point in enumerate(points):
         kill_when(cli, proc, "kills", point)
+        if n == 1:  # the controller is dead; its runs go on, and status sees them live
+            live = cli.json("status", "--experiment", "kills")
+            assert any(r["state"] == "running" and r.get("progress") for r in live["runs"]), live
         if n + 1 < len(points):
             proc = cli.spawn("sweep", "--experiment", "kills", "--resume", "--interval", "0.3")
     data = sweep_json(cli, "--experiment", "kills", "--resume", "--interval", "0.3", rc=0)

@@ -24,6 +24,10 @@ when no job.log of the current instance was pulled and it still runs are the log
 the run files (exit code, start, end) read over SSH, in one call, best effort within 20 s
 (--offline never tries); a failure there only makes the log section say "not available".
 Without --experiment, the most recently active one.
+
+A sweep (`vasticlaude sweep`): report.md holds the comparison table (run, params, state, exit,
+metric, seconds, $), names the best run (lowest of a loss/error-like metric, else highest), and
+metric.png overlays the chosen metric over steps for every run (from each run's job.log at home).
 Each run rewrites the report, so it is safe to run again at any time.
 
 JSON (data):
@@ -40,6 +44,7 @@ import argparse
 from pathlib import Path
 
 from vasticlaude import console
+from vasticlaude.ops import sweeping, sweepreport
 from vasticlaude.ops.reporting import report
 
 
@@ -53,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def human(data: dict) -> str:
     code = data["exit_code"]
-    lines = [f"report: {data['report']}", "charts: " + ", ".join(data["charts"]),
-             f"total ${data['total_usd']:.4f} · job exit code {code if code is not None else 'unknown'}"]
+    lines = [f"report: {data['report']}", "charts: " + ", ".join(data["charts"])]
+    if "counts" in data:  # a sweep
+        best = data.get("best")
+        lines.append(f"total ${data['total_usd']:.4f} · " + ", ".join(f"{n} {k}" for k, n in sorted(data["counts"].items()))
+                     + (f" · best {best['id']}" if best else ""))
+        return "\n".join(lines)
+    lines.append(f"total ${data['total_usd']:.4f} · job exit code {code if code is not None else 'unknown'}")
     return "\n".join(lines)
 
 
@@ -64,4 +74,6 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if sweeping.is_sweep(args.experiment):
+        return sweepreport.report(args.experiment, Path(args.out) if args.out else None)
     return report(args.experiment, Path(args.out) if args.out else None, args.offline)

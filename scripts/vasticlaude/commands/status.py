@@ -16,6 +16,11 @@ container_exited · gone · disk_full (ENOSPC/EFBIG in the log, or the disk at 9
 ssh_unreachable · job_lost · job_failed · budget, each with its evidence and the plan
 `vasticlaude recover` follows (`next` then says to run it).
 
+A sweep (`vasticlaude sweep`): `status --experiment SWEEP` prints one table instead, a line a run
+(run, state, progress, metric, $, params), the spend against the sweep's budget and the best run
+so far; running runs are read live from their instances. JSON: as `sweep --json`, plus "sweep": true
+and each running run's "progress".
+
 Usage: vasticlaude status [--experiment X] [--instance ID] [--lines N]
        vasticlaude status --wait [--timeout S] [--interval S]   (blocks until the job ends;
                                                                   progress lines on stderr)
@@ -58,7 +63,7 @@ import json
 
 from vasticlaude import console
 from vasticlaude.errors import FAILED, Error
-from vasticlaude.ops import nodes, observe
+from vasticlaude.ops import nodes, observe, sweeping, sweepreport
 from vasticlaude.ops.observe import HUMAN_MAX, TAIL_WIDTH, one_line
 from vasticlaude.output import compact
 from vasticlaude.store import quarantine
@@ -76,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def human(data: dict) -> str:
     """At most HUMAN_MAX bytes: the log lines give way to the rest."""
+    if data.get("sweep"):
+        return sweepreport.table(data)
     if "nodes" in data:
         return group_human(data)
     inst, gpu, disk = data["instance"], data["gpu"], data["disk"]
@@ -121,7 +128,7 @@ def guard_line(data: dict) -> str:
 
 def compact_view(data: dict) -> object:
     """The --json form: empty fields out, no repeats of what is said elsewhere."""
-    if "nodes" in data:
+    if "nodes" in data or data.get("sweep"):
         return compact(data)
     view = json.loads(json.dumps(data))
     inst, guard = view.get("instance") or {}, view.get("guard") or {}
@@ -156,6 +163,9 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if sweeping.is_sweep(args.experiment):  # a whole sweep: one table; its running runs are looked at live
+        running = any(r["state"] == "running" for r in sweeping.summary(args.experiment)["runs"])
+        return sweepreport.status(args.experiment, console.connect(args) if running else None)
     if args.wait:
         console.known(args)
         return observe.wait(console.connect(args), args.experiment, args.instance, args.lines, args.timeout,

@@ -45,9 +45,8 @@ from pathlib import Path
 
 from vasticlaude import console
 from vasticlaude.core import sweepspec
-from vasticlaude.core.fmt import usd
 from vasticlaude.errors import USAGE, Error
-from vasticlaude.ops import launch, sweeping
+from vasticlaude.ops import launch, sweeping, sweepreport
 from vasticlaude.ops.recovery import Policy
 from vasticlaude.output import compact
 from vasticlaude.store import config, paths
@@ -112,25 +111,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def human(data: dict) -> str:
-    return sweep_table(data)
-
-
-def sweep_table(data: dict) -> str:
-    metric = data.get("metric") or "metric"
-    lines = [f"sweep {data['experiment']}: {data['state']} · spent {usd(data['spent_usd'])} of "
-             f"{usd(data['budget_usd'])} · {data['rentals']} rental(s), live {len(data['live_instances'])}",
-             f"  {'run':<5} {'state':<9} {metric[:10]:>10} {'$':>8}  params"]
-    for r in data["runs"]:
-        value = f"{r['metric']:.4g}" if isinstance(r.get("metric"), (int, float)) else "-"
-        cost = usd(r["cost_usd"]) if r.get("cost_usd") is not None else "-"
-        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
-        lines.append(f"  {r['id']:<5} {r['state']:<9} {value:>10} {cost:>8}  {params}"[:160])
-    best = data.get("best")
-    if best:
-        lines.append(f"best: {best['id']} ({metric} {best['metric']:.4g}) "
-                     + " ".join(f"{k}={v}" for k, v in best["params"].items()))
-    lines.append(f"report: vasticlaude report --experiment {data['experiment']}")
-    return "\n".join(lines)
+    return sweepreport.table(data) + f"\nreport: vasticlaude report --experiment {data['experiment']}"
 
 
 def explain(data: dict, code: int) -> Error:

@@ -26,6 +26,10 @@ the progress when the job's state or a fault changes, and every 5 minutes otherw
   (× VASTICLAUDE_POLL_SCALE) between checks; still failing, it stops with exit 3 and says
   the state everything was last seen in.
 
+A sweep (`vasticlaude sweep`): watching it is being its controller, so `watch --experiment SWEEP`
+resumes it (the same as `sweep --experiment SWEEP --resume`; refused while another controller runs)
+and prints the sweep's table at the end; the controller looks every min(--interval, 5) s.
+
 One watch per experiment (a lock beside experiment.json); its last check is kept in
 experiments/<id>/watch.json {pid, at, instance_id, job, fault, fault_since, recoveries,
 syncs, outcome}; a later watch keeps the age of a fault an earlier one saw, so repeated
@@ -48,7 +52,7 @@ import argparse
 
 from vasticlaude import console
 from vasticlaude.errors import Error
-from vasticlaude.ops import nodes, watching
+from vasticlaude.ops import nodes, sweeping, sweepreport, watching
 from vasticlaude.output import compact
 from vasticlaude.store import config
 
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def human(data: object) -> str:
     assert isinstance(data, dict)
+    if "counts" in data:  # a sweep
+        return sweepreport.table(data)
     lines = [f"{data['experiment']}: {data['outcome']} — {data['message']}"]
     for r in data["recoveries"]:
         lines.append(f"  recovered from {r['kind']} ({r.get('action') or 'node ' + str(r.get('node')) + ', group restarted'}): instance {r.get('from_instance')} → "
@@ -83,6 +89,10 @@ def human(data: object) -> str:
 def explain(data: dict, code: int) -> Error:
     """The outcome and the command that goes on from it."""
     exp = data["experiment"]
+    if "counts" in data:
+        what = ", ".join(f"{n} {k}" for k, n in sorted(data["counts"].items()) if k != "done")
+        return Error("runs_not_done", f"sweep {exp} ended with {what or 'instances left'}",
+                     f"See vasticlaude report --experiment {exp}.", code)
     hints = {"failed": f"Read vasticlaude logs --experiment {exp}, fix the code, vasticlaude push --experiment {exp}, "
                        f"vasticlaude run --experiment {exp} -- CMD, then vasticlaude watch --experiment {exp}.",
              "billing_risk": f"Run vasticlaude down --experiment {exp} now.",
@@ -99,6 +109,9 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> dict:
     console.known(args)
     cfg = config.load()
+    if sweeping.is_sweep(args.experiment):
+        opts = sweeping.Options(console.account_of(args), min(args.interval, 5.0), console.policy_of(args, cfg), True)
+        return sweeping.sweep(None, args.experiment, opts)
     plan = watching.WatchPlan(interval=args.interval, sync_interval=args.sync_interval, recover=not args.no_recover,
                               finish=args.finish, timeout=args.timeout)
     if nodes.group_of(args.experiment) is not None:
