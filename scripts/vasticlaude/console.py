@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from vasticlaude.core.numbers import bounded
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.output import emit, error_line, fail, log_crash
-from vasticlaude.store import paths, state
+from vasticlaude.store import config, paths, state
 from vasticlaude.vast.account import Account
 
 if TYPE_CHECKING:  # imported where used: a local command (cost, --help) loads no ssh, market or gateway code
@@ -197,7 +197,17 @@ def wanted_from(args: argparse.Namespace, cfg: dict, limit: int = 5) -> Wanted:
                   disk_gb=float(pick(args.disk, "disk_gb") or 40), max_dph=pick(args.max_dph, "max_dph"),
                   regions=tuple(c.upper() for c in (args.region or cfg.get("region") or ())),
                   verified=bool(pick(args.verified, "verified")), interruptible=bool(pick(args.interruptible, "interruptible")),
-                  hours=float(pick(args.hours, "hours") or 1.0), limit=limit)
+                  hours=float(pick(args.hours, "hours") or 1.0), limit=limit,
+                  push_gb=expected_push_gb(cfg), results_gb=float((cfg.get("transfer") or {}).get("results_gb") or 0))
+
+
+def expected_push_gb(cfg: dict) -> float:
+    """The config's transfer.push_gb, else the project's size as push would send it."""
+    given = (cfg.get("transfer") or {}).get("push_gb")
+    if given is not None:
+        return float(given)
+    from vasticlaude.ops.code import expected_push_bytes  # only offers and up pay for it
+    return expected_push_bytes(config.project_root(), cfg) / (1 << 30)
 
 
 def add_policy_flags(p: argparse.ArgumentParser) -> None:

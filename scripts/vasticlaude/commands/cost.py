@@ -1,7 +1,8 @@
 """vasticlaude cost: what every instance, experiment and this session has cost, and bills now.
 
 Estimates come from instances.json alone (each record's $/h and status history:
-GPU while running, storage while the instance exists), so by default this makes no
+GPU while running, storage while the instance exists; plus bandwidth, the bytes push, pull
+and sync moved at the offer's inet_down_cost/inet_up_cost $/GB), so by default this makes no
 API call, imports no `vastai`, writes nothing and answers at once. `--actual` adds
 Vast's own charges (`show invoices-v1 --charges`) beside each estimate.
 
@@ -18,7 +19,7 @@ The session is $CLAUDE_SESSION_ID (or $VASTICLAUDE_SESSION): instances created u
 
 JSON (data):
   {"instances": [{"id", "label", "experiment", "status", "gpu_name", "dph_now", "running_s",
-                  "exists_s", "gpu_usd", "storage_usd", "total_usd", "created_at", "destroyed_at",
+                  "exists_s", "gpu_usd", "storage_usd", "bandwidth_usd", "total_usd", "created_at", "destroyed_at",
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
    "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?}],
@@ -58,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table(rows: list[dict]) -> list[str]:
     actual = any("actual_usd" in r for r in rows)
-    head = ["ID", "LABEL", "EXPERIMENT", "STATUS", "$/H NOW", "RUNNING", "STORAGE", "TOTAL"] + (["ACTUAL"] if actual else [])
+    net = any(r.get("bandwidth_usd") for r in rows)
+    head = (["ID", "LABEL", "EXPERIMENT", "STATUS", "$/H NOW", "RUNNING", "STORAGE"] + (["BANDWIDTH"] if net else [])
+            + ["TOTAL"] + (["ACTUAL"] if actual else []))
     body = [[str(r["id"]), r["label"] or "-", r["experiment"] or "-", r["status"] or "-", f"{r['dph_now']:.4f}",
-             duration(r["running_s"]), usd(r["storage_usd"]), usd(r["total_usd"])]
-            + ([usd(r.get("actual_usd"))] if actual else []) for r in rows]
+             duration(r["running_s"]), usd(r["storage_usd"])] + ([usd(r.get("bandwidth_usd"))] if net else [])
+            + [usd(r["total_usd"])] + ([usd(r.get("actual_usd"))] if actual else []) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body]]
 

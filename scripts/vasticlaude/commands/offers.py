@@ -11,7 +11,10 @@ reliability>=0.95 cuda_vers>=12.1 disk_space>=40 dph<=2 geolocation in [US,CA]
 verified=true rentable=true`), searches with the disk priced in (interruptible: bid
 prices), skips machines that failed you in the last 7 days (`up` records them), and
 ranks by the estimated total for the run: (GPU $/h — the minimum bid when interruptible
-— + storage $/h for the disk) × hours. Why total and not $/h: a run is paid as a whole,
+— + storage $/h for the disk) × hours, + the expected transfer at the offer's bandwidth
+prices (Vast bills bytes both ways: the code pushed at `inet_down_cost`, the results pulled
+at `inet_up_cost`, $/GB; sizes from the config's "transfer" block: push_gb, default the
+project as push would send it, and results_gb, default 1). Why total and not $/h: a run is paid as a whole,
 and the estimate is what the budget is checked against. Defaults come from
 .vasticlaude/config.json. GPU names may be written "RTX 4090" or RTX_4090; an unknown
 name is answered with the market's nearest names. When nothing matches, each constraint
@@ -19,8 +22,9 @@ is dropped in turn (cheapest to give up first) and the message names one whose r
 alone gives results.
 
 JSON data: {"query", "hours", "interruptible", "candidates": [{"offer_id", "machine_id",
-  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "est_total_usd", "reliability",
-  "location", "verified": false (only when not verified)}]} — candidates cheapest total first.
+  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "est_total_usd", "transfer_usd"
+  (the bandwidth part of the total; only when not 0), "reliability", "location",
+  "verified": false (only when not verified)}]} — candidates cheapest total first.
 
 Env: VASTICLAUDE_POLL_SCALE multiplies the waits between retried reads (default 1).
 
@@ -54,7 +58,9 @@ def human(data: object) -> str:
     lines = [f"{n} offer{'s' if n != 1 else ''} for {data['hours']:g} h, cheapest total first ({data['query']}):"]
     for c in data["candidates"]:
         lines.append(f"  offer {c['offer_id']}: {c['num_gpus']}x {c['gpu_name']} {c['vram_gb']:g} GB  "
-                     f"${c['dph']:.3f}/h  est ${c['est_total_usd']:.2f}  rel {c['reliability']:.3f}  "
+                     f"${c['dph']:.3f}/h  est ${c['est_total_usd']:.2f}"
+                     f"{' (transfer $%.2f)' % c['transfer_usd'] if c.get('transfer_usd') else ''}  "
+                     f"rel {c['reliability']:.3f}  "
                      f"{c['dlperf_per_usd']:.0f} dlperf/$  {c['location']}  machine {c['machine_id']}"
                      f"{'' if c['verified'] else '  unverified'}")
     return "\n".join(lines)
@@ -66,7 +72,9 @@ def main(argv: list[str]) -> int:
 
 def json_view(data: dict) -> dict:
     """--json: each candidate without what another field says (dph is gpu + storage; the search's
-    interruptible) or what only ranks (dlperf); verified only when it is not."""
-    drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd"}
-    cands = [{k: v for k, v in c.items() if k not in drop and not (k == "verified" and v)} for c in data["candidates"]]
+    interruptible) or what only ranks (dlperf, the $/GB); verified only when it is not, transfer_usd
+    only when not 0."""
+    drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd", "inet_down_cost", "inet_up_cost"}
+    cands = [{k: v for k, v in c.items() if k not in drop and not (k == "verified" and v)
+              and not (k == "transfer_usd" and not v)} for c in data["candidates"]]
     return {**data, "candidates": cands}

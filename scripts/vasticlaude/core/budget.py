@@ -60,9 +60,11 @@ def _cost_until(rec: dict, when: float) -> float:
     return money.total_usd(rec, min(when, rec.get("destroyed_at") or when))[1]
 
 
-def check_before_rent(limits: Limits, experiment: str, dph: float, hours: float, data: dict) -> dict:
-    """Refuse (exit 1) when renting at `dph` for `hours` would break a limit; else the figures."""
-    estimate = dph * hours
+def check_before_rent(limits: Limits, experiment: str, dph: float, hours: float, data: dict,
+                      transfer_usd: float = 0.0) -> dict:
+    """Refuse (exit 1) when renting at `dph` for `hours` (plus the expected transfer's $) would break
+    a limit; else the figures."""
+    estimate = dph * hours + transfer_usd
     spent = experiment_spent(experiment, data)
     today = spent_today(data)
     used = experiment_hours_used(experiment, data)

@@ -1,13 +1,15 @@
 """What a rental asks for and how offers rank: pure rules, no API call.
 
 The query is built from named terms so a search that finds nothing can say which
-constraint to relax; candidates rank by the estimated total for the run.
+constraint to relax; candidates rank by the estimated total for the run: GPU and storage
+for the hours, plus the expected transfer (push in, results out) at the offer's $/GB.
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
 
+from vasticlaude.core import money
 from vasticlaude.errors import FAILED, Error
 
 RELAX_ORDER = ("region", "verified", "reliability", "max_dph", "cuda", "vram", "disk", "num_gpus", "gpu", "cluster")
@@ -33,6 +35,8 @@ class Wanted:
     hours: float = 1.0
     limit: int = 5
     cluster_id: int | None = None  # several nodes: machines of this physical cluster only
+    push_gb: float = 0.0     # expected bytes sent to the instance (the code): billed at inet_down_cost
+    results_gb: float = 0.0  # expected results brought home: billed at inet_up_cost
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Candidate:
     location: str
     verified: bool
     interruptible: bool
+    transfer_usd: float = 0.0    # the expected push and pull at the offer's $/GB (inside est_total_usd)
+    inet_down_cost: float = 0.0  # $/GB into the instance
+    inet_up_cost: float = 0.0    # $/GB out of it
 
 
 def terms(w: Wanted) -> list[Term]:
@@ -109,14 +116,16 @@ def candidate(offer: dict, w: Wanted) -> Candidate:
     gpu = float(offer.get("min_bid") if w.interruptible and offer.get("min_bid") is not None else offer["dph_base"])
     storage = float(offer.get("storage_total_cost") or 0.0)
     dph = gpu + storage
+    down, up = float(offer.get("inet_down_cost") or 0.0), float(offer.get("inet_up_cost") or 0.0)
+    transfer = money.transfer_usd(w.push_gb * money.GB, w.results_gb * money.GB, down, up)
     return Candidate(
         offer_id=int(offer["id"]), machine_id=int(offer["machine_id"]), gpu_name=str(offer["gpu_name"]),
         num_gpus=int(offer["num_gpus"]), vram_gb=round(float(offer.get("gpu_ram") or 0) / 1000, 1),
         dph=round(dph, 6), gpu_dph=round(gpu, 6), storage_dph=round(storage, 6),
-        est_total_usd=round(dph * w.hours, 4), reliability=round(float(offer.get("reliability") or 0), 4),
+        est_total_usd=round(dph * w.hours + transfer, 4), reliability=round(float(offer.get("reliability") or 0), 4),
         dlperf_per_usd=round(float(offer.get("dlperf") or 0) / dph, 2) if dph > 0 else 0.0,
         location=str(offer.get("geolocation") or "?"), verified=offer.get("verification", "verified") == "verified",
-        interruptible=w.interruptible)
+        interruptible=w.interruptible, transfer_usd=round(transfer, 4), inet_down_cost=down, inet_up_cost=up)
 
 
 def rank(offers: list[dict], w: Wanted, excluded: set[int]) -> list[Candidate]:

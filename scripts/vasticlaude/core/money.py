@@ -1,9 +1,12 @@
 """What an instance has cost, from its recorded history (the ledger's estimate).
 
-Vast bills GPU time while an instance runs and storage while it exists
-(vast-api.md §11). Each record in instances.json keeps its $/h (`gpu_dph`,
-`storage_dph`) and a history of status changes; integrating that history gives
-the estimate. Actual charges, where Vast provides them, are read by `cost`.
+Vast bills GPU time while an instance runs, storage while it exists (vast-api.md §11),
+and bandwidth by the byte: in at the offer's `inet_down_cost`, out at `inet_up_cost`,
+$/GB with GB = 2**30 (README "Realism", bandwidth-billing). Each record in instances.json
+keeps its $/h (`gpu_dph`, `storage_dph`), its $/GB (`inet_down_cost`, `inet_up_cost`), a
+history of status changes and the bytes push/pull/sync moved (`traffic`: [at, in, out]
+entries); integrating them gives the estimate. Actual charges, where Vast provides them,
+are read by `cost`.
 """
 from __future__ import annotations
 
@@ -40,8 +43,9 @@ def instance_cost(rec: dict, now: float | None = None) -> dict:
     running, exists = spans(rec, now)
     gpu = running * float(rec.get("gpu_dph") or 0) / 3600
     storage = exists * float(rec.get("storage_dph") or 0) / 3600
+    net = bandwidth_usd(rec, now)
     return {"running_s": round(running, 1), "exists_s": round(exists, 1), "gpu_usd": round(gpu, 6),
-            "storage_usd": round(storage, 6), "total_usd": round(gpu + storage, 6),
+            "storage_usd": round(storage, 6), "bandwidth_usd": round(net, 6), "total_usd": round(gpu + storage + net, 6),
             "dph": round(float(rec.get("gpu_dph") or 0) + float(rec.get("storage_dph") or 0), 6)}
 
 
@@ -51,3 +55,35 @@ def billing_now(rec: dict) -> float:
         return 0.0
     storage = float(rec.get("storage_dph") or 0)
     return storage + (float(rec.get("gpu_dph") or 0) if rec.get("status") in GPU_BILLED else 0.0)
+
+
+GB = float(1 << 30)
+TRAFFIC_MERGE_S = 300  # entries closer than this are one: a week of syncs stays a short list
+
+
+def transfer_usd(in_bytes: float, out_bytes: float, down_cost: float, up_cost: float) -> float:
+    """Dollars for bytes into the instance (at inet_down_cost $/GB) and out of it (inet_up_cost)."""
+    return in_bytes / GB * float(down_cost or 0) + out_bytes / GB * float(up_cost or 0)
+
+
+def traffic_bytes(rec: dict, now: float | None = None) -> tuple[int, int]:
+    """Bytes (in, out) the record's transfers moved up to `now`."""
+    entries = [e for e in rec.get("traffic") or [] if now is None or float(e[0]) <= now]
+    return sum(int(e[1]) for e in entries), sum(int(e[2]) for e in entries)
+
+
+def bandwidth_usd(rec: dict, now: float | None = None) -> float:
+    moved_in, moved_out = traffic_bytes(rec, now)
+    return transfer_usd(moved_in, moved_out, rec.get("inet_down_cost") or 0, rec.get("inet_up_cost") or 0)
+
+
+def add_traffic(rec: dict, at: float, moved_in: int, moved_out: int) -> None:
+    """Count a transfer in the record (merged into the last entry when it is recent)."""
+    if moved_in <= 0 and moved_out <= 0:
+        return
+    entries = rec.setdefault("traffic", [])
+    if entries and at - float(entries[-1][0]) < TRAFFIC_MERGE_S:
+        last = entries[-1]
+        entries[-1] = [round(at, 3), int(last[1]) + moved_in, int(last[2]) + moved_out]
+    else:
+        entries.append([round(at, 3), moved_in, moved_out])

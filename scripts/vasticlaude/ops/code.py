@@ -13,9 +13,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import API, FAILED, Error
+from vasticlaude.ops import costs
 from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote import ssh, transfer
@@ -97,6 +99,19 @@ def selection(root: Path, cfg: dict, heavy: bool, scratch: Path) -> Selection:
     rules_file.write_bytes(b"".join(literal(p).encode("utf-8", "surrogateescape") + b"\0"
                                     for p in git_ignored(git, root, patterns)))
     return Selection([*args, "--from0", f"--exclude-from={rules_file}"], rules)
+
+
+def expected_push_bytes(root: Path, cfg: dict) -> int:
+    """What a push of `root` would send (for the estimates), 0 outside a project: a home folder
+    is not measured."""
+    if not ((root / ".vasticlaude").is_dir() or (root / ".git").exists()):
+        return 0
+    with tempfile.TemporaryDirectory(prefix="vasticlaude-size-") as scratch:
+        try:
+            names = transfer.local_list(root, selection(root, cfg, False, Path(scratch)).args)
+        except Error:
+            return 0
+    return sum((root / n).lstat().st_size for n in names if not n.endswith("/") and (root / n).is_file())
 
 
 # ----- the remote steps ----------------------------------------------------------------------
@@ -211,15 +226,17 @@ def check_gpu(route: ssh.Route, rented_name: str, rented_count: int) -> tuple[di
 
 
 
-def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection, scratch: Path) -> tuple[dict, int]:
-    """Check space, then mirror root into code/; the plan and the bytes sent."""
+def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection, scratch: Path,
+         check: Callable[[dict], None]) -> tuple[dict, int]:
+    """Check space (and `check` the plan: the budget), then mirror root into code/; the plan and the bytes sent."""
     disk = prepare(route, layout)
     if not disk["rsync"]:
         transfer.note_no_rsync(route)
-        return send_by_tar(route, layout, root, sel, disk, scratch)
+        return send_by_tar(route, layout, root, sel, disk, scratch, check)
     source, dest = f"{root}/", f"remote:{layout.code}/"
     plan = measure(route, source, dest, sel.args)
     check_fits(plan, disk, route.instance_id)
+    check(plan)
     announce(plan, route)
     # --sparse: a file with holes (a preallocated table, a sparse checkpoint) takes only its data on the
     # instance, as at home; without it rsync writes the zeros. (Not with --inplace, which rsync < 3.1.3 refuses.)
@@ -234,7 +251,7 @@ def announce(plan: dict, route: ssh.Route) -> None:
 
 
 def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, disk: dict,
-                scratch: Path) -> tuple[dict, int]:
+                scratch: Path, check: Callable[[dict], None]) -> tuple[dict, int]:
     """The same mirror without rsync on the instance: changed files through tar, and what the
     instance has that the project no longer has deleted (what the filters leave out is kept there,
     as rsync --delete keeps excluded files)."""
@@ -245,6 +262,7 @@ def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, di
     plan = {"files": len(files), "bytes_total": sum((root / n).lstat().st_size for n in files),
             "to_send": sum((root / n).lstat().st_size for n in changed), "rsync": False}
     check_fits(plan, disk, route.instance_id)
+    check(plan)
     announce(plan, route)
     keep = {n.rstrip("/") for n in names}
     stale = stale_entries({n: k for n, (k, _, _) in there.items() if n not in keep}, sel, scratch)
@@ -278,7 +296,9 @@ def push(bound: Bound, root: Path, include_heavy: bool = False, setup: bool = Tr
     route, layout = bound.route(), Layout(bound.experiment)
     with tempfile.TemporaryDirectory(prefix="vasticlaude-push-") as scratch:
         sel = selection(root, cfg, include_heavy, Path(scratch))
-        plan, sent = send(route, layout, root, sel, Path(scratch))
+        check = lambda plan: costs.check_transfer(bound.experiment, bound.record, plan["to_send"], 0,  # noqa: E731
+                                                  "this push")
+        plan, sent = send(route, layout, root, sel, Path(scratch), check)
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "files": plan["files"],
             "bytes_total": plan["bytes_total"], "bytes_sent": sent,
             "ignore_rules": sel.rules, "setup": None, "warnings": []}

@@ -10,8 +10,9 @@ import time
 
 from vasticlaude.core import budget
 from vasticlaude.core import money as costing
-from vasticlaude.errors import Error
-from vasticlaude.store import state
+from vasticlaude.core.fmt import human_bytes
+from vasticlaude.errors import FAILED, Error
+from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast
 
 
@@ -73,13 +74,34 @@ def instance_row(rec: dict, now: float) -> dict:
             "status": rec.get("status"), "gpu_name": rec.get("gpu_name"),
             "dph_now": round(costing.billing_now(rec), 6), "running_s": cost["running_s"],
             "exists_s": cost["exists_s"], "gpu_usd": cost["gpu_usd"], "storage_usd": cost["storage_usd"],
-            "total_usd": cost["total_usd"], "created_at": _whole(rec.get("created_at")),
+            "bandwidth_usd": cost["bandwidth_usd"], "total_usd": cost["total_usd"], "created_at": _whole(rec.get("created_at")),
             "destroyed_at": _whole(rec.get("destroyed_at"))}
 
 
 def _whole(stamp: object) -> float | None:
     """Epoch seconds to the second: sub-second digits are noise in what Claude reads."""
     return round(float(stamp)) if isinstance(stamp, (int, float)) else None
+
+
+# ----- bandwidth against the budget ----------------------------------------------------------
+def priced(record: dict) -> bool:
+    """Does this instance bill bandwidth (its offer's $/GB), so a transfer needs a budget check?"""
+    return bool(record.get("inet_down_cost") or record.get("inet_up_cost"))
+
+
+def check_transfer(experiment: str, record: dict, moved_in: int, moved_out: int, what: str) -> None:
+    """Refuse (exit 1, nothing moved) a push or pull whose bandwidth would take the experiment past
+    its budget: Vast bills bytes both ways, and the on-instance watchdog only sees them as they go."""
+    cost = costing.transfer_usd(moved_in, moved_out, record.get("inet_down_cost") or 0, record.get("inet_up_cost") or 0)
+    cap = budget.experiment_budget(None, state.read_experiment(experiment), config.load()) if cost > 0 else None
+    if cap is None:
+        return
+    spent = budget.experiment_spent(experiment, state.load())
+    if spent + cost > cap:
+        raise Error("over_budget", f"{what} would move {human_bytes(moved_in + moved_out)} for ~${cost:.2f} of "
+                    f"bandwidth on top of ${spent:.2f} spent, over experiment {experiment}'s ${cap:.2f} budget; "
+                    "nothing was sent", "Move less (--path, .vasticlaudeignore) or raise the budget "
+                    "(budget.experiment_usd, or --budget-usd on up or run).", FAILED)
 
 
 # ----- actual charges (--actual) ---------------------------------------------------------------

@@ -130,7 +130,13 @@ def guard_settings(ask: GuardAsk, cfg: dict, bound: Bound) -> dict:
         raise Error("over_budget", f"experiment {bound.experiment} has used up its hours",
                     "Raise budget.experiment_hours or pass --max-hours.", FAILED)
     return {"watchdog": ask.watchdog, "budget_usd": cap, "max_hours": _round(hours), "on_end": on_end,
-            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6)}
+            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6), "usd_per_gb": _per_gb(bound.record)}
+
+
+def _per_gb(rec: dict) -> list[float] | None:
+    """[in, out] $/GB the instance bills for bandwidth (its offer's inet_down_cost, inet_up_cost), or None."""
+    rates = [float(rec.get("inet_down_cost") or 0), float(rec.get("inet_up_cost") or 0)]
+    return rates if any(rates) else None
 
 
 def _pick(*values: object) -> object:
@@ -160,7 +166,9 @@ def watchdog_script(experiment: str, layout: Layout, guard: dict) -> str:
                   already_spent_usd=f"{guard['already_spent_usd']:.6f}", budget_usd=blank(guard["budget_usd"]),
                   max_hours=blank(guard["max_hours"]), grace_s=f"{guard['grace_s']:g}",
                   kill_grace_s=f"{guard['kill_grace_s']:g}", check_s=f"{guard['check_s']:g}", on_end=guard["on_end"],
-                  store="yes" if guard.get("store") else "no", store_sync_s=f"{guard.get('store_sync_s') or 300:g}")
+                  store="yes" if guard.get("store") else "no", store_sync_s=f"{guard.get('store_sync_s') or 300:g}",
+                  usd_per_gb_in=f"{(guard.get('usd_per_gb') or [0, 0])[0]:g}",
+                  usd_per_gb_out=f"{(guard.get('usd_per_gb') or [0, 0])[1]:g}")
 
 
 def _launch(route: Route, layout: Layout, script: str, watchdog: str | None, restart: bool) -> dict:

@@ -99,7 +99,8 @@ def candidates(vast: Vast, offer_id: int | None, plan: Plan) -> list[Candidate]:
 
 def check_budget(plan: Plan, cand: Candidate) -> dict:
     dph = plan.gpu_dph(cand) + cand.storage_dph
-    return budget.check_before_rent(plan.limits, plan.experiment, dph, plan.wanted.hours, state.load())
+    return budget.check_before_rent(plan.limits, plan.experiment, dph, plan.wanted.hours, state.load(),
+                                    transfer_usd=cand.transfer_usd)
 
 
 def refuse_if_taken(vast: Vast, plan: Plan) -> None:
@@ -243,7 +244,8 @@ class Launcher:
             gpu_name=cand.gpu_name, num_gpus=cand.num_gpus, gpu_dph=gpu, storage_dph=cand.storage_dph,
             dph_total=round(gpu + cand.storage_dph, 6), is_bid=self.plan.wanted.interruptible,
             bid_price=gpu if self.plan.wanted.interruptible else None, disk=self.plan.wanted.disk_gb,
-            image=self.plan.image, target=self.vast.target.url)
+            image=self.plan.image, target=self.vast.target.url, inet_down_cost=cand.inet_down_cost,
+            inet_up_cost=cand.inet_up_cost)
         state.append_event(self.plan.experiment, "created", instance_id=iid, offer_id=cand.offer_id,
                            machine_id=cand.machine_id, gpu_name=cand.gpu_name)
 
@@ -300,7 +302,7 @@ class Launcher:
         return {"experiment": self.plan.experiment, "instance_id": iid, "label": self.plan.label,
                 "offer_id": cand.offer_id, "gpu_name": cand.gpu_name, "dph": dph, "ssh": ssh,
                 "attempts": [asdict(a) for a in self.attempts],
-                "estimate_usd": round(dph * self.plan.wanted.hours, 4),
+                "estimate_usd": round(dph * self.plan.wanted.hours + cand.transfer_usd, 4),
                 "waited_s": ready["waited_s"] if ready else 0.0}
 
 

@@ -153,16 +153,18 @@ def detail(event: dict) -> str:
 
 def cost_section(records: list[dict], exp: dict, now: float) -> dict:
     """Totals and per-instance figures, exactly `costing.instance_cost` (what `cost` shows)."""
-    sums = {"gpu_usd": 0.0, "storage_usd": 0.0, "total_usd": 0.0}
+    sums = {"gpu_usd": 0.0, "storage_usd": 0.0, "bandwidth_usd": 0.0, "total_usd": 0.0}
     rows = []
     for rec in records:
         spent = costing.instance_cost(rec, now)
         for key in sums:
             sums[key] += spent[key]
         rows.append({"id": cell(rec.get("id")), "running": duration(spent["running_s"]), "gpu": usd(spent["gpu_usd"]),
-                     "storage": usd(spent["storage_usd"]), "total": usd(spent["total_usd"])})
+                     "storage": usd(spent["storage_usd"]), "bandwidth": usd(spent["bandwidth_usd"]),
+                     "total": usd(spent["total_usd"])})
     limit = budget.experiment_budget(None, exp, config.load())
     return {"total": usd(sums["total_usd"]), "gpu": usd(sums["gpu_usd"]), "storage": usd(sums["storage_usd"]),
+            "bandwidth": usd(sums["bandwidth_usd"]) if sums["bandwidth_usd"] else "",
             "instances": rows, "total_usd": round(sums["total_usd"], 6),
             "budget": usd(limit) if limit is not None else "",
             "left": usd(limit - sums["total_usd"]) if limit is not None else ""}

@@ -10,6 +10,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.ops import costs
 from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote import ssh
@@ -77,6 +78,10 @@ def transfer(route: ssh.Route, layout: Layout, paths: list[str], dest: Path) -> 
     """rsync the paths into dest (relative paths kept); bytes received."""
     extra = ["-az", "-s", "--sparse", "--partial", f"--partial-dir={PARTIAL_DIR}", "--exclude=/run/pulled"]
     return fetch(route, layout.base, paths, dest, extra, "pulling")
+
+
+def same_size(local: Path, size: int) -> bool:
+    return local.is_file() and local.stat().st_size == size
 
 
 def compare(files: dict[str, tuple[int, float]], dest: Path, since: float) -> tuple[list[str], list[str]]:
@@ -154,6 +159,10 @@ def pull(bound: Bound, paths: list[str] | None = None, dest: Path | None = None)
     route, layout = bound.route(), Layout(bound.experiment)
     kept, skipped, clock = choose(route, layout, paths, asked)
     dest = local_dest(dest, bound.experiment)
+    if costs.priced(bound.record):
+        _, files = listing(route, layout, kept)
+        todo = sum(size for p, (size, _) in files.items() if not same_size(dest / p, size))
+        costs.check_transfer(bound.experiment, bound.record, 0, todo, "this pull")
     progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id}")  # where: in the result
     result = pull_verified(route, layout, kept, dest, clock)
     marker_warning = mark_pulled(route, layout)

@@ -8,11 +8,15 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+from vasticlaude.core import money
 from vasticlaude.core.retry import ssh_pauses
 from vasticlaude.errors import API, FAILED, Error
+from vasticlaude.output import progress
 from vasticlaude.remote import ssh
+from vasticlaude.store import state
 
 RSYNC_CONNECTION_CODES = frozenset({10, 12, 30, 35, 255})
 RSYNC_VANISHED = 24  # a source file disappeared while sending: not a failure
@@ -37,6 +41,7 @@ def rsync(route: ssh.Route, sources: list[str], dest: str, extra: list[str], wha
                         failed=lambda p: p.returncode in RSYNC_CONNECTION_CODES and not missing_rsync(p))
     out = proc.stdout.decode("utf-8", "replace")
     if proc.returncode in (0, RSYNC_VANISHED):
+        count(route, stat(out, "Total bytes sent"), stat(out, "Total bytes received"))
         return out
     if missing_rsync(proc):
         note_no_rsync(route)
@@ -46,6 +51,20 @@ def rsync(route: ssh.Route, sources: list[str], dest: str, extra: list[str], wha
     detail = "; ".join(lines[-3:]) or f"exit {proc.returncode}"
     raise Error("rsync_failed", f"{what} failed (rsync exit {proc.returncode}): {detail}",
                 "Fix what rsync says and run the command again: it resumes.", FAILED)
+
+
+def count(route: ssh.Route, moved_in: int, moved_out: int) -> None:
+    """Add what a transfer moved (in: to the instance, out: from it) to the instance's record: Vast
+    bills bandwidth by the byte (core/money.py). A record that cannot be written costs the count only."""
+    if moved_in <= 0 and moved_out <= 0:
+        return
+    try:
+        with state.transaction() as data:
+            rec = data["instances"].get(str(route.instance_id))
+            if rec is not None:
+                money.add_traffic(rec, time.time(), moved_in, moved_out)
+    except Exception as err:  # noqa: BLE001 — the copy is done; only its count is lost
+        progress(f"vasticlaude: could not count the bytes moved for instance {route.instance_id}: {err}")
 
 
 def fetch(route: ssh.Route, base: str, names: list[str], dest: Path, extra: list[str], what: str,
@@ -187,13 +206,14 @@ def tar_up(route: ssh.Route, root: Path, names: list[str], folder: str, delete: 
         script += "rmdir -- " + " ".join(shlex.quote(f"./{n}") for n in dirs) + " 2>/dev/null\n"
     script += "tar -x -o -f -\n"
     with tempfile.TemporaryDirectory(prefix="vasticlaude-tar-") as scratch:
-        listed, count = Path(scratch) / "names", Path(scratch) / "count"
+        listed, counted = Path(scratch) / "names", Path(scratch) / "count"
         listed.write_bytes(b"".join(n.rstrip("/").encode("utf-8", "surrogateescape") + b"\0" for n in names))
-        proc = ssh.retrying(lambda r: ["bash", "-c", TAR_UP, "tar-up", str(count), str(root), str(listed), "-S" if sparse else "",
+        proc = ssh.retrying(lambda r: ["bash", "-c", TAR_UP, "tar-up", str(counted), str(root), str(listed), "-S" if sparse else "",
                                        *ssh.ssh_argv(r, script)],
                             what, route=route, timeout=TRANSFER_TIMEOUT, backoff=ssh_pauses())
-        sent = _dd_bytes(count)
+        sent = _dd_bytes(counted)
     _check_tar(proc, what, route)
+    count(route, sent, 0)
     return sent
 
 
@@ -207,12 +227,13 @@ def tar_down(route: ssh.Route, base: str, names: list[str], dest: Path, what: st
     script = f"cd {shlex.quote(base)} || exit 71\ntar -b 1 -cf - -- " + " ".join(shlex.quote(f"./{n}") for n in names)
     try:
         with tempfile.TemporaryDirectory(prefix="vasticlaude-tar-") as scratch:
-            count = Path(scratch) / "count"
-            proc = ssh.retrying(lambda r: ["bash", "-c", TAR_DOWN, "tar-down", str(count), str(stage),
+            counted = Path(scratch) / "count"
+            proc = ssh.retrying(lambda r: ["bash", "-c", TAR_DOWN, "tar-down", str(counted), str(stage),
                                            *ssh.ssh_argv(r, script)],
                                 what, route=route, timeout=TRANSFER_TIMEOUT, backoff=ssh_pauses())
-            received = _dd_bytes(count)
+            received = _dd_bytes(counted)
         _check_tar(proc, what, route)
+        count(route, 0, received)
         for path in sorted(stage.rglob("*")):
             if path.is_file() or path.is_symlink():
                 target = dest / path.relative_to(stage)

@@ -47,6 +47,11 @@ watchdog can destroy the instance the moment they are safe, laptop or not.
   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN) in the environment or in
   .vasticlaude/.env.
 
+"transfer" (read by `offers` and `up`): the bandwidth a run is expected to move, priced at each
+offer's $/GB (Vast bills bytes both ways) and added to its estimated total:
+  {"transfer": {"push_gb": null,      code sent to the instance (null: measured, as push would send it)
+                "results_gb": 1.0}}   results brought home
+
 Flags beat the file; the file beats the defaults below. A value of the wrong type is left
 out (its default used), said once and the file kept as config.json.bad-<time>; unknown keys
 are kept (a new key is declared with its type in store/records.py CONFIG). The project root is the
@@ -70,6 +75,7 @@ DEFAULTS = {
                  "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
                  "stale_after_s": 600, "unreachable_after_s": 300},
     "store": {"url": None, "endpoint_url": None, "region": None, "sync_interval_s": None, "timeout_s": 300},
+    "transfer": {"push_gb": None, "results_gb": 1.0},
 }
 
 
@@ -110,7 +116,7 @@ def check(root: Path | None = None) -> tuple[dict, list[str]]:
     data, problems = records.check_config(found) if not why else ({}, [f"the file is {why}"])
     if problems:
         quarantine.keep(path, raw, problems)
-    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery", "store")}
+    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery", "store", "transfer")}
     merged.update(data)
     merged.update(nested)
     return merged, problems

@@ -136,6 +136,7 @@ CONFIG: dict[str, Check] = {
     "session_end": obj({"running": one_of("leave-guarded", "stop", "destroy"), "finished": one_of("destroy", "stop")}),
     "store": obj({"url": optional(string(1000)), "endpoint_url": optional(string(1000)), "region": optional(string(100)),
                   "sync_interval_s": optional(number(1)), "timeout_s": number(1)}),
+    "transfer": obj({"push_gb": optional(NUM), "results_gb": NUM}),
 }
 
 
@@ -150,6 +151,16 @@ def check_config(data: Any) -> tuple[dict, list[str]]:
 # ----- instances.json (store/state.py documents the file) --------------------------------------------
 STAMP, OPT_NUM, OPT_TEXT = optional(number()), optional(number(None)), optional(string(2000))
 HISTORY = items(needs("at", needs("status", obj({"at": number(), "status": string(200), "why": OPT_TEXT}))))
+
+
+def _traffic_entry(value: Any, where: str, problems: list) -> Any:
+    """[at, bytes in, bytes out]: what one transfer (or a few close together) moved."""
+    if (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           and math.isfinite(v) and v >= 0 for v in value)):
+        return value
+    return _bad(problems, where, "[at, bytes in, bytes out]", value)
+
+
 RECORD: dict[str, Check] = {
     "id": number(1, integer=True), "label": OPT_TEXT, "experiment": OPT_TEXT, "status": OPT_TEXT,
     "target": OPT_TEXT, "created_by": OPT_TEXT, "ssh_route": OPT_TEXT,
@@ -157,6 +168,7 @@ RECORD: dict[str, Check] = {
     "dph_total": optional(NUM), "gpu_dph": optional(NUM), "storage_dph": optional(NUM), "bid_price": optional(NUM),
     "num_gpus": optional(WHOLE), "disk": optional(NUM), "offer_id": optional(WHOLE),
     "machine_id": optional(WHOLE), "is_bid": optional(boolean), "history": HISTORY,
+    "inet_down_cost": optional(NUM), "inet_up_cost": optional(NUM), "traffic": items(_traffic_entry),
 }
 FAILED = obj({"machine_id": number(0, integer=True), "at": number()})
 INTENT = obj({"label": OPT_TEXT, "experiment": OPT_TEXT, "at": STAMP, "by": OPT_TEXT})
