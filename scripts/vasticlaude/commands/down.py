@@ -1,9 +1,9 @@
 """vasticlaude down: destroy instances, confirm they are gone, record what they cost.
 
 Usage:
-  vasticlaude down ID... [--keep-disk] [--json]
-  vasticlaude down --experiment X [--keep-disk] [--json]
-  vasticlaude down --all [--keep-disk] [--json]
+  vasticlaude down ID... [--keep-disk] [--deadline S] [--json]
+  vasticlaude down --experiment X [--keep-disk] [--deadline S] [--json]
+  vasticlaude down --all [--keep-disk] [--deadline S] [--json]
   (plus --sandbox / --api-key to choose the account)
 
 --experiment X takes every live record of experiment X in instances.json and every
@@ -29,6 +29,9 @@ JSON data: {"destroyed": [{"id", "label", "cost_usd"}], "already_gone": [id],
 When the API fails, every instance named (by id, or recorded for the experiment) that could
 not be confirmed gone is listed and the exit is 4, never 3: it may still bill.
 
+--deadline S (default: config deadlines.down_s, 600) is a wall: no API retry or confirmation
+poll runs past it; whatever is not confirmed gone by then is listed in "failed" (exit 4).
+
 Exit codes: 0 all gone (or stopped) · 2 usage · 3 Vast/sandbox API failure before
 anything was done (no instance named or recorded) · 4 some instance could not be confirmed
 gone (they are named; re-run).
@@ -38,9 +41,11 @@ from __future__ import annotations
 import argparse
 
 from vasticlaude import console
+from vasticlaude.core import retry
 from vasticlaude.ops import nodes
 from vasticlaude.errors import Error
 from vasticlaude.ops import teardown
+from vasticlaude.store import config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", type=console.experiment, help="every instance of this experiment")
     p.add_argument("--all", action="store_true", help="every vasticlaude instance (state and account)")
     p.add_argument("--keep-disk", action="store_true", help="stop instead of destroy (storage keeps billing)")
+    p.add_argument("--deadline", type=console.SECONDS, metavar="S",
+                   help="give up retrying after S seconds, naming what is not confirmed gone (default 600)")
     console.add_target_flags(p)
     return p
 
@@ -57,12 +64,14 @@ def run(args: argparse.Namespace) -> dict:
     if not (args.ids or args.experiment or args.all):
         build_parser().error("name instance IDs, --experiment X or --all")
     vast = console.connect(args)
-    if nodes.group_of(args.experiment) is not None and not args.ids:
-        return nodes.down(vast, args.experiment, args.keep_disk)
-    report = teardown.take_down(vast, teardown.targets(vast, args.ids, args.experiment, args.all), args.keep_disk)
-    if args.all and not args.keep_disk and not report["failed"]:
-        report["overlays"] = nodes.delete_empty_overlays(vast)
-    return report
+    seconds = args.deadline or (config.load().get("deadlines") or {}).get("down_s")
+    with retry.wall(float(seconds) if seconds else None):
+        if nodes.group_of(args.experiment) is not None and not args.ids:
+            return nodes.down(vast, args.experiment, args.keep_disk)
+        report = teardown.take_down(vast, teardown.targets(vast, args.ids, args.experiment, args.all), args.keep_disk)
+        if args.all and not args.keep_disk and not report["failed"]:
+            report["overlays"] = nodes.delete_empty_overlays(vast)
+        return report
 
 
 def human(data: object) -> str:

@@ -2,7 +2,7 @@
 
 Usage:
   vasticlaude push [PATH] [--experiment X | --instance ID] [--include-heavy] [--no-setup]
-                   [--setup-timeout S] [--sandbox] [--api-key KEY] [--json]
+                   [--setup-timeout S] [--deadline S] [--sandbox] [--api-key KEY] [--json]
 
 PATH (default: the project root) is mirrored into ~/vasticlaude/<experiment>/code/ on the
 instance with rsync over SSH (`-az --delete`), so a second push sends only what changed.
@@ -26,9 +26,13 @@ a folder outside, is refused (exit 2) and nothing is sent.
 Before sending, one SSH call sees whether the instance has rsync and reads its free disk
 (`df -Pk $HOME`); a dry run measures what would be sent. A push that would
 not fit with 10% headroom is refused and nothing is sent. Connection failures (rsync exit
-10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s. An image without rsync gets the
+10, 12, 30, 35, 255) are retried after 2, 4, 8 and 16 s, on the instance's other route
+(direct or Vast's proxy) at once. An image without rsync gets the
 same mirror through tar over ssh: changed files (size or mtime) sent, files gone from the
-project deleted there, what the filters leave out kept.
+project deleted there, what the filters leave out kept. --deadline S (default: config
+deadlines.push_s, none) is a wall for the whole push: every retry, SSH ConnectTimeout and
+transfer is cut to the time left, so a dead instance makes push end (exit 3) within S plus
+one SSH pause.
 
 Then setup (skip with --no-setup) runs in code/, its output kept in run/setup.log: the
 config's "setup" command; else `python3 -m pip install -r requirements.txt` when
@@ -54,6 +58,7 @@ import argparse
 from pathlib import Path
 
 from vasticlaude import console
+from vasticlaude.core import retry
 from vasticlaude.output import compact
 from vasticlaude.errors import Error
 from vasticlaude.core.fmt import human_bytes
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-heavy", action="store_true", help="do not apply the default excludes (.git, .venv …)")
     p.add_argument("--no-setup", action="store_true", help="skip the setup command")
     p.add_argument("--setup-timeout", type=console.SECONDS, default=3600.0, metavar="S", help="seconds for setup (default 3600)")
+    p.add_argument("--deadline", type=console.SECONDS, metavar="S", help="a wall for the whole push (default: none)")
     return p
 
 
@@ -124,13 +130,15 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     root = source_root(args)
-    group = nodes.group_of(args.experiment)
-    if group is not None:  # several nodes: the same code to each; the first failure stops it
-        vast = console.connect(args)
-        pushed = [push(attach(vast, find_record(name, None)), root, args.include_heavy, not args.no_setup,
-                       args.setup_timeout) for name in group["members"]]
-        failed = next((p for p in pushed if p["exit_code"]), None)
-        return {**(failed or pushed[0]), "experiment": args.experiment, "nodes": [
-            {k: p[k] for k in ("experiment", "instance_id", "files", "bytes_sent", "exit_code")} for p in pushed]}
-    bound = console.bind(args)
-    return push(bound, root, args.include_heavy, not args.no_setup, args.setup_timeout)
+    seconds = args.deadline or (config.load().get("deadlines") or {}).get("push_s")
+    with retry.wall(float(seconds) if seconds else None):
+        group = nodes.group_of(args.experiment)
+        if group is not None:  # several nodes: the same code to each; the first failure stops it
+            vast = console.connect(args)
+            pushed = [push(attach(vast, find_record(name, None)), root, args.include_heavy, not args.no_setup,
+                           args.setup_timeout) for name in group["members"]]
+            failed = next((p for p in pushed if p["exit_code"]), None)
+            return {**(failed or pushed[0]), "experiment": args.experiment, "nodes": [
+                {k: p[k] for k in ("experiment", "instance_id", "files", "bytes_sent", "exit_code")} for p in pushed]}
+        bound = console.bind(args)
+        return push(bound, root, args.include_heavy, not args.no_setup, args.setup_timeout)

@@ -12,7 +12,10 @@ Looks first (one `status` snapshot, vasticlaude/diagnose.py) and acts on what it
                    for the hours left; back up → the job is restarted there (its checkpoints are
                    on its disk); still stopped → relaunch as below.
   host_offline, container_exited, gone, stale, ssh_unreachable
-                   relaunch: whatever still answers is synced home first; the instance is
+                   relaunch. On the real Vast offline / unknown / exited can pass, so those
+                   are looked at again every 5 s until they have lasted recovery.confirm_s
+                   (180 s × VASTICLAUDE_POLL_SCALE); one that passes is left running in place.
+                   Then whatever still answers is synced home first (at most 60 s); the instance is
                    destroyed and confirmed gone, its machine skipped for 7 days; the like is
                    rented again (the rental `up` recorded: GPU, image, disk, interruptible) on
                    another machine; the code is pushed (`push`, setup included), the local
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> dict:
     console.known(args)
     vast = console.connect(args)
     assessment = recovery.assess(vast, args.experiment, args.instance)
+    if not args.dry_run:
+        assessment = recovery.confirm(vast, assessment, args.instance)
     fault = assessment.fault
     if fault is None or args.dry_run or fault["action"] == "none":
         return recovery.unrecovered(assessment, args.dry_run)

@@ -21,12 +21,19 @@ match by label). A create is never blindly retried: after an ambiguous failure (
 429, timeout) the account is searched by label first and what exists is adopted.
 
 Waiting polls with backoff (2, 4, 8, 16, 16 … s) until the instance is running and an
-SSH probe answers, recording each status in the state and the experiment's events. It
-gives up at once on exited, offline, unknown, stopped, an OCI error, or the deadline
-(default 600 s for pytorch/cuda images, 300 s otherwise), as on 404 no_such_ask / 410:
-what was created is destroyed (and confirmed gone), the machine is skipped by later
-searches for 7 days, and the next candidate on another machine is tried, up to
---max-attempts (default 3).
+SSH probe answers (direct, then Vast's proxy), recording each status in the state and the
+experiment's events and printing Vast's status_msg (the image pull's progress) on stderr
+whenever it changes. Transient states (scheduling, rebooting, unknown) are waited out. It
+gives up at once on exited, offline, stopped, a boot error in status_msg (OCI runtime,
+manifest not found, docker_build), as on 404 no_such_ask / 410, and at the boot deadline:
+--deadline, else config deadlines.up_s, else by the image's size (600 s for small base
+images such as vastai/base or ubuntu, 1800 s for pytorch/cuda/tensorflow, 2700 s for huge
+ones such as vllm or -devel, 900 s for an image of unknown size), never above
+deadlines.up_cap_s (3600 s). The deadline is a wall: no API retry or SSH probe (its
+ConnectTimeout cut to the time left) carries an attempt past it by more than one poll.
+What was created is then destroyed (and confirmed gone, within at most 30 s more) or named
+(exit 4), the machine is skipped by later searches for 7 days, and the next candidate on
+another machine is tried, up to --max-attempts (default 3), each with its own deadline.
 
 Env: VASTICLAUDE_POLL_SCALE multiplies every wait between polls and retried reads
 (default 1; tests use a small value).
@@ -57,8 +64,9 @@ import shutil
 import time
 
 from vasticlaude import console
-from vasticlaude.output import compact
+from vasticlaude.output import compact, progress
 from vasticlaude.core import budget
+from vasticlaude.core.lifecycle import boot_deadline
 from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops import launch, nodes
 from vasticlaude.store import config, paths
@@ -72,9 +80,12 @@ def make_plan(args: argparse.Namespace, cfg: dict) -> launch.Plan:
         raise Error("bad_bid", "--bid only applies to interruptible rentals", "Add --interruptible, or drop --bid.", USAGE)
     if not args.no_wait and shutil.which("ssh") is None:
         raise Error("no_ssh", "the OpenSSH client (ssh) is not installed", "Install openssh-client, or use --no-wait.")
-    return launch.Plan(experiment, image, wanted, args.bid, float(args.deadline or launch.default_deadline(image)),
-                not args.no_wait, max(1, args.max_attempts),
-                budget.Limits.from_config(cfg, experiment_usd=args.budget_usd))
+    deadlines = cfg.get("deadlines") or {}
+    seconds, source = boot_deadline(image, args.deadline, deadlines.get("up_s"), deadlines.get("up_cap_s"))
+    if not args.no_wait:
+        progress(f"vasticlaude up: boot deadline {seconds:g} s ({source})")
+    return launch.Plan(experiment, image, wanted, args.bid, seconds, not args.no_wait, max(1, args.max_attempts),
+                       budget.Limits.from_config(cfg, experiment_usd=args.budget_usd))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-usd", type=console.USD, help="cap for this experiment's total spend")
     p.add_argument("--bid", type=console.DPH, metavar="PRICE", help="GPU $/h bid when --interruptible (default min bid x1.15)")
     p.add_argument("--max-attempts", type=console.number(100, whole=True), default=3, help="offers to try, each on another machine (default 3)")
-    p.add_argument("--deadline", type=console.SECONDS, metavar="SECONDS", help="boot deadline (default 600 pytorch/cuda, else 300)")
+    p.add_argument("--deadline", type=console.SECONDS, metavar="SECONDS", help="boot deadline, a wall (default by the image: 600 small … 2700 huge; cap deadlines.up_cap_s)")
     p.add_argument("--no-wait", action="store_true", help="return once rented, without waiting for SSH")
     p.add_argument("--nodes", type=console.number(64, whole=True), default=1,
                    help="instances of one physical cluster on one overlay network, for multi-node training (default 1)")

@@ -12,7 +12,10 @@ view of the job) plus the state record; no call of its own. A fault is:
               (pull what exists, relaunch with more disk) · restart (run the command again on
               the same instance: its checkpoints are there) · none (needs you)
   confirm_s   how long the fault must persist before acting (0: at once). A stale heartbeat
-              or failing SSH may be a passing hiccup; a preempted or offline instance is not.
+              or failing SSH may be a passing hiccup, and so may offline / unknown / exited on
+              the real Vast (offline is computed from the host's heartbeat; SkyPilot reads
+              unknown and offline as still starting): policy `confirm_s`. A preempted instance
+              has its own wait (wait_bid).
   plan        one sentence for Claude and the user
 
 None when nothing is wrong: the job runs, has not started, or ended by plan.
@@ -45,10 +48,13 @@ def diagnose(snap: dict, record: dict, log: list[str], policy: dict, ended_home:
         return fault("preempted", [f"interruptible instance stopped while meant to run ({bid})" if meant else
                                     f"interruptible instance stopped ({bid}), not by vasticlaude; Vast says it is "
                                     "meant to be stopped too: outbid, most likely"], "wait_bid")
+    passing = float(policy.get("confirm_s") or 0)  # on the real Vast these can pass: confirm them first
     if status in ("offline", "unknown"):
-        return fault("host_offline", [f"the host is offline: {inst.get('msg') or 'no heartbeat'}"], "relaunch")
+        return fault("host_offline", [f"the host is {status}: {inst.get('msg') or 'no heartbeat'}"], "relaunch",
+                     passing)
     if status == "exited":
-        return fault("container_exited", [f"the container exited: {inst.get('msg') or 'no message'}"], "relaunch")
+        return fault("container_exited", [f"the container exited: {inst.get('msg') or 'no message'}"], "relaunch",
+                     passing)
     if status != "running":
         return None  # created, loading, or stopped on purpose (by you or the watchdog)
     return _jobfault(job, snap.get("disk") or {}, log, policy)

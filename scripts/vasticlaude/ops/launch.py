@@ -12,10 +12,10 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from vasticlaude.core import budget
-from vasticlaude.core.lifecycle import record_status
+from vasticlaude.core import budget, retry
+from vasticlaude.core.lifecycle import boot_deadline, record_status
 from vasticlaude.core.market import Candidate, Wanted, candidate
-from vasticlaude.core.retry import schedule
+from vasticlaude.core.retry import poll_scale, schedule
 from vasticlaude.errors import BILLING_RISK, FAILED, Error
 from vasticlaude.ops.reconcile import PREFIX
 from vasticlaude.ops.search import find, remember_failed
@@ -28,7 +28,13 @@ from vasticlaude.vast.gateway import Vast, VastError
 
 BID_MARGIN = 1.15
 CREATE_TRIES = 3  # creates after confirming by label that the previous one left nothing
-FAIL_FAST = {"exited", "offline", "unknown", "stopped"}
+# Given up at once. Not `unknown`, `scheduling`, `rebooting` (nor `frozen`): on Vast they pass.
+FAIL_FAST = {"exited", "offline", "stopped"}
+# What a boot that will never finish says in status_msg (vast-cli's tests; vast-api.md §17).
+BOOT_FAILED = re.compile(r"OCI runtime create failed|Error response from daemon: manifest .*not found|"
+                         r"docker_build\(\) error", re.I)
+POLL_CAP = 16.0  # the longest pause between two looks at a booting instance (× VASTICLAUDE_POLL_SCALE)
+TEARDOWN_S = 30.0  # the most a failed attempt's teardown may add after its deadline (× the poll scale)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ class Failed(Exception):
 
 # ----- plan, key, candidates ------------------------------------------------------------------
 def default_deadline(image: str) -> float:
-    """Big CUDA/pytorch images take minutes to pull (vast-api.md §10.3)."""
-    return 600.0 if re.search(r"pytorch|cuda", image, re.I) else 300.0
+    """The boot wait for an image, by its size class (core.lifecycle.boot_deadline)."""
+    return boot_deadline(image)[0]
 
 
 def register(vast: Vast, key: Key) -> None:
@@ -118,7 +124,7 @@ def hopeless(row: dict) -> str | None:
     status, msg = row.get("actual_status"), str(row.get("status_msg") or "")
     if status in FAIL_FAST:
         return f"{status}" + (f": {msg}" if msg else "")
-    if status == "created" and "OCI runtime create failed" in msg:
+    if status in ("created", "loading") and BOOT_FAILED.search(msg):
         return f"the container cannot start: {msg}"
     return None
 
@@ -151,12 +157,14 @@ class Launcher:
                  f"{cand.machine_id}, ${self.plan.gpu_dph(cand) + cand.storage_dph:.3f}/h)")
         iid = None
         try:
-            iid = self.rent(cand)
-            ready = self.wait(iid) if self.plan.wait else None
+            with retry.wall(self.plan.deadline):  # the boot deadline is a wall for every retry and probe
+                iid = self.rent(cand)
+                ready = self.wait(iid) if self.plan.wait else None
         except Failed as failure:
             self.failed(cand, failure)
             if iid is not None:
-                self.discard(iid, failure.reason)
+                with retry.wall(TEARDOWN_S * poll_scale()):
+                    self.discard(iid, failure.reason)
             return None
         self.attempts.append(Attempt(cand.offer_id, cand.machine_id, "ready" if ready else "created", ""))
         state.append_event(self.plan.experiment, "ready" if ready else "created_no_wait", instance_id=iid)
@@ -251,19 +259,20 @@ class Launcher:
 
     def wait(self, iid: int) -> dict:
         """Poll until running and SSH answers; Failed otherwise (the caller destroys it)."""
+        start = time.monotonic()
         try:
             return self.poll(iid)
         except VastError as err:
-            raise Failed(f"lost track of it: {err.message}", machine=False) from None
+            raise Failed(f"lost track of it after {time.monotonic() - start:.1f} s: {err.message}", machine=False) from None
 
     def poll(self, iid: int) -> dict:
-        start = time.monotonic()
-        deadline, last = start + self.plan.deadline, None
-        for pause in schedule(2.0, 16.0):
+        """Look, probe, pause (2, 4, 8, 16, 16 … s), all inside the plan's wall (`attempt`)."""
+        start, last, said = time.monotonic(), None, ""
+        for pause in schedule(2.0, POLL_CAP):
             row = self.vast.instance(iid)
             if row is None:
                 raise Failed("it disappeared from the account")
-            last = self.note(iid, row, last)
+            last, said = self.note(iid, row, last, said)
             verdict = hopeless(row)
             if verdict:
                 raise Failed(verdict)
@@ -272,21 +281,23 @@ class Launcher:
             if ready:
                 return {"host": ready.host, "port": ready.port, "route": ready.name,
                         "waited_s": round(time.monotonic() - start, 1)}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not retry.pause(pause):
                 stuck = "running but SSH does not answer" if last == "running" else f"still {last}"
-                raise Failed(f"not ready within the {self.plan.deadline:g} s deadline ({stuck})")
-            time.sleep(min(pause, remaining))
+                raise Failed(f"not ready within the {self.plan.deadline:g} s deadline ({stuck}; gave up after "
+                             f"{time.monotonic() - start:.1f} s)")
         raise AssertionError("unreachable: schedule() is endless")
 
-    def note(self, iid: int, row: dict, last: str | None) -> str:
-        status = record_status(row)
+    def note(self, iid: int, row: dict, last: str | None, said: str) -> tuple[str, str]:
+        """Record a new status; say Vast's status_msg (the image pull's progress) whenever it changes."""
+        status, msg = record_status(row), str(row.get("status_msg") or "")
         if status != last:
-            msg = str(row.get("status_msg") or "")
-            progress(f"vasticlaude up: instance {iid}: {status}" + (f" ({msg})" if msg else ""))
             state.upsert_instance(iid, status=status, status_msg=msg, why=msg[:200])
             state.append_event(self.plan.experiment, "status", instance_id=iid, status=status, status_msg=msg)
-        return status
+        if status != last or msg != said:
+            raw = row.get("actual_status")
+            shown = status if raw in (None, status) else f"{status} ({raw})"
+            progress(f"vasticlaude up: instance {iid}: {shown}" + (f": {msg[:200]}" if msg else ""))
+        return status, msg
 
     def discard(self, iid: int, reason: str) -> None:
         progress(f"vasticlaude up: destroying instance {iid} ({reason})")

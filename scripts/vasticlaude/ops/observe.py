@@ -12,7 +12,7 @@ from vasticlaude.core import budget, money
 from vasticlaude.core.faults import diagnose, over_budget
 from vasticlaude.core.lifecycle import record_status
 from vasticlaude.core.logparse import progress as parse_progress
-from vasticlaude.core.retry import ssh_pauses
+from vasticlaude.core.retry import poll_scale, ssh_pauses
 from vasticlaude.errors import Error
 from vasticlaude.ops import checkpoints
 from vasticlaude.ops.binding import Bound, bind
@@ -63,6 +63,7 @@ def observe(bound: Bound, tail: int = 3) -> dict:
     job = _job(probe, row, ssh_failure)
     lines = probe["log"] if probe else []
     policy = config.load()["recovery"]
+    policy = {**policy, "confirm_s": float(policy.get("confirm_s") or 0) * poll_scale()}  # the sandbox shrinks it
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id,
             "instance": _instance(row), "job": job, "progress": parse_progress(lines),
             "log_tail": [line[:TAIL_WIDTH] for line in lines[-tail:]] if tail > 0 else [],

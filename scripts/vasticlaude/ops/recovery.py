@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from vasticlaude.core import budget
+from vasticlaude.core import budget, retry
 from vasticlaude.core.faults import blames_machine
 from vasticlaude.core.faults import fault as fault_of
 from vasticlaude.core.market import Wanted
@@ -39,6 +39,8 @@ from vasticlaude.vast.gateway import Vast
 
 RAISE_EVERY = 60.0  # seconds between bid raises (× VASTICLAUDE_POLL_SCALE)
 POLL = 5.0
+PASSING = ("host_offline", "container_exited")  # on the real Vast these can pass: confirmed before acting
+SALVAGE_S = 60.0  # the most a relaunch spends bringing home what the old instance still answers with
 
 
 @dataclass
@@ -73,6 +75,24 @@ def assess(vast: Vast, experiment: str | None, instance_id: int | None = None, t
         with state.experiment(bound.experiment) as data:  # killed after the restart: the job runs again
             data.pop("recovering", None)
     return Assessment(bound.experiment, bound, snap, fault)
+
+
+def confirm(vast: Vast, a: Assessment, instance_id: int | None = None) -> Assessment:
+    """A fault that can pass (offline, unknown, exited) is looked at again every POLL s until it has
+    lasted its confirm_s (then acted on) or is gone (then there is nothing to recover)."""
+    fault = a.fault
+    if fault is None or fault["kind"] not in PASSING or fault["confirm_s"] <= 0:
+        return a
+    since = time.monotonic()
+    progress(f"vasticlaude recover: {fault['kind']}: confirming over {fault['confirm_s']:g} s before acting "
+             "(on Vast it can pass)")
+    while time.monotonic() - since < fault["confirm_s"]:
+        time.sleep(min(POLL * poll_scale(), max(0.0, fault["confirm_s"] - (time.monotonic() - since))))
+        a = assess(vast, a.experiment, instance_id)
+        if a.fault is None or a.fault["kind"] != fault["kind"]:
+            progress(f"vasticlaude recover: {fault['kind']} passed: now {a.snap['instance']['status'] if a.snap else 'gone'}")
+            return a
+    return a
 
 
 def _run_at(exp: dict) -> float:
@@ -236,22 +256,27 @@ class Recovery:
         self.prepare_new(bound)
 
     def salvage(self, old: Bound, full: bool) -> None:
-        """Bring home what still answers: the checkpoints (everything, for a full disk)."""
-        if (old.row or {}).get("actual_status") != "running":
-            return
+        """Bring home what still answers (an `unknown` host often does): the checkpoints (everything, for
+        a full disk), within SALVAGE_S."""
+        if (old.row or {}).get("actual_status") not in ("running", "unknown", "offline"):
+            return  # stopped or exited: no SSH server runs there
         try:
-            if not full and self.store() is not None:  # the old instance ships its own last checkpoint
-                checkpoints.ship(old.route(), self.exp_id)
-                self.step(f"instance {old.instance_id} shipped its checkpoint to the results store")
-            elif full:
-                got = results.pull(old, dest=checkpoints.local_dir(self.exp_id))
-                self.step(f"pulled {got['files']} files ({got['bytes']} B) from instance {old.instance_id}")
-            else:
-                got = checkpoints.sync_home(old.route(), self.exp_id, list(self.policy.sync))
-                self.step(f"synced the checkpoint from instance {old.instance_id} ({got['files']} files)")
+            with retry.wall(SALVAGE_S):
+                self.save_from(old, full)
         except Error as err:
             self.step(f"could not reach instance {old.instance_id} to save more ({err.message[:120]}); "
                       "resuming from the copy at home")
+
+    def save_from(self, old: Bound, full: bool) -> None:
+        if not full and self.store() is not None:  # the old instance ships its own last checkpoint
+            checkpoints.ship(old.route(), self.exp_id)
+            self.step(f"instance {old.instance_id} shipped its checkpoint to the results store")
+        elif full:
+            got = results.pull(old, dest=checkpoints.local_dir(self.exp_id))
+            self.step(f"pulled {got['files']} files ({got['bytes']} B) from instance {old.instance_id}")
+        else:
+            got = checkpoints.sync_home(old.route(), self.exp_id, list(self.policy.sync))
+            self.step(f"synced the checkpoint from instance {old.instance_id} ({got['files']} files)")
 
     def retire(self, old: Bound, fault: dict) -> None:
         iid = old.instance_id

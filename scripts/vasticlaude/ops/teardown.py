@@ -1,13 +1,15 @@
 """Take instances down: destroy, confirm gone through the API, close the record, ledger the cost.
 
 A destroy that looks successful is not proof: each instance is watched until the API
-no longer lists it (a short backoff, about 15 s), and only then marked destroyed.
+no longer lists it (a short backoff, about 15 s), and only then marked destroyed. Inside a
+deadline (`core.retry.wall`, `down --deadline`) what is not confirmed gone by then is named.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from vasticlaude.core import retry
 from vasticlaude.core.retry import schedule
 from vasticlaude.errors import BILLING_RISK
 from vasticlaude.ops.reconcile import PREFIX, close_record, new_record, write_final_cost
@@ -35,7 +37,8 @@ def destroy_confirmed(vast: Vast, instance_id: int) -> str | None:
         row = vast.instance(instance_id)
         if row is None:
             return None
-        time.sleep(pause)
+        if not retry.pause(pause):
+            return f"still listed ({row.get('actual_status')}) when the deadline came, after destroy"
     return f"still listed ({row.get('actual_status') if row else '?'}) after destroy"
 
 
@@ -109,6 +112,9 @@ def take_down(vast: Vast, chosen: list[Target], keep_disk: bool = False) -> dict
     """Destroy (or stop) each target; the report `down` prints, exit_code 4 when one is not confirmed gone."""
     report: dict = {"destroyed": [], "already_gone": [], "failed": [], "stopped": []}
     for target in chosen:
+        if retry.passed():  # the deadline is a wall: what is left is named, never silently dropped
+            report["failed"].append({"id": target.instance_id, "reason": "not tried: the deadline came first"})
+            continue
         kind, details = stop(vast, target) if keep_disk else teardown(vast, target)
         report[kind].append(details if kind in ("destroyed", "failed") else details["id"])
     report["exit_code"] = BILLING_RISK if report["failed"] else 0

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from vasticlaude.core import budget
+from vasticlaude.core import budget, retry
 from vasticlaude.core.retry import poll_scale
 from vasticlaude.errors import API, BILLING_RISK, FAILED, USAGE, Error
 from vasticlaude.ops import checkpoints, results, teardown
@@ -65,7 +65,12 @@ class Watch:
             self.seen[saved["fault"]] = time.monotonic() - max(0.0, time.time() - float(saved["fault_since"]))
 
     def loop(self) -> dict:
-        deadline = time.monotonic() + self.opts.timeout if self.opts.timeout else None
+        """Check until an ending; --timeout is a wall for the checks (their API retries, SSH probes
+        and pauses), while a recovery or the final pull it starts is carried through."""
+        with retry.wall(self.opts.timeout or None):
+            return self.checks_until_done()
+
+    def checks_until_done(self) -> dict:
         failures = 0
         while True:
             try:
@@ -76,20 +81,21 @@ class Watch:
                 failures += 1
                 if failures > len(API_PAUSES):
                     return self.api_down(err)
-                pause = API_PAUSES[failures - 1] * poll_scale()
+                pause = min(API_PAUSES[failures - 1] * poll_scale(), retry.left())
                 progress(f"vasticlaude watch: {err.message}; checking again in {pause:g} s ({failures}/{len(API_PAUSES)})")
-                time.sleep(pause)
+                if not retry.pause(pause):
+                    return self.api_down(err, deadline=True)
                 continue
             failures = 0
             self.last = a
-            done = self.check(a)
+            with retry.released():
+                done = self.check(a)
             self.save(a, done)
             if done is not None:
                 return done
-            if deadline and time.monotonic() >= deadline:
+            if not retry.pause(self.pause(a)):
                 return self.result("timeout", f"still {a.snap['job']['state'] if a.snap else 'unknown'} after "
                                    f"{self.opts.timeout:g} s: nothing is wrong; watch again to go on", FAILED)
-            time.sleep(self.pause(a))
 
     def pause(self, a: Assessment) -> float:
         """2, 4, 8, 16 s, then --interval (a job that fails at once is seen at once), shortened so
@@ -220,7 +226,7 @@ class Watch:
                 raise
             return results.pull_from_store(experiment, why="the instance went once the store held the results")
 
-    def api_down(self, err: Error) -> dict:
+    def api_down(self, err: Error, deadline: bool = False) -> dict:
         a = self.last
         if a is None or a.snap is None:
             seen = "nothing was seen yet"
@@ -228,7 +234,9 @@ class Watch:
             snap = a.snap
             seen = (f"last seen: instance {snap['instance_id']} {snap['instance']['status']}, job {snap['job']['state']}, "
                     f"guard {'alive' if snap['guard']['alive'] else 'not alive'}, ${snap['cost']['spent_usd']:.3f} spent")
-        return self.result("api_down", f"Vast has not answered for several minutes ({err.message}); {seen}. The "
+        how = f"Vast did not answer before the {self.opts.timeout:g} s timeout" if deadline else \
+            "Vast has not answered for several minutes"
+        return self.result("api_down", f"{how} ({err.message}); {seen}. The "
                            "on-instance watchdog still enforces the budget. Check your network or Vast's status, then "
                            f"run 'vasticlaude watch --experiment {self.experiment}' again (or 'vasticlaude down "
                            f"--experiment {self.experiment}')", API)

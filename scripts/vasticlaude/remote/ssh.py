@@ -8,7 +8,9 @@ record remembers (`ssh_route`) that the proxy was the one that answered. On a co
 failure the other route is tried at once, and the one that answers is remembered. Host keys
 are pinned per instance without prompts (`accept-new` into `<vasticlaude home>/known_hosts/<id>`,
 so a recycled IP:port never trips a global known_hosts); keepalives so a dead link is noticed in ~45 s; and the
-seed's backoff on connection failure — 2 s, 4 s, 8 s, 16 s — then a clear error.
+seed's backoff on connection failure — 2 s, 4 s, 8 s, 16 s — then a clear error. Inside a command's
+deadline (`core.retry.wall`) the ConnectTimeout, each call's time limit and each pause are cut
+to the time left, and no try starts past it.
 ssh exits 255 when the connection itself failed; anything else is the remote
 command's own status and is never retried here.
 """
@@ -23,6 +25,7 @@ from typing import Callable, Sequence
 
 from filelock import FileLock
 
+from vasticlaude.core import retry
 from vasticlaude.core.retry import ssh_pauses
 from vasticlaude.errors import API, Error
 from vasticlaude.output import progress
@@ -52,7 +55,7 @@ class Route:
     def options(self) -> list[str]:
         known = paths.ensure_private_dir(paths.home() / "known_hosts") / str(self.instance_id)
         return ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-                "-o", f"UserKnownHostsFile={known}", "-o", "ConnectTimeout=10",
+                "-o", f"UserKnownHostsFile={known}", "-o", f"ConnectTimeout={retry.connect_timeout()}",
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
                 "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-i", str(self.key), "-p", str(self.port)]
 
@@ -144,8 +147,10 @@ def rsync_argv(route: Route, sources: Sequence[str], dest: str, extra: Sequence[
 def call(argv: list[str], timeout: float, input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
     """Run ssh or rsync once through `sh` (no shell, no TTY, stdin closed unless given); its outcome.
 
-    Raises subprocess.TimeoutExpired when it did not end within `timeout` s (sh kills it)."""
+    Raises subprocess.TimeoutExpired when it did not end within `timeout` s, cut to the command's
+    deadline (sh kills it)."""
     import sh  # only the commands that reach an instance pay for it
+    timeout = retry.clip(timeout)
     try:
         done = sh.Command(argv[0])(*argv[1:], _in=input_bytes or b"", _timeout=timeout, _ok_code=range(256),
                                    _tty_in=False, _tty_out=False, _return_cmd=True)
@@ -211,9 +216,10 @@ def retrying(argv: list[str] | Callable[[Route], list[str]], what: str, *, timeo
                 last = last[0]
             if way is not None and len(ways) > 1:
                 last = f"{way.name} route: {last}"
-        if pause is None:
+        if pause is None or retry.passed():
             break
-        progress(f"vasticlaude: {what}: {last}; retrying in {pause:g} s ({attempt + 1}/{len(backoff)})")
-        sleep(pause)
-    raise Error("ssh_failed", f"{what} failed after {len(backoff) + 1} tries: {last}",
+        progress(f"vasticlaude: {what}: {last}; retrying in {min(pause, retry.left()):g} s ({attempt + 1}/{len(backoff)})")
+        retry.pause(pause, sleep)
+    tries = f"{attempt + 1} tries" + (" (the deadline came first)" if retry.passed() and pause is not None else "")
+    raise Error("ssh_failed", f"{what} failed after {tries}: {last}",
                 "The instance may be down: check 'vasticlaude status'; the job itself keeps running.", API)

@@ -33,7 +33,15 @@ unreachable, a job running without a live on-instance guard) is always destroyed
                 "max_bid_dph": null,       highest GPU bid (default: the on-demand price, within the budget)
                 "disk_growth": 2.0,        a full disk is re-rented this many times larger
                 "stale_after_s": 600,      a job without heartbeat this long is moved
-                "unreachable_after_s": 300}}  SSH failing this long while Vast says running: moved
+                "unreachable_after_s": 300,   SSH failing this long while Vast says running: moved
+                "confirm_s": 180}}         offline / unknown / exited must last this long (× VASTICLAUDE_POLL_SCALE)
+                                           before the instance is given up: on the real Vast they can pass
+
+"deadlines" (walls: no retry or SSH probe carries a command past them by more than one poll):
+  {"deadlines": {"up_s": null,       `up`'s boot wait (null: by the image, 600 s small … 2700 s huge)
+                 "up_cap_s": 3600,   the most any boot wait may be (--deadline too)
+                 "push_s": null,     `push` (null: none beyond each step's own limits)
+                 "down_s": 600}}     `down`: what is not confirmed gone by then is named (exit 4)
 
 "store" (README "Results store"): where the instance ships checkpoints and results, so the
 watchdog can destroy the instance the moment they are safe, laptop or not.
@@ -73,9 +81,10 @@ DEFAULTS = {
     "ignore": [], "setup": None,
     "recovery": {"auto": True, "max_attempts": 3, "sync_interval_s": 300, "sync": ["checkpoints"],
                  "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
-                 "stale_after_s": 600, "unreachable_after_s": 300},
+                 "stale_after_s": 600, "unreachable_after_s": 300, "confirm_s": 180},
     "store": {"url": None, "endpoint_url": None, "region": None, "sync_interval_s": None, "timeout_s": 300},
     "transfer": {"push_gb": None, "results_gb": 1.0},
+    "deadlines": {"up_s": None, "up_cap_s": 3600, "push_s": None, "down_s": 600},
 }
 
 
@@ -116,7 +125,7 @@ def check(root: Path | None = None) -> tuple[dict, list[str]]:
     data, problems = records.check_config(found) if not why else ({}, [f"the file is {why}"])
     if problems:
         quarantine.keep(path, raw, problems)
-    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery", "store", "transfer")}
+    nested = {key: {**merged[key], **data.get(key, {})} for key in ("budget", "guard", "recovery", "store", "transfer", "deadlines")}
     merged.update(data)
     merged.update(nested)
     return merged, problems

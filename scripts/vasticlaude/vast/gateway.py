@@ -8,7 +8,9 @@ SDK's own retry is set to one attempt so that this module alone decides:
 - reads (and idempotent changes: stop, start, destroy, label) are retried with backoff,
   honouring `Retry-After`, on 429, 5xx and connection errors;
 - a create is never retried: after an ambiguous failure the caller looks for the
-  instance by its label (`find_by_label`) before trying again.
+  instance by its label (`find_by_label`) before trying again;
+- inside a command's deadline (`core.retry.wall`) each pause is cut to the time left and no
+  retry starts past it.
 
 Every row a read returns has passed through `vast/rows.py` (whitespace, numbers given as
 strings, nulls, wrapped lists), so nothing else reads raw rows; an instance whose single GET
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from vasticlaude.core.lifecycle import is_gone
+from vasticlaude.core import retry
 from vasticlaude.core.retry import api_pauses
 from vasticlaude.errors import API, Error
 from vasticlaude.output import progress
@@ -200,8 +203,12 @@ class Vast:
                 if pause is None or not _retryable(mapped):
                     raise mapped from None
                 wait = _retry_after(err) or pause
-                progress(f"vasticlaude: {mapped.message}; retrying in {wait:g} s ({attempt + 1}/{len(self.backoff)})")
-                self.sleep(wait)
+                if retry.passed():  # the command's deadline is a wall: no retry past it
+                    raise VastError(mapped.code, f"{mapped.message} (no retry: the deadline passed)", mapped.hint,
+                                    mapped.status) from None
+                progress(f"vasticlaude: {mapped.message}; retrying in {min(wait, retry.left()):g} s "
+                         f"({attempt + 1}/{len(self.backoff)})")
+                retry.pause(wait, self.sleep)
         raise AssertionError("unreachable")
 
     def _error(self, what: str, err: Exception) -> VastError:
