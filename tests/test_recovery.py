@@ -43,8 +43,8 @@ def project(cli, tmp_path: Path) -> Path:  # noqa: F811
     (root / ".vasticlaude").mkdir(parents=True)
     (root / "train.py").write_text(TRAIN)
     (root / ".vasticlaude" / "config.json").write_text(json.dumps(
-        {"recovery": {"sync_interval_s": 1, "preempt_wait_s": 60}, "guard": {"grace_s": 600}}))
-    cli.cwd = root
+        {"recovery": {"sync_interval_s": 1, "preempt_wait_s": 60, "confirm_s": 20}, "guard": {"grace_s": 600}}))
+    cli.cwd = root  # confirm_s: a dead host is confirmed over 1 s here (× POLL_SCALE); test_deadlines tests the window
     return root
 
 
