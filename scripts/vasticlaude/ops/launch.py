@@ -193,8 +193,8 @@ class Launcher:
         """Rent once; after an ambiguous failure, adopt what the label finds or try again."""
         pauses, last = schedule(1.0, 4.0), ""
         for attempt in range(CREATE_TRIES):
-            if attempt:
-                time.sleep(next(pauses))
+            if attempt and not retry.pause(next(pauses)):
+                break  # the deadline: the label lookup above found nothing, so nothing was rented
             try:
                 return self.vast.create(cand.offer_id, **self.spec(cand)).instance_id
             except VastError as err:
