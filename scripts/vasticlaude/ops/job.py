@@ -93,9 +93,15 @@ def start(bound: Bound, spec: JobSpec) -> dict:
                     checkpoint_dir=layout.checkpoints, output_dir=layout.outputs, workdir=workdir,
                     heartbeat=spec.heartbeat, env=spec.env)
     watchdog = watchdog_script(bound.experiment, layout, guard) if guard["watchdog"] else None
-    result = _launch(bound.route(), layout, script, watchdog, spec.restart)
+    launch = _record_launch(bound.experiment, bound.instance_id, spec, workdir)
+    try:
+        result = _launch(bound.route(), layout, script, watchdog, spec.restart)
+    except Error as err:
+        if err.code == "already_running":  # nothing was started: the entry would claim a run
+            _forget_launch(bound.experiment, launch)
+        raise
     guard["alive"] = result.pop("watchdog_alive")
-    _record(bound.experiment, bound.instance_id, spec, workdir, result, guard)
+    _record(bound.experiment, bound.instance_id, spec, workdir, result, guard, launch)
     if store is not None:
         with state.experiment(bound.experiment) as exp:
             exp["store"] = {**store.public(), "prefix": store.key(bound.experiment)}
@@ -195,13 +201,35 @@ def _launch(route: Route, layout: Layout, script: str, watchdog: str | None, res
     return {"state": "running", "exit_code": None, "log_tail": tail[-2:], "watchdog_alive": alive}
 
 
-def _record(experiment: str, instance_id: int, spec: JobSpec, workdir: str, result: dict, guard: dict) -> None:
+def _record_launch(experiment: str, instance_id: int, spec: JobSpec, workdir: str) -> str:
+    """Write the run down before it starts (`launching`), so a `run` killed mid-launch still leaves the
+    job on record: the reap then pulls or keeps a stopped disk instead of destroying its results."""
+    launch = secrets.token_hex(6)
+    with state.experiment(experiment) as exp:
+        # env is kept (in the private vasticlaude home, never printed) so `recover` can restart the same job
+        exp.setdefault("runs", []).append({"at": time.time(), "instance_id": instance_id, "command": spec.command,
+                                           "workdir": workdir, "env": spec.env, "heartbeat": spec.heartbeat,
+                                           "launch": launch, "launching": True})
+    return launch
+
+
+def _forget_launch(experiment: str, launch: str) -> None:
+    with state.experiment(experiment) as exp:
+        exp["runs"] = [r for r in exp.get("runs") or [] if r.get("launch") != launch]
+
+
+def _record(experiment: str, instance_id: int, spec: JobSpec, workdir: str, result: dict, guard: dict,
+            launch: str) -> None:
     cmd = spec.command
     with state.experiment(experiment) as exp:
         runs = exp.setdefault("runs", [])
-        # env is kept (in the private vasticlaude home, never printed) so `recover` can restart the same job
-        runs.append({"at": time.time(), "instance_id": instance_id, "command": cmd, "workdir": workdir,
-                     "env": spec.env, "heartbeat": spec.heartbeat, "immediate_exit": result["exit_code"]})
+        entry = next((r for r in runs if r.get("launch") == launch), None)
+        if entry is None:
+            entry = {"instance_id": instance_id, "command": cmd, "workdir": workdir, "env": spec.env,
+                     "heartbeat": spec.heartbeat}
+            runs.append(entry)
+        entry.pop("launching", None)
+        entry.update(at=time.time(), immediate_exit=result["exit_code"])
         exp["command"] = cmd
         exp["guard"] = guard
         if guard["budget_usd"] is not None:

@@ -483,6 +483,11 @@ def handle(vast: Vast, rec: dict, row: dict | None, report: Report, policy: dict
         entry["why"] += " (would pull first)" if decision.pull else ""
     elif decision.verb != "leave":
         entry["pull"] = pull(vast, rec) if decision.pull else None
+        if decision.verb == "destroy" and not (entry["pull"] or {}).get("ok") and unpulled_run(rec):
+            # results that did not come home stay on the disk: stop (storage bills, reported), never destroy
+            decision = Decision("stop", f"{decision.why}; its run's results are not home, so it is stopped "
+                                        "to keep them on its disk")
+            entry["why"] = decision.why
         entry["action"], failure = act(vast, int(rec["id"]), row, decision,
                                        f"reap {report.data['reason']}: {decision.why}")
         if failure:
