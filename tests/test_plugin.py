@@ -36,7 +36,7 @@ VC = ROOT / "scripts" / "vc"
 SKILLS = ROOT / "skills"
 CLAUDE_VERSION = "2.1.332"
 USER_ONLY = {"vast-status", "vast-logs", "vast-down", "vast-setup"}
-SLASH_COMMANDS = {"vast-run", "vast-status", "vast-logs", "vast-down", "vast-cost", "vast-setup"}
+SLASH_COMMANDS = {"vast-run", "vast-sweep", "vast-status", "vast-logs", "vast-down", "vast-cost", "vast-setup"}
 GRANT = 'Bash("${CLAUDE_PLUGIN_ROOT}/scripts/vc" *)'
 
 

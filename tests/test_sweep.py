@@ -149,6 +149,11 @@ def test_kill_9_at_several_points_then_resume(cli, sim, tmp_path):
             assert any(r["state"] == "running" and r.get("progress") for r in live["runs"]), live
         if n + 1 < len(points):
             proc = cli.spawn("sweep", "--experiment", "kills", "--resume", "--interval", "0.3")
+    paused = cli.run("sweep", "--json", "--experiment", "kills", "--resume", "--interval", "0.3", "--timeout", "0.5")
+    envelope = json.loads(paused.stdout)  # the controller's time is up; its runs go on, guarded
+    if paused.returncode == 1:  # (unless it finished within the half second)
+        assert envelope["error"]["code"] == "timeout" and envelope["data"]["state"] == "paused"
+        assert "--resume --timeout 540" in envelope["error"]["hint"]
     data = sweep_json(cli, "--experiment", "kills", "--resume", "--interval", "0.3", rc=0)
     assert data["counts"] == {"done": 6}
     started = starts.read_text().split()

@@ -22,6 +22,9 @@ exceeds it, and each run's watchdog gets its instance's cap, so the total holds 
 gone; the controller also stops starting runs once the total is spent. Runs that never started are
 reported `not_run`. State: ~/.vasticlaude/experiments/NAME/experiment.json ("sweep"): kill this
 command at any point and `--resume` finishes with no run done twice and no duplicate rental.
+--timeout S stops the controller after S s (exit 1, error code "timeout", state "paused"): the runs
+go on under their watchdogs, and `--resume` (again with --timeout, as Claude waits) picks them up;
+a run's watchdog destroys its instance --grace s after the run ends if nobody resumes.
 
 While it runs (or after): `vasticlaude status --experiment NAME` (one table: run, params, state,
 progress, metric, $) and `vasticlaude report --experiment NAME` (the comparison table, one chart
@@ -33,7 +36,7 @@ JSON data: {"experiment", "state", "budget_usd", "spent_usd", "parallel", "renta
 Run states: pending · starting · running · done · failed (the command exited ≠ 0) · stopped (the
 budget) · lost (a fault that could not be recovered) · not_run.
 
-Exit codes: 0 every run done · 1 some run failed, stopped or not run, or refused (e.g. the sweep
+Exit codes: 0 every run done · 1 some run failed, stopped or not run, --timeout passed, or refused (e.g. the sweep
 exists: use --resume) · 2 usage · 3 API failure · 4 an instance could not be confirmed destroyed.
 """
 from __future__ import annotations
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a run ends, how long its watchdog waits for the next before destroying (default 600)")
     p.add_argument("--check", type=console.number(3600), metavar="S", help="seconds between watchdog checks (default 15)")
     p.add_argument("--kill-grace", type=console.number(86400, zero=True), metavar="S", help="SIGTERM to SIGKILL (default 60)")
+    p.add_argument("--timeout", type=console.SECONDS, metavar="S",
+                   help="stop the controller after S s, its runs going on guarded (then --resume)")
     p.add_argument("--interval", type=console.SECONDS, default=5.0, help="seconds between the controller's looks (default 5)")
     console.add_search_flags(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command, with {name} placeholders")
@@ -106,7 +111,8 @@ def run(args: argparse.Namespace) -> dict:
         plan = make_plan(args, cfg, name)
     elif not args.experiment:
         raise Error("no_experiment", "--resume needs --experiment NAME", "Name the sweep to finish.", USAGE)
-    opts = sweeping.Options(console.account_of(args), args.interval, Policy.from_config(cfg), args.resume)
+    opts = sweeping.Options(console.account_of(args), args.interval, Policy.from_config(cfg), args.resume,
+                            args.timeout)
     return sweeping.sweep(plan, name, opts)
 
 
@@ -116,6 +122,10 @@ def human(data: dict) -> str:
 
 def explain(data: dict, code: int) -> Error:
     name = data["experiment"]
+    if data["state"] == "paused":
+        going = ", ".join(f"{n} {k}" for k, n in sorted(data["counts"].items()))
+        return Error("timeout", f"the controller's --timeout passed; sweep {name} goes on ({going})",
+                     f"Nothing is wrong: vasticlaude sweep --experiment {name} --resume --timeout 540 goes on.", code)
     if data["live_instances"]:
         return Error("billing_risk", f"instances {data['live_instances']} could not be confirmed destroyed",
                      f"Run vasticlaude down --experiment {name}.w1 (each slot), or vasticlaude reap.", code)

@@ -84,6 +84,11 @@ class Options:
     interval: float = 5.0
     policy: Policy | None = None
     resume: bool = False
+    timeout: float | None = None  # stop looking after this many seconds; the runs go on under their watchdogs
+
+
+class Paused(Exception):
+    """The controller's --timeout passed: leave this slot as it is (its run goes on, guarded)."""
 
 
 # ----- the state ------------------------------------------------------------------------------------
@@ -179,7 +184,8 @@ class Slot:
         self.book, self.name, self.opts, self.claims = book, name, opts, claim
         self.vast: Vast | None = None
         self.bound: Bound | None = None
-        self.home: str | None = None
+        self.paused = False
+        self.until = time.monotonic() + opts.timeout if opts.timeout else None
 
     @property
     def info(self) -> dict:
@@ -188,10 +194,18 @@ class Slot:
     def say(self, message: str) -> None:
         progress(f"vasticlaude sweep: {self.name}: {message}")
 
+    def nap(self) -> None:
+        if self.until is not None and time.monotonic() >= self.until:
+            raise Paused()
+        time.sleep(self.opts.interval * poll_scale())
+
     def work(self) -> None:
         try:
             self.vast = connect(self.opts.account)
             self.loop()
+        except Paused:
+            self.paused = True
+            self.say("the controller's time is up: its runs go on, guarded by their watchdogs")
         except Error as err:
             self.say(f"stops: {err.message}")
             self.book.slot(self.name, note=err.message[:300], code=err.code)
@@ -199,10 +213,13 @@ class Slot:
             self.say(f"crashed ({type(err).__name__}); details in {log_crash('vasticlaude sweep')}")
             self.book.slot(self.name, note=f"crashed: {type(err).__name__}")
         finally:
-            self.retire()
+            if not self.paused:
+                self.retire()
 
     def loop(self) -> None:
         while True:
+            if self.until is not None and time.monotonic() >= self.until:
+                raise Paused()
             rid = self.claims.take(self.name)
             if rid is None:
                 return
@@ -360,7 +377,7 @@ class Slot:
                 if err.exit_code != API:
                     raise
                 self.say(f"{rid}: cannot look ({err.message[:120]}); again in a moment")
-                time.sleep(self.opts.interval * poll_scale())
+                self.nap()
                 continue
             job_now = (a.snap or {}).get("job") or {}
             fault = a.fault
@@ -375,7 +392,7 @@ class Slot:
                 self.book.run(rid, state="stopped", note=fault["evidence"][0][:200])
                 self.bound = None
                 return None
-            time.sleep(self.opts.interval * poll_scale())
+            self.nap()
 
     def spent_out(self, rid: str) -> bool:
         """Has the run's watchdog reached its cap (and so, most likely, destroyed the instance itself)?"""
@@ -554,6 +571,10 @@ def sweep(plan: SweepPlan | None, name: str, opts: Options) -> dict:
             t.start()
         for t in threads:
             t.join()
+        if any(s.paused for s in slots):
+            with book.change() as cur:
+                cur["state"] = "paused"
+            return summary(name)
         return close(book)
 
 
@@ -593,7 +614,8 @@ def summary(name: str) -> dict:
     spent = round(sum(costing.instance_cost(r)["total_usd"] for r in recs), 6)
     undone = [i for s in sw["slots"] for i in s.get("undestroyed") or []]
     exit_code = BILLING_RISK if undone or (sw["state"] == "finished" and live) else \
-        FAILED if any(r["state"] != "done" for r in runs) and sw["state"] == "finished" else 0
+        FAILED if sw["state"] == "paused" or (any(r["state"] != "done" for r in runs) and sw["state"] == "finished") \
+        else 0
     return {"experiment": name, "state": sw["state"], "budget_usd": sw["budget_usd"], "spent_usd": spent,
             "parallel": sw["parallel"], "rentals": len(recs), "instances": sorted(int(r["id"]) for r in recs),
             "live_instances": live, "metric": metric, "best": best_run(runs, metric), "counts": counts,
