@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from simkit import scratch  # noqa: E402
-from test_multinode import RENDEZVOUS  # noqa: E402
+from test_multinode import MARKET, RENDEZVOUS  # noqa: E402
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 IMAGE = "vastai/base:0.0.2"
@@ -48,9 +50,7 @@ class Bench:
         (self.project / ".vasticlaude").mkdir(parents=True)
         (self.project / "rendezvous.py").write_text(RENDEZVOUS)
         (self.project / "single.py").write_text(SINGLE_JOB)
-        # the seed-7 market's cluster 188 has five fitting machines when any GPU count will do
-        (self.project / ".vasticlaude" / "config.json").write_text(json.dumps(
-            {"min_reliability": 0.8, "num_gpus": None, "guard": {"grace_s": 600}}))
+        (self.project / ".vasticlaude" / "config.json").write_text(json.dumps({"guard": {"grace_s": 600}}))
         self.env = sim.env(HOME=str(work / "home"), VASTICLAUDE_HOME=str(work / "vchome"),
                            VASTICLAUDE_POLL_SCALE="0.05")
 
@@ -92,7 +92,9 @@ def main() -> int:
     ap.add_argument("--time-scale", type=float, default=0.0)
     args = ap.parse_args()
     started = time.monotonic()
-    with scratch("vc-multinode-bench-", "--time-scale", f"{args.time_scale:g}", "--seed", "7",
+    market = Path(tempfile.mkdtemp(prefix="vc-multinode-market-")) / "market.json"
+    market.write_text(json.dumps(MARKET))  # tests/test_multinode.py's: a cluster of five RTX 4090 machines
+    with scratch("vc-multinode-bench-", "--time-scale", f"{args.time_scale:g}", "--market", str(market),
                  "--balance", "10000") as (sim, tmp):
         try:
             bench = Bench(sim, tmp)
@@ -100,6 +102,7 @@ def main() -> int:
             multi = [bench.flow(f"many{n}", args.nodes) for n in range(args.runs)]
         finally:
             sim.reset()
+            shutil.rmtree(market.parent, ignore_errors=True)
     for samples in (single, multi):
         for s in samples:
             s["launch"] = round(s["up"] + s["push"] + s["run"], 3)

@@ -8,6 +8,8 @@ TCP rendezvous over the overlay addresses, the contract torchrun's c10d store us
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -81,7 +83,6 @@ def test_overlay_through_vastai(sim):
         # node 1 listens on its overlay address, node 0 connects to it
         listen = ("python3 -c \"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
                   f"s.bind(('{ips[1]}',29511));s.listen();c,_=s.accept();c.sendall(b'hello '+c.recv(9))\"")
-        import subprocess
         server = subprocess.Popen([*sim.ssh_cmd(rows[1]), listen], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -163,7 +164,6 @@ def project(cli, tmp_path: Path) -> Path:  # noqa: F811
 
 
 def free_port() -> int:
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -235,6 +235,8 @@ def test_the_launch_lines():
     assert line == ("torchrun --nnodes 3 --nproc-per-node 8 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint "
                     "10.0.0.1:29500 --rdzv-id exp train.py --lr 3e-4")
     assert nodes.torchrun_line(["train.py"], 2, 1, 0, "a:1", "e").endswith("--rdzv-id e train.py")
+    assert nodes.torchrun_line(["python", "t.py"], 2, 1, 0, "a:1", "e", "python -m torch.distributed.run").startswith(
+        "python -m torch.distributed.run --nnodes 2 ")
     with pytest.raises(Exception, match="Python script"):
         nodes.torchrun_line(["bash", "go.sh"], 2, 1, 0, "a:1", "e")
     env = nodes.node_env({"A": "1"}, "10.0.0.1", 29500, 2, 3, "10.0.0.3")
@@ -265,3 +267,58 @@ def test_the_generated_market_has_clusters():
     assert by and all(2 < len(g) <= 6 for g in by.values())
     assert all(len({(o["gpu_name"], o["geolocation"]) for o in g}) == 1 for g in by.values())
     assert len({o["machine_id"] for o in market}) == 60
+
+
+# torchrun itself is too large for CI (its wheel pulls gigabytes of CUDA libraries): this stand-in takes
+# its launch flags, sets what torchrun gives a worker from them alone (MASTER_*, RANK, WORLD_SIZE, …;
+# vasticlaude's own rendezvous variables are dropped first), and runs the script.
+FAKE_TORCHRUN = r'''#!/usr/bin/env python3
+import argparse, os, sys
+p = argparse.ArgumentParser()
+for flag in ("--nnodes", "--nproc-per-node", "--node-rank"):
+    p.add_argument(flag, type=int, required=True)
+for flag in ("--rdzv-backend", "--rdzv-endpoint", "--rdzv-id"):
+    p.add_argument(flag, required=True)
+p.add_argument("script")
+p.add_argument("args", nargs=argparse.REMAINDER)
+a = p.parse_args()
+assert a.rdzv_backend == "c10d" and a.nproc_per_node == 1, a
+for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RANK", "WORLD_SIZE", "NNODES"):
+    os.environ.pop(name, None)
+host, port = a.rdzv_endpoint.rsplit(":", 1)
+os.environ.update(MASTER_ADDR=host, MASTER_PORT=port, NODE_RANK=str(a.node_rank), LOCAL_RANK="0",
+                  RANK=str(a.node_rank * a.nproc_per_node), WORLD_SIZE=str(a.nnodes * a.nproc_per_node),
+                  TORCHELASTIC_RUN_ID=a.rdzv_id)
+print("torchrun", " ".join(sys.argv[1:]), flush=True)
+os.execvp(sys.executable, [sys.executable, a.script, *a.args])
+'''
+
+
+def test_torchrun_gets_the_flags_and_down_leaves_nothing(sim, cli, project):  # noqa: F811
+    """run --torchrun on two nodes (config "torchrun": the stand-in): each runs `<it> --nnodes 2 --nproc-per-node 1 --node-rank i
+    --rdzv-backend c10d --rdzv-endpoint <node 0>:<port> --rdzv-id tr script ARGS`, and the rendezvous
+    works from those flags alone; watch pulls every node, then nothing is left."""
+    (project / "bin").mkdir()
+    (project / "bin" / "torchrun").write_text(FAKE_TORCHRUN)
+    (project / "bin" / "torchrun").chmod(0o755)
+    port = str(free_port())
+    up = cli.json("up", "--experiment", "tr", "--image", IMAGE, "--disk", "8", "--nodes", "2", "--any-verified",
+                  "--master-port", port)
+    cli.json("push", "--experiment", "tr", "--no-setup")
+    config = project / ".vasticlaude" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "torchrun": "python3 bin/torchrun"}))
+    proc = cli.run("run", "--json", "--experiment", "tr", "--torchrun", "--", "python3", "rendezvous.py", "3", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    started = json.loads(proc.stdout)["data"]
+    assert started["torchrun"] and started["endpoint"] == f"{started['nodes'][0]['address']}:{port}"
+    for rank in range(2):
+        exp = json.loads((cli.vchome / "experiments" / f"tr-n{rank}" / "experiment.json").read_text())
+        assert exp["runs"][-1]["command"] == (
+            f"python3 bin/torchrun --nnodes 2 --nproc-per-node 1 --node-rank {rank} --rdzv-backend c10d --rdzv-endpoint "
+            f"{started['endpoint']} --rdzv-id tr rendezvous.py 3 0.1")
+    done = cli.json("watch", "--experiment", "tr", "--interval", "1")
+    assert done["outcome"] == "finished" and done["down"]["overlay"] == up["overlay"]
+    outs = [json.loads((project / ".vasticlaude" / "runs" / f"tr-n{r}" / "outputs" / "result.json").read_text())
+            for r in range(2)]
+    assert [o["world"] for o in outs] == [2, 2] and outs[0]["payload"] == outs[1]["payload"] == "rank0-0"
+    assert cli.account() == [] and not [o for o in sim.sdk().show_overlays() if o["name"] == up["overlay"]]

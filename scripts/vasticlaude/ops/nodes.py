@@ -41,7 +41,7 @@ from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import run as ssh_run
 from vasticlaude.remote.ssh import ssh_key
-from vasticlaude.store import state
+from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast, VastError
 
 MASTER_PORT = 29500  # torchrun's default
@@ -196,14 +196,16 @@ def _network(subnet: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Networ
         return None
 
 
-def torchrun_line(argv: list[str], nodes: int, gpus: int, rank: int, endpoint: str, group: str) -> str:
-    """`python train.py ARGS` → torchrun with c10d rendezvous at node 0 (Vast's multi-node guide)."""
+def torchrun_line(argv: list[str], nodes: int, gpus: int, rank: int, endpoint: str, group: str,
+                  launcher: str = "torchrun") -> str:
+    """`python train.py ARGS` → torchrun with c10d rendezvous at node 0 (Vast's multi-node guide);
+    `launcher` is the config's "torchrun" (e.g. `python -m torch.distributed.run`)."""
     args = argv[1:] if argv and re.fullmatch(r"python[0-9.]*", argv[0].rsplit("/", 1)[-1]) else argv
     if not args or not args[0].endswith(".py"):
         raise Error("not_a_script", "--torchrun needs a Python script: `python train.py ARGS` or `train.py ARGS`",
                     "Drop --torchrun for commands that launch themselves (they get MASTER_ADDR, MASTER_PORT, "
                     "NODE_RANK, WORLD_SIZE).", USAGE)
-    head = ["torchrun", "--nnodes", str(nodes), "--nproc-per-node", str(gpus), "--node-rank", str(rank),
+    head = [*shlex.split(launcher), "--nnodes", str(nodes), "--nproc-per-node", str(gpus), "--node-rank", str(rank),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", group]
     return shlex.join(head + args)
 
@@ -219,7 +221,7 @@ def run(vast: Vast, group: str, argv: list[str], spec: job.JobSpec, torchrun: bo
     g = _group(group)
     port = int(port or g.get("port") or MASTER_PORT)
     with state.experiment(group) as exp:
-        exp["nodes"]["run"] = {"argv": argv, "torchrun": torchrun, "port": port, "env": spec.env,
+        exp["nodes"]["run"] = {"argv": argv, "torchrun": torchrun, "launcher": config.load().get("torchrun"), "port": port, "env": spec.env,
                                "workdir": spec.workdir, "heartbeat": spec.heartbeat, "guard": asdict(spec.guard)}
         exp["command"] = shlex.join(argv)
         exp.setdefault("runs", []).append({"at": time.time(), "command": shlex.join(argv)})
@@ -236,7 +238,8 @@ def _start_all(vast: Vast, group: str, restart: bool) -> dict:
     for rank, name in enumerate(g["members"]):
         bound = bind(vast, name)
         gpus = int(bound.record.get("num_gpus") or 1)
-        command = torchrun_line(r["argv"], n, gpus, rank, endpoint, group) if r["torchrun"] else shlex.join(r["argv"])
+        command = (torchrun_line(r["argv"], n, gpus, rank, endpoint, group, r.get("launcher") or "torchrun")
+                   if r["torchrun"] else shlex.join(r["argv"]))
         spec = job.JobSpec(command=command, env=node_env(r["env"], addrs[0], r["port"], rank, n, addrs[rank]),
                            workdir=r["workdir"], heartbeat=r["heartbeat"], restart=restart, guard=ask)
         got = job.start(bound, spec)

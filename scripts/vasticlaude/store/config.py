@@ -14,6 +14,10 @@ the job ends it waits for `pull` (grace_s), what it does then (on_end: "destroy-
 "destroy" or "stop"), how often it checks (check_s) and how long a job gets between SIGTERM
 and SIGKILL when a budget is hit (kill_grace_s).
 
+"torchrun" (read by `run --torchrun` on several nodes): the launcher that gets torchrun's flags,
+default "torchrun"; "python -m torch.distributed.run" is the same program where the script is
+not on PATH.
+
 "session_end" (read by `vasticlaude reap`, which the SessionEnd hook starts): what happens
 to instances when a Claude session ends. Everything not covered below (idle, never set up,
 unreachable, a job running without a live on-instance guard) is always destroyed.
@@ -78,7 +82,7 @@ DEFAULTS = {
     "image": "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", "disk_gb": 40, "interruptible": False,
     "hours": 1.0, "budget": {"experiment_usd": None, "experiment_hours": None, "daily_usd": None},
     "guard": {"grace_s": 600, "on_end": "destroy-if-pulled", "check_s": 15, "kill_grace_s": 60},
-    "ignore": [], "setup": None,
+    "ignore": [], "setup": None, "torchrun": "torchrun",
     "recovery": {"auto": True, "max_attempts": 3, "sync_interval_s": 300, "sync": ["checkpoints"],
                  "preempt_wait_s": 600, "bid_step": 1.25, "max_bid_dph": None, "disk_growth": 2.0,
                  "stale_after_s": 600, "unreachable_after_s": 300, "confirm_s": 180},

@@ -126,7 +126,7 @@ CONFIG: dict[str, Check] = {
     "min_vram_gb": optional(NUM), "min_reliability": number(0, 1), "cuda": optional(NUM), "region": strings,
     "verified": boolean, "max_dph": optional(NUM), "image": string(500), "disk_gb": number(1, 100_000),
     "interruptible": boolean, "hours": number(0), "ignore": strings, "setup": optional(TEXT),
-    "pip_args": optional(TEXT), "pull": strings,
+    "pip_args": optional(TEXT), "pull": strings, "torchrun": string(500),
     "budget": obj({"experiment_usd": optional(NUM), "experiment_hours": optional(NUM), "daily_usd": optional(NUM)}),
     "guard": obj({"grace_s": NUM, "on_end": one_of("destroy-if-pulled", "destroy", "stop"), "check_s": NUM,
                   "kill_grace_s": NUM}),
