@@ -47,6 +47,10 @@ JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (r
   "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...] (absent when
   none), "exit_code"}
 
+A multi-node experiment (`up --nodes N`): pushed to every node at once; the JSON is the first
+failing node's push (else node 0's) plus "nodes": [{"experiment", "instance_id", "files",
+"bytes_sent", "exit_code"}].
+
 Exit codes: 0 pushed (and set up) · 1 refused (does not fit), rsync or tar failed,
 or setup failed (the JSON still says what was sent) · 2 usage, or PATH is
 outside the project ·
@@ -133,10 +137,10 @@ def run(args: argparse.Namespace) -> dict:
     seconds = args.deadline or (config.load().get("deadlines") or {}).get("push_s")
     with retry.wall(float(seconds) if seconds else None):
         group = nodes.group_of(args.experiment)
-        if group is not None:  # several nodes: the same code to each; the first failure stops it
+        if group is not None:  # several nodes: the same code to each, all at once
             vast = console.connect(args)
-            pushed = [push(attach(vast, find_record(name, None)), root, args.include_heavy, not args.no_setup,
-                           args.setup_timeout) for name in group["members"]]
+            pushed = nodes.each(lambda name: push(attach(vast, find_record(name, None)), root, args.include_heavy,
+                                                  not args.no_setup, args.setup_timeout), group["members"])
             failed = next((p for p in pushed if p["exit_code"]), None)
             return {**(failed or pushed[0]), "experiment": args.experiment, "nodes": [
                 {k: p[k] for k in ("experiment", "instance_id", "files", "bytes_sent", "exit_code")} for p in pushed]}

@@ -20,11 +20,13 @@ with VASTICLAUDE_RESUME=1 and a fresh rendezvous (node 0's address may have chan
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import ipaddress
 import re
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 from vasticlaude.core import budget, money
@@ -166,12 +168,19 @@ def _make_overlay(vast: Vast, cluster: int, name: str) -> None:
 def addresses(vast: Vast, group: str, g: dict) -> list[str]:
     """Each node's overlay address, read on the node (the one in the overlay's subnet)."""
     subnet = next((o.get("internal_subnet") for o in vast.overlays() if o.get("name") == g["overlay"]), None)
-    found = []
-    for name in g["members"]:
-        bound = bind(vast, name)
-        text = ssh_run(bound.route(), ADDRESS_PROBE, timeout=30).stdout.decode("utf-8", "replace")
-        found.append(pick_address(text.split(), subnet, name))
-    return found
+
+    def one(name: str) -> str:
+        text = ssh_run(bind(vast, name).route(), ADDRESS_PROBE, timeout=30).stdout.decode("utf-8", "replace")
+        return pick_address(text.split(), subnet, name)
+    return each(one, g["members"])
+
+
+def each(work, items: list) -> list:
+    """`work` on every node at once (SSH round trips to N hosts in parallel); the first error raised.
+    Each runs in a copy of the caller's context, so its deadline (core.retry.wall) holds there too."""
+    contexts = [contextvars.copy_context() for _ in items]
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
+        return list(pool.map(lambda pair: pair[0].run(work, pair[1]), zip(contexts, items)))
 
 
 def pick_address(words: list[str], subnet: str | None, name: str) -> str:
@@ -234,8 +243,9 @@ def _start_all(vast: Vast, group: str, restart: bool) -> dict:
     addrs = addresses(vast, group, g)
     endpoint = f"{addrs[0]}:{r['port']}"
     ask = job.GuardAsk(**{**r["guard"], "budget_usd": _share(r["guard"].get("budget_usd"), n)})
-    started = []
-    for rank, name in enumerate(g["members"]):
+
+    def one(rank: int) -> dict:
+        name = g["members"][rank]
         bound = bind(vast, name)
         gpus = int(bound.record.get("num_gpus") or 1)
         command = (torchrun_line(r["argv"], n, gpus, rank, endpoint, group, r.get("launcher") or "torchrun")
@@ -243,9 +253,9 @@ def _start_all(vast: Vast, group: str, restart: bool) -> dict:
         spec = job.JobSpec(command=command, env=node_env(r["env"], addrs[0], r["port"], rank, n, addrs[rank]),
                            workdir=r["workdir"], heartbeat=r["heartbeat"], restart=restart, guard=ask)
         got = job.start(bound, spec)
-        started.append({"node": rank, "experiment": name, "instance_id": got["instance_id"], "address": addrs[rank],
-                        "state": got["state"], "exit_code": got["exit_code"], "log_tail": got["log_tail"],
-                        "guard": got["guard"]})
+        return {"node": rank, "experiment": name, "instance_id": got["instance_id"], "address": addrs[rank],
+                "state": got["state"], "exit_code": got["exit_code"], "log_tail": got["log_tail"], "guard": got["guard"]}
+    started = each(one, list(range(n)))
     state.append_event(group, "run", nodes=[(s["experiment"], s["instance_id"], s["address"]) for s in started],
                        endpoint=endpoint)
     failed = [s for s in started if s["state"] == "exited" and s["exit_code"]]
