@@ -7,14 +7,16 @@ must not need rsync or pkill, and the whole flow ends finished with the results 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import pytest
 from test_lifecycle import IMAGE, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
-from test_recovery import finished, on_instance, project, result_of, watch  # noqa: F401
+from test_recovery import events, finished, on_instance, project, result_of, watch  # noqa: F401
+
+from vasticlaude.core import disk
 
 
-def up(cli, experiment: str, *extra: str) -> dict:  # noqa: F811
-    return cli.json("up", "--experiment", experiment, "--image", IMAGE, "--disk", "8", "--hours", "1", *extra)
+def up(cli, experiment: str, *extra: str, disk: str = "8") -> dict:  # noqa: F811
+    return cli.json("up", "--experiment", experiment, "--image", IMAGE, "--disk", disk, "--hours", "1", *extra)
 
 
 # ----- image-minimal: no rsync, curl, pkill -----------------------------------------------------
@@ -65,4 +67,52 @@ def test_pull_without_rsync_fetches_only_what_changed(cli, sim, project):  # noq
     second = cli.json("pull", "--experiment", "minipull", "--path", "outputs")
     assert (home / "sub" / "b.txt").read_text() == "bb\n" and second["bytes_received"] < 100_000
     cli.json("down", "--experiment", "minipull")
+    assert cli.account() == []
+
+
+# ----- df-host: df shows the host's disk, not the rented one -------------------------------------
+@pytest.mark.unit
+def test_the_rented_size_wins_when_df_shows_another_disk():
+    rented = disk.rented_bytes({"disk_space": 0.1}, None)
+    own = disk.reading(["/dev/x 102400 51200 51200 50% /root"], rented)
+    assert own["source"] == "df" and own["used"] == 51200 * 1024
+    host = disk.reading(["overlay 500000000 300000000 200000000 60% /", "du=92160"], rented)
+    assert host == {"size": rented, "used": 92160 * 1024, "free": rented - 92160 * 1024, "source": "rented"}
+    assert disk.reading(["overlay 500000000 300000000 200000000 60% /"], rented, api_used_gb=0.05)["used"] == int(0.05 * 2**30)
+    assert disk.reading(["overlay 500000000 300000000 200000000 60% /"], rented)["source"] == "df"  # nothing else known
+    assert disk.reading(["df: no such file"], rented) is None
+
+
+def test_push_refuses_what_cannot_fit_in_the_rented_disk(cli, sim, project):  # noqa: F811
+    sim.fault("df-host")
+    iid = up(cli, "hostdf", disk="0.1")["instance_id"]
+    with open(project / "big.bin", "wb") as f:
+        f.truncate(150 * 10**6)  # 150 MB (apparent size, which the check counts) for a 0.1 GB disk
+    proc = cli.run("push", "--experiment", "hostdf", "--no-setup", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert error["code"] == "no_space" and "nothing was sent" in error["message"], error
+    assert not on_instance(sim, iid, "hostdf", "code/big.bin").exists()
+    (project / "big.bin").unlink()
+    cli.json("push", "--experiment", "hostdf", "--no-setup")
+    snap = cli.json("status", "--experiment", "hostdf")
+    assert snap["disk"]["size_gb"] == pytest.approx(0.1, abs=0.01), snap["disk"]
+    cli.json("down", "--experiment", "hostdf")
+    assert cli.account() == []
+
+
+def test_full_disk_is_found_and_recovered_when_df_shows_the_host(cli, sim, project):  # noqa: F811
+    sim.fault("df-host")
+    first = up(cli, "hostfull", disk="0.1")["instance_id"]
+    cli.json("push", "--experiment", "hostfull", "--no-setup")
+    started = cli.run("run", "--json", "--experiment", "hostfull", "--", "python3", "train.py", "20", "0.05",
+                      str(8 * 10**6))  # 160 MB of outputs on a 100 MB disk
+    assert started.returncode == 0, started.stderr
+    data = finished(cli, watch(cli, "hostfull"))
+    [rec] = data["recoveries"]
+    assert rec["kind"] == "disk_full" and rec["to_instance"] != first
+    start = next(e for e in events(cli, "hostfull") if e["event"] == "recover_start")
+    assert any(ev.startswith("disk ") and "% full" in ev for ev in start["evidence"]), start["evidence"]
+    outputs = project / ".vasticlaude" / "runs" / "hostfull" / "outputs"
+    assert len(list(outputs.glob("chunk_*.bin"))) == 20 and result_of(project, "hostfull")[1] > 0
     assert cli.account() == []

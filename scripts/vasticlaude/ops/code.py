@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vasticlaude.core import disk
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops import costs
@@ -22,6 +23,7 @@ from vasticlaude.ops.binding import Bound
 from vasticlaude.output import progress
 from vasticlaude.remote import ssh, transfer
 from vasticlaude.remote.layout import Layout
+from vasticlaude.remote.templates import render
 from vasticlaude.remote.transfer import file_count, remote, rsync, stat
 from vasticlaude.store import config, state
 
@@ -115,8 +117,9 @@ def expected_push_bytes(root: Path, cfg: dict) -> int:
 
 
 # ----- the remote steps ----------------------------------------------------------------------
-def prepare(route: ssh.Route, layout: Layout) -> dict:
-    """One SSH call: make the folders, see whether rsync is there, read the free disk.
+def prepare(route: ssh.Route, layout: Layout, rented: int | None = None) -> dict:
+    """One SSH call: make the folders, see whether rsync is there, read the free disk (the rented
+    size when df shows the host's disk: core/disk.py).
 
     Without rsync the copy goes through tar over ssh (remote/transfer.py): nothing is installed
     into the user's image (that needs root, a package manager and the network, and takes longer
@@ -124,24 +127,23 @@ def prepare(route: ssh.Route, layout: Layout) -> dict:
     script = (f"mkdir -p {shlex.quote(layout.code)} {shlex.quote(layout.run)}\n"
               "command -v rsync >/dev/null 2>&1 && echo rsync=yes || echo rsync=no\n"
               "tar --version 2>/dev/null | grep -q GNU && echo gnutar=yes\n"
-              'df -Pk "$HOME" | tail -n 1\n')
+              + render("disk.sh.j2", rented_kib=(rented or 0) // 1024))
     lines = remote(route, script, "preparing the instance", timeout=600).strip().splitlines()
-    fields = lines[-1].split()
-    try:
-        return {"disk_bytes": int(fields[1]) * 1024, "free_bytes": int(fields[3]) * 1024, "rsync": "rsync=yes" in lines,
-                "gnutar": "gnutar=yes" in lines}
-    except (IndexError, ValueError):
-        raise Error("bad_df", f"could not read the free disk of instance {route.instance_id}: {lines[-1]!r}",
-                    "Check 'df -Pk $HOME' on the instance.", API) from None
+    found = disk.reading(lines, rented)
+    if found is None:
+        raise Error("bad_df", f"could not read the free disk of instance {route.instance_id}: {lines[-1:]!r}",
+                    "Check 'df -Pk $HOME' on the instance.", API)
+    return {"disk_bytes": found["size"], "free_bytes": found["free"], "rsync": "rsync=yes" in lines,
+            "gnutar": "gnutar=yes" in lines}
 
 
-def check_fits(plan: dict, disk: dict, instance_id: int) -> None:
+def check_fits(plan: dict, space: dict, instance_id: int) -> None:
     """Refuse before sending when the changed files would not fit with 10% headroom. Sizes are apparent
     sizes: a sparse file is sent sparse, but the job may fill its holes, so it counts whole."""
-    usable = disk["free_bytes"] * (1 - HEADROOM)
+    usable = space["free_bytes"] * (1 - HEADROOM)
     if plan["to_send"] > usable:
         raise Error("no_space", f"the push needs {human_bytes(plan['to_send'])} on instance {instance_id} but it has "
-                    f"{human_bytes(disk['free_bytes'])} free of {human_bytes(disk['disk_bytes'])} (10% kept free); "
+                    f"{human_bytes(space['free_bytes'])} free of {human_bytes(space['disk_bytes'])} (10% kept free); "
                     "nothing was sent", "Leave big data out (.vasticlaudeignore or the config's \"ignore\"), or rent a "
                     "bigger --disk.", FAILED)
 
@@ -227,15 +229,15 @@ def check_gpu(route: ssh.Route, rented_name: str, rented_count: int) -> tuple[di
 
 
 def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection, scratch: Path,
-         check: Callable[[dict], None]) -> tuple[dict, int]:
+         check: Callable[[dict], None], rented: int | None = None) -> tuple[dict, int]:
     """Check space (and `check` the plan: the budget), then mirror root into code/; the plan and the bytes sent."""
-    disk = prepare(route, layout)
-    if not disk["rsync"]:
+    space = prepare(route, layout, rented)
+    if not space["rsync"]:
         transfer.note_no_rsync(route)
-        return send_by_tar(route, layout, root, sel, disk, scratch, check)
+        return send_by_tar(route, layout, root, sel, space, scratch, check)
     source, dest = f"{root}/", f"remote:{layout.code}/"
     plan = measure(route, source, dest, sel.args)
-    check_fits(plan, disk, route.instance_id)
+    check_fits(plan, space, route.instance_id)
     check(plan)
     announce(plan, route)
     # --sparse: a file with holes (a preallocated table, a sparse checkpoint) takes only its data on the
@@ -250,7 +252,7 @@ def announce(plan: dict, route: ssh.Route) -> None:
              f"{'' if plan.get('rsync', True) else ' with tar (no rsync there)'}")
 
 
-def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, disk: dict,
+def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, space: dict,
                 scratch: Path, check: Callable[[dict], None]) -> tuple[dict, int]:
     """The same mirror without rsync on the instance: changed files through tar, and what the
     instance has that the project no longer has deleted (what the filters leave out is kept there,
@@ -261,13 +263,13 @@ def send_by_tar(route: ssh.Route, layout: Layout, root: Path, sel: Selection, di
     changed = [n for n in files if not transfer.unchanged(root / n, there.get(n))]
     plan = {"files": len(files), "bytes_total": sum((root / n).lstat().st_size for n in files),
             "to_send": sum((root / n).lstat().st_size for n in changed), "rsync": False}
-    check_fits(plan, disk, route.instance_id)
+    check_fits(plan, space, route.instance_id)
     check(plan)
     announce(plan, route)
     keep = {n.rstrip("/") for n in names}
     stale = stale_entries({n: k for n, (k, _, _) in there.items() if n not in keep}, sel, scratch)
     sent = transfer.tar_up(route, root, [n for n in names if n.endswith("/")] + changed, layout.code, stale,
-                           "pushing the code", sparse=disk.get("gnutar", False))
+                           "pushing the code", sparse=space.get("gnutar", False))
     return plan, sent
 
 
@@ -298,7 +300,7 @@ def push(bound: Bound, root: Path, include_heavy: bool = False, setup: bool = Tr
         sel = selection(root, cfg, include_heavy, Path(scratch))
         check = lambda plan: costs.check_transfer(bound.experiment, bound.record, plan["to_send"], 0,  # noqa: E731
                                                   "this push")
-        plan, sent = send(route, layout, root, sel, Path(scratch), check)
+        plan, sent = send(route, layout, root, sel, Path(scratch), check, disk.rented_bytes(bound.row, bound.record))
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "files": plan["files"],
             "bytes_total": plan["bytes_total"], "bytes_sent": sent,
             "ignore_rules": sel.rules, "setup": None, "warnings": []}

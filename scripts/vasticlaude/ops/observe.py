@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from vasticlaude.core import budget, money
+from vasticlaude.core import budget, disk, money
 from vasticlaude.core.faults import diagnose, over_budget
 from vasticlaude.core.lifecycle import record_status
 from vasticlaude.core.logparse import progress as parse_progress
@@ -67,7 +67,7 @@ def observe(bound: Bound, tail: int = 3) -> dict:
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id,
             "instance": _instance(row), "job": job, "progress": parse_progress(lines),
             "log_tail": [line[:TAIL_WIDTH] for line in lines[-tail:]] if tail > 0 else [],
-            "gpu": _gpu(probe), "disk": _disk(probe, row), "cost": _cost(bound.experiment, rec, job),
+            "gpu": _gpu(probe), "disk": _disk(probe, row, bound.record), "cost": _cost(bound.experiment, rec, job),
             "guard": _guard(probe)}
     shipped = _store(probe)
     if shipped:
@@ -91,7 +91,8 @@ def _refresh_record(bound: Bound) -> dict:
 
 def _probe(bound: Bound, lines: int) -> tuple[dict | None, str | None]:
     """The probe's sections, or None and why SSH failed (after the backoff)."""
-    script = render("probe.sh.j2", run_dir=Layout(bound.experiment).run, lines=max(lines, 60), width=400)
+    script = render("probe.sh.j2", run_dir=Layout(bound.experiment).run, lines=max(lines, 60), width=400,
+                    rented_kib=disk.rented_kib(bound.row, bound.record))
     try:
         proc = ssh_run(bound.route(), "sh -s", input_bytes=script.encode(), timeout=30, backoff=ssh_pauses())
     except Error as err:
@@ -190,12 +191,12 @@ def _gpu(probe: dict | None) -> dict | None:
             "count": len(util)}
 
 
-def _disk(probe: dict | None, row: dict | None) -> dict | None:
-    if probe and probe["disk"]:
-        parts = probe["disk"][-1].split()
-        if len(parts) >= 4 and parts[1].isdigit():
-            size, used = int(parts[1]) / 2**20, int(parts[2]) / 2**20
-            return {"used_gb": round(used, 2), "size_gb": round(size, 2), "pct": round(100 * used / size) if size else None}
+def _disk(probe: dict | None, row: dict | None, rec: dict | None = None) -> dict | None:
+    """Used and size in GB, and % full: df, or the rented size when df shows the host's (core/disk.py)."""
+    found = disk.reading(probe["disk"], disk.rented_bytes(row, rec), (row or {}).get("disk_usage")) if probe else None
+    if found:
+        size, used = found["size"] / 2**30, found["used"] / 2**30
+        return {"used_gb": round(used, 2), "size_gb": round(size, 2), "pct": round(100 * used / size) if size else None}
     if row and row.get("disk_space"):
         used = float(row.get("disk_usage") or 0)
         return {"used_gb": round(used, 2), "size_gb": row["disk_space"], "pct": round(100 * used / float(row["disk_space"]))}
