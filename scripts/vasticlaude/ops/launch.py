@@ -329,7 +329,7 @@ def remember_rental(plan: Plan) -> None:
         exp.update({} if plan.limits.experiment_usd is None else {"budget_usd": plan.limits.experiment_usd})
 
 
-def up(vast: Vast, plan: Plan, offer_id: int | None = None) -> dict:
+def up(vast: Vast, plan: Plan, offer_id: int | None = None, spread: int = 0) -> dict:
     """Rent for the plan (exactly `offer_id`, or the best candidates in turn) and wait until ready.
 
     One `up` per experiment at a time (a lock beside experiment.json): two at once would each find
@@ -337,12 +337,14 @@ def up(vast: Vast, plan: Plan, offer_id: int | None = None) -> dict:
     busy = Error("experiment_busy", f"another `up` of experiment {plan.experiment} is renting right now",
                  f"Wait for it, then use its instance (vasticlaude status --experiment {plan.experiment}).")
     with state.only_one(state.experiment_dir(plan.experiment) / "up.lock", busy):
-        return _up(vast, plan, offer_id)
+        return _up(vast, plan, offer_id, spread)
 
 
-def _up(vast: Vast, plan: Plan, offer_id: int | None) -> dict:
+def _up(vast: Vast, plan: Plan, offer_id: int | None, spread: int = 0) -> dict:
     refuse_if_taken(vast, plan)
     cands = candidates(vast, offer_id, plan)
+    if cands and spread % len(cands):  # renting several at once (a sweep): each starts at another offer, not all at the cheapest
+        cands = cands[spread % len(cands):] + cands[:spread % len(cands)]
     check_budget(plan, cands[0])
     key = ssh_key()
     register(vast, key)

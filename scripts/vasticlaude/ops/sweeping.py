@@ -32,7 +32,6 @@ from vasticlaude.core import budget, sweepspec
 from vasticlaude.core import money as costing
 from vasticlaude.core.logparse import series
 from vasticlaude.core.market import Wanted
-from vasticlaude.core.retry import poll_scale
 from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
 from vasticlaude.ops import code, job, launch
 from vasticlaude.ops.binding import Bound, attach
@@ -197,7 +196,7 @@ class Slot:
     def nap(self) -> None:
         if self.until is not None and time.monotonic() >= self.until:
             raise Paused()
-        time.sleep(self.opts.interval * poll_scale())
+        time.sleep(self.opts.interval)
 
     def work(self) -> None:
         try:
@@ -258,9 +257,12 @@ class Slot:
             teardown(self.vast, Target(bound.instance_id, None, True), why="sweep: gone")
         self.book.slot(self.name, state="renting")
         self.say("renting")
-        got = launch.up(self.vast, slot_plan(self.book.read(), self.info))
+        got = launch.up(self.vast, slot_plan(self.book.read(), self.info), spread=self.index())
         self.book.slot(self.name, state="ready", instance_id=got["instance_id"], rentals=self.info.get("rentals", 0) + 1)
         return self.rebind()
+
+    def index(self) -> int:
+        return [s["name"] for s in self.book.read()["slots"]].index(self.name)
 
     def rebind(self, bound: Bound | None = None) -> Bound:
         assert self.vast is not None
