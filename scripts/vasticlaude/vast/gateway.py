@@ -133,6 +133,25 @@ class Vast:
             if not token:
                 return found
 
+    def raw(self, kind: str, instance_id: int | None = None) -> Any:
+        """A read's body as the SDK gives it, before vast/rows.py: only for `./dev live-check`, which
+        compares it with what the normaliser expects (vast/shapes.py). Read-only."""
+        calls: dict[str, Callable[[], Any]] = {
+            "user": self.sdk.show_user,
+            "offers": lambda: self.sdk.search_offers(query="rentable=true num_gpus=1", order="dph", limit=5,
+                                                     type="on-demand", storage=10),
+            "instances": lambda: self.sdk.show_instances_v1({"select_filters": {}, "limit": 25,
+                                                              "order_by": [{"col": "id", "dir": "asc"}]}),
+            "ssh_keys": self.sdk.show_ssh_keys,
+            "instance": lambda: self._get(f"/instances/{instance_id}/", {"owner": "me"}),
+        }
+        return self._read(f"show {kind} (raw)", calls[kind])
+
+    def _get(self, path: str, query: dict | None = None) -> Any:
+        reply = self.sdk.client.get(path, query_args=query or {})
+        reply.raise_for_status()
+        return reply.json()
+
     # ----- changes -----------------------------------------------------------------------------
     def create(self, offer_id: int, **spec: Any) -> Created:
         """Rent an offer. Never retried here: see the module docstring."""
