@@ -158,7 +158,7 @@ def _destroy(vast: Vast, iid: int) -> dict:
         if vast.instance(iid) is None:
             return {"destroyed": True}
         time.sleep(POLL_S)
-    raise Error("not_destroyed", f"instance {iid} is not confirmed gone", f"Destroy it now: vastai destroy instance {iid}",
+    raise Error("not_destroyed", f"instance {iid} is not confirmed gone", f"Destroy it now: vasticlaude down {iid}",
                 BILLING_RISK)
 
 
