@@ -316,6 +316,8 @@ def test_torchrun_gets_the_flags_and_down_leaves_nothing(sim, cli, project):  # 
         assert exp["runs"][-1]["command"] == (
             f"python3 bin/torchrun --nnodes 2 --nproc-per-node 1 --node-rank {rank} --rdzv-backend c10d --rdzv-endpoint "
             f"{started['endpoint']} --rdzv-id tr rendezvous.py 3 0.1")
+    calm = cli.json("recover", "--experiment", "tr", "--dry-run")
+    assert calm["fault"] is None and calm["done"] is False
     done = cli.json("watch", "--experiment", "tr", "--interval", "1")
     assert done["outcome"] == "finished" and done["down"]["overlay"] == up["overlay"]
     outs = [json.loads((project / ".vasticlaude" / "runs" / f"tr-n{r}" / "outputs" / "result.json").read_text())

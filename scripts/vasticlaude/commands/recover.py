@@ -42,6 +42,10 @@ JSON data: {"experiment", "fault": {"kind", "evidence", "action", "plan"} | null
 Exit codes: 0 recovered, or nothing to recover · 1 needs you (the code failed, budget or
 attempts used up, no offer worked) · 2 usage · 3 Vast/SSH trouble (state is as the message
 says; run again) · 4 the old instance could not be confirmed destroyed (run `vasticlaude down`).
+
+A multi-node experiment (`up --nodes N`): the first node with a fault is recovered as one
+instance is (a relaunch stays in the cluster and on the overlay), then the whole group restarts
+from rank 0's checkpoint (README "Several nodes"); "fault.evidence" names the node.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ import argparse
 
 from vasticlaude import console
 from vasticlaude.errors import Error
-from vasticlaude.ops import recovery
+from vasticlaude.ops import nodes, recovery
 from vasticlaude.store import config
 
 
@@ -64,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     console.known(args)
     vast = console.connect(args)
+    if nodes.group_of(args.experiment) is not None:  # several nodes: the faulted one, then the whole group
+        return nodes.recover_group(vast, args.experiment, console.policy_of(args, config.load()), args.dry_run)
     assessment = recovery.assess(vast, args.experiment, args.instance)
     if not args.dry_run:
         assessment = recovery.confirm(vast, assessment, args.instance)

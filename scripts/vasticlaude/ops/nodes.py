@@ -39,6 +39,7 @@ from vasticlaude.ops.launch import Launcher, Plan, refuse_if_taken, register, re
 from vasticlaude.ops.observe import one_line
 from vasticlaude.ops.recovery import Assessment, Policy, Recovery, assess, recover
 from vasticlaude.ops.search import failed_machines
+from vasticlaude.ops.watching import API_PAUSES
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import run as ssh_run
@@ -407,8 +408,19 @@ class GroupWatch:
         self.recoveries: list[dict] = []
         seen: dict[str, float] = {}
         checks = 0
+        failures, said = 0, None
         while True:
-            looks = [assess(self.vast, name, tail=0) for name in g["members"]]
+            try:
+                looks = [assess(self.vast, name, tail=0) for name in g["members"]]
+            except Error as err:  # Vast or SSH trouble: waited out as a single watch does, then given up
+                if err.exit_code != API or failures >= len(API_PAUSES):
+                    raise
+                failures += 1
+                progress(f"vasticlaude watch: {err.message}; checking again ({failures}/{len(API_PAUSES)})")
+                time.sleep(API_PAUSES[failures - 1] * poll_scale())
+                continue
+            failures = 0
+            said = self.say(looks, said)
             faulted = [(rank, a) for rank, a in enumerate(looks) if a.fault]
             states = [((a.snap or {}).get("job") or {}) for a in looks]
             if faulted:
@@ -427,6 +439,14 @@ class GroupWatch:
                 return self.result("timeout", "still running: nothing is wrong; watch again to go on", FAILED)
             checks += 1
             time.sleep(min(self.interval, 2.0 ** checks) * poll_scale() if checks < 4 else self.interval)
+
+    def say(self, looks: list[Assessment], said: tuple | None) -> tuple:
+        """One progress line when any node's job state or fault changes (what Claude reads costs context)."""
+        now = tuple(((a.snap or {}).get("job") or {}).get("state") or (a.fault or {}).get("kind") for a in looks)
+        if now != said:
+            progress("vasticlaude watch: " + "; ".join(one_line(a.snap) if a.snap else f"{a.experiment}: no instance"
+                                                       for a in looks))
+        return now
 
     def sync(self, a: Assessment) -> None:
         try:
@@ -502,6 +522,30 @@ def restart_group(vast: Vast, group: str, rank: int, a: Assessment, policy: Poli
         exp.setdefault("recoveries", []).append(entry)
     state.append_event(group, "group_restart", **{k: v for k, v in entry.items() if k != "at"})
     return entry
+
+
+def recover_group(vast: Vast, group: str, policy: Policy, dry_run: bool = False) -> dict:
+    """`recover` of a group: the first faulted node's fault, and the group restart (what watch does)."""
+    g = _group(group)
+    found = next(((rank, a) for rank, a in enumerate(assess(vast, name, tail=0) for name in g["members"])
+                  if a.fault), None)
+    base = {"experiment": group, "done": False, "spent_usd": round(spent_usd(g), 4)}
+    if found is None:
+        return {**base, "fault": None, "action": "none", "job": "every node without fault"}
+    rank, a = found
+    fault = {k: a.fault[k] for k in ("kind", "evidence", "action", "plan")}
+    fault["evidence"] = [f"node {rank} ({a.experiment}): {e}" for e in fault["evidence"]]
+    if dry_run or a.fault["action"] == "none":
+        code = {} if dry_run or a.fault["action"] != "none" else {"exit_code": FAILED}
+        return {**base, "fault": fault, "action": a.fault["action"], **code,
+                "from_instance": a.bound.instance_id if a.bound else None}
+    entry = restart_group(vast, group, rank, a, policy)
+    steps = [f"node {rank}: {a.fault['action']} (instance {entry['from_instance']} → {entry['to_instance']})",
+             "the other nodes' jobs stopped", "rank 0's checkpoint sent to every node", "every node started again"]
+    return {**base, "fault": fault, "action": "restart_group", "done": True, "from_instance": entry["from_instance"],
+            "to_instance": entry["to_instance"], "steps": steps, "seconds": entry["seconds"],
+            "attempt": len((state.read_experiment(group) or {}).get("recoveries") or []),
+            "spent_usd": round(spent_usd(g), 4)}
 
 
 def _stop_job(vast: Vast, name: str) -> None:
