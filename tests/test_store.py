@@ -105,6 +105,12 @@ def test_unwatched_job_ships_to_the_store_and_the_instance_goes_at_once(cli, sim
     assert (home / "outputs" / "answer.txt").read_text() == "42\n"
     assert (home / "outputs" / "weights.bin").stat().st_size == 300000
     assert "done" in (home / "run" / "job.log").read_text()
+    cost = cli.json("cost", "--experiment", "shipped")
+    [exp] = cost["experiments"]
+    assert exp["stored_bytes"] == manifest["bytes"] > 300000
+    assert "in the results store" in cli.run("cost", "--experiment", "shipped").stdout
+    report = Path(cli.json("report", "--experiment", "shipped", "--offline")["report"]).read_text()
+    assert "| Results store |" in report and "s3://vasticlaude-results/t1" in report
     assert_no_store_secret(cli, sim, iid)
 
 

@@ -22,7 +22,8 @@ JSON (data):
                   "exists_s", "gpu_usd", "storage_usd", "bandwidth_usd", "total_usd", "created_at", "destroyed_at",
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
    "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
-                    "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?}],
+                    "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?,
+                    "stored_bytes"? (what the results store holds for it, as last seen)}],
    "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
    "today": {"spent_usd", "daily_cap_usd", "left_usd"},
    "billing_usd_per_hour": float,      (what the matching instances bill right now)
@@ -40,7 +41,7 @@ import argparse
 from vasticlaude import console
 from vasticlaude.output import compact
 from vasticlaude.core import budget
-from vasticlaude.core.fmt import duration, usd
+from vasticlaude.core.fmt import duration, human_bytes, usd
 from vasticlaude.ops import costs
 from vasticlaude.store import config
 
@@ -76,6 +77,8 @@ def _experiment_line(e: dict) -> str:
     text += f", {e['running_hours']:.2f} h running"
     if e["budget_hours"] is not None:
         text += f" of {e['budget_hours']:g} h (left {e['left_hours']:.2f} h)"
+    if "stored_bytes" in e:
+        text += f", {human_bytes(e['stored_bytes'])} in the results store"
     return text + (f"; Vast charged {usd(e['actual_usd'])}" if "actual_usd" in e else "")
 
 

@@ -118,7 +118,17 @@ def ended_in_store(experiment: str) -> dict | None:
         return None
     if shipped is None or float(shipped.get("at") or 0) < float(runs[-1]["at"]) - 5:
         return None
+    note_stored(experiment, shipped.get("bytes"))
     return shipped
+
+
+def note_stored(experiment: str, stored_bytes: object) -> None:
+    """Remember what the results store holds for the experiment (cost and report show it)."""
+    if not isinstance(stored_bytes, (int, float)):
+        return
+    with state.experiment(experiment) as exp:
+        if (exp.get("store") or {}).get("bytes") != int(stored_bytes):
+            exp.setdefault("store", {})["bytes"] = int(stored_bytes)
 
 
 def ended_home(experiment: str) -> bool:

@@ -160,9 +160,13 @@ def _with_budget(exp: dict, limits: budget.Limits) -> dict:
     exp.pop("last_at")
     name = exp["experiment"]
     if name and state.experiment_dir(name).is_dir():
-        cap = budget.experiment_budget(None, state.read_experiment(name), {"budget": {"experiment_usd": limits.experiment_usd}})
+        record = state.read_experiment(name)
+        cap = budget.experiment_budget(None, record, {"budget": {"experiment_usd": limits.experiment_usd}})
         if cap != exp["budget_usd"]:
             exp.update(budget_usd=cap, left_usd=_left(cap, exp["spent_usd"]))
+        stored = ((record or {}).get("store") or {}).get("bytes")
+        if stored is not None:  # in the results store (README "Results store"): billed by its provider, not Vast
+            exp["stored_bytes"] = int(stored)
     return exp
 
 

@@ -72,6 +72,8 @@ def observe(bound: Bound, tail: int = 3) -> dict:
     shipped = _store(probe)
     if shipped:
         data["store"] = shipped
+        if shipped.get("state") == "verified":
+            checkpoints.note_stored(bound.experiment, shipped.get("bytes"))
     ended_home = row is None and checkpoints.ended_home(bound.experiment)
     data["fault"] = diagnose(data, bound.record, lines, policy, ended_home)
     data["next"] = next_step(data)

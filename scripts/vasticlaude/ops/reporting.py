@@ -163,9 +163,12 @@ def cost_section(records: list[dict], exp: dict, now: float) -> dict:
                      "storage": usd(spent["storage_usd"]), "bandwidth": usd(spent["bandwidth_usd"]),
                      "total": usd(spent["total_usd"])})
     limit = budget.experiment_budget(None, exp, config.load())
+    shipped = exp.get("store") or {}
+    stored = (f"{fmt.human_bytes(shipped['bytes'])} in {shipped.get('url') or 'the results store'} (billed by its provider)"
+              if isinstance(shipped.get("bytes"), (int, float)) else "")
     return {"total": usd(sums["total_usd"]), "gpu": usd(sums["gpu_usd"]), "storage": usd(sums["storage_usd"]),
             "bandwidth": usd(sums["bandwidth_usd"]) if sums["bandwidth_usd"] else "",
-            "instances": rows, "total_usd": round(sums["total_usd"], 6),
+            "instances": rows, "total_usd": round(sums["total_usd"], 6), "stored": stored,
             "budget": usd(limit) if limit is not None else "",
             "left": usd(limit - sums["total_usd"]) if limit is not None else ""}
 

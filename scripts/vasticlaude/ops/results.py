@@ -214,7 +214,8 @@ def pull_from_store(experiment: str, dest: Path | None = None, why: str = "") ->
     with state.experiment(experiment) as exp:
         exp["pull"] = {"at": time.time(), "local_path": str(dest), "files": data["files"], "bytes": data["bytes"],
                        "source": "store", "paths": list(DEFAULT_PATHS)}
-        exp.setdefault("store", {})["bytes"] = got["stored_bytes"]
+        if isinstance(got["stored_bytes"], (int, float)):
+            exp.setdefault("store", {})["bytes"] = int(got["stored_bytes"])
     state.append_event(experiment, "pull", source="store", files=data["files"], bytes=data["bytes"],
                        local_path=str(dest))
     return data
