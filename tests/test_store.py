@@ -188,3 +188,36 @@ def test_host_down_mid_run_resumes_from_the_store_without_the_laptop(cli, sim, t
     assert (at_fault - resumed) * STEP_S <= 1 + 1 + 2 * STEP_S  # at most one sync interval of work lost
     assert "resumed from step" in (local / "run" / "job.log").read_text()
     assert_no_store_secret(cli, sim, new)
+
+
+def test_the_sandbox_answers_vast_connections_and_cloud_copy_with_vast_shapes(sim):
+    """vastai 1.9.1's own SDK: show_connections, cloud_copy both ways; an instance key may not copy."""
+    from vastai import VastAI
+    iid, _ = sim.rent()
+    try:
+        sim.wait_status(iid, "running")
+        sdk = sim.sdk()
+        [conn] = sdk.show_connections()
+        assert conn["cloud_type"] == "s3" and {"id", "name"} <= set(conn)
+        home = sim.state / "instances" / str(iid) / "root"
+        (home / "results").mkdir()
+        (home / "results" / "a.txt").write_text("alpha\n")
+        sdk.cloud_copy(src="/root/results", dst=f"{BUCKET}/copied", instance=str(iid), connection=str(conn["id"]),
+                       transfer="Instance to Cloud")
+        deadline = time.monotonic() + 30
+        while "Finished" not in (sim.instance(iid) or {}).get("status_msg", "") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stored(sim, "copied/a.txt") == b"alpha\n"
+        sdk.cloud_copy(src=f"{BUCKET}/copied", dst="/workspace/back", instance=str(iid), connection=str(conn["id"]),
+                       transfer="Cloud To Instance")
+        deadline = time.monotonic() + 30
+        while not (home / "workspace" / "back" / "a.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (home / "workspace" / "back" / "a.txt").read_text() == "alpha\n"
+        world = json.loads((sim.state / "world.json").read_text())
+        instance_key = world["instances"][str(iid)]["instance_api_key"]
+        with pytest.raises(Exception):  # the instance's own key may only start, stop or destroy it
+            VastAI(api_key=instance_key, server_url=sim.url, retry=1).cloud_copy(
+                src="/root/results", dst=f"{BUCKET}/x", instance=str(iid), connection=str(conn["id"]))
+    finally:
+        sim.vastai("destroy", "instance", str(iid), "-y")

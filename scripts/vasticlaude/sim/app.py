@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import billing, overlays, realism
+from . import billing, cloudcopy, overlays, realism
 from .errors import ApiError, bad_request, forbidden, not_found
 from .faults import FaultBook
 from .lifecycle import Engine
@@ -65,6 +65,7 @@ class Sandbox:
         self.faults = faults
         self.results: dict[str, dict] = {}
         self.store: Any = None  # the S3-compatible object store (objectstore.py), attached at start
+        self.copies: set[asyncio.Task] = set()  # cloud copies under way (cloudcopy.py)
 
     # ----- plumbing ------------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.Response:
@@ -387,6 +388,15 @@ class Sandbox:
     async def health(self, call: Call) -> object:
         return {"ok": True, "sandbox": True, "time_scale": self.engine.time_scale}
 
+    # ----- cloud connections and cloud copy (cloudcopy.py) --------------------------------
+    async def cloud_connections(self, call: Call) -> object:
+        return cloudcopy.connections() if self.store is not None else []
+
+    async def cloud_copy(self, call: Call) -> object:
+        if self.store is None:
+            raise bad_request("This sandbox has no object store, so no cloud connection.")
+        return await cloudcopy.start(self, call.body)
+
     async def state(self, call: Call) -> object:
         now = time.time()
         rows = [self.world.row(r, now) for r in self.world.live_instances()]
@@ -535,6 +545,8 @@ _ROUTES: list[tuple[str, str, str, Handler]] = [
     ("GET", r"/api/v0/charges", "account", Sandbox.charges),
     ("GET", r"/api/v0/users/me/invoices", "account", Sandbox.invoices_v0),
     ("GET", r"/api/v1/invoices", "account", Sandbox.invoices_v1),
+    ("GET", r"/api/v0/users/cloud_integrations", "account", Sandbox.cloud_connections),
+    ("POST", r"/api/v0/commands/rclone", "account", Sandbox.cloud_copy),
     ("GET", r"/sim/results/([A-Za-z0-9_-]+)", "none", Sandbox.result),
     ("GET", r"/sim/health", "none", Sandbox.health),
     ("GET", r"/sim/state", "account", Sandbox.state),
