@@ -6,9 +6,13 @@ train.py that prints progress, writes checkpoints to $VASTICLAUDE_CHECKPOINT_DIR
 results to $VASTICLAUDE_OUTPUT_DIR) → run → status → watch → report → cost, and prints
 where the report is. While `watch` runs, the sandbox's host goes down mid-run (--fault
 host-down, the default) or the interruptible instance is outbid (--fault preempt): watch
-recovers from the last checkpoint it synced home, then pulls and tears down. The first
-command starts the sandbox on demand, as it would for a user. Nothing reaches the internet
-or a real account.
+recovers from the last checkpoint (the new instance fetches it from the results store),
+then pulls and tears down. Then the laptop leaves: a second run is started and nothing of
+vasticlaude runs any more; the instance ships its results to the sandbox's S3 store and its
+watchdog destroys it within seconds of the job's exit; `pull` later brings them home from
+the store. The project's config names the sandbox's own results store
+(`"store": {"url": "s3://vasticlaude-results/demo", "sync_interval_s": 1}`). The first command starts the sandbox
+on demand, as it would for a user. Nothing reaches the internet or a real account.
 
 Everything it starts is stopped at the end, even on failure or Ctrl-C: `down --all`, then
 the sandbox and every process of its instances. The vasticlaude home (state, SSH key,
@@ -37,6 +41,8 @@ from vasticlaude.output import fail
 from vasticlaude.sim.client import kill_containers, python_m, running_info, stop_background
 
 EXPERIMENT = "demo"
+ALONE = "demo-alone"
+STORE = {"store": {"url": "s3://vasticlaude-results/demo", "sync_interval_s": 1}}
 TRAIN_PY = '''"""A stand-in training job: progress on stdout, checkpoints, resumable, results at the end."""
 import json, os, time
 
@@ -98,7 +104,8 @@ class Flow:
             folder.mkdir(parents=True)
         (self.project / "train.py").write_text(TRAIN_PY)
         # The demo's host stays down: a short confirm window (3 s at the demo's poll scale), not 18 s.
-        (self.project / ".vasticlaude" / "config.json").write_text('{"recovery": {"confirm_s": 30}}\n')
+        (self.project / ".vasticlaude" / "config.json").write_text(json.dumps({"recovery": {"confirm_s": 30}, **STORE}) + "
+")
         self.report_path: Path | None = None
         self.seconds = 0.0
         self.env = self._env(time_scale)
@@ -143,6 +150,7 @@ class Flow:
                           "--", "python", "train.py")
         self.say(f"job {started['state']}, detached; a watchdog guards the budget")
         self.watch(up["instance_id"])
+        self.laptop_gone()
         self.report_and_cost()
 
     def watch(self, instance_id: int) -> None:
@@ -192,6 +200,34 @@ class Flow:
         what = "its host went down" if self.fault == "host-down" else "it was outbid (preempted)"
         self.say(f"sandbox fault: instance {instance_id}: {what} mid-run, with a checkpoint at home")
 
+    def laptop_gone(self) -> None:
+        """A run that ends with nobody watching: the instance ships its results and is destroyed."""
+        up = self.vc("up", "--sandbox", "--experiment", ALONE, "--image", "vastai/base:0.0.2", "--disk", "8",
+                     "--hours", "1", "--budget-usd", "1")
+        self.vc("push", "--sandbox", "--experiment", ALONE, "--no-setup")
+        self.vc("run", "--sandbox", "--experiment", ALONE, "--", "python", "train.py")
+        self.say("the laptop leaves now: no vasticlaude process runs until the pull below")
+        started = time.monotonic()
+        world = self.vchome / "sim" / "world.json"
+        home = self.vchome / "sim" / "instances" / str(up["instance_id"])
+        rec: dict = {}
+        ended = None
+        while time.monotonic() - started < 120:
+            ended = ended or _ended_at(home, ALONE)  # read while the instance's files still exist
+            rec = json.loads(world.read_text())["instances"].get(str(up["instance_id"])) or {}
+            if rec.get("destroyed_at"):
+                break
+            time.sleep(0.2)
+        if not rec.get("destroyed_at"):
+            raise Error("demo_alone", f"instance {up['instance_id']} was not destroyed by its watchdog")
+        after = f"{rec['destroyed_at'] - ended:.1f} s after the job's exit" if ended else "after the job's exit"
+        self.seconds = time.monotonic() - started
+        self.say(f"the job ended; its watchdog shipped the results to the store and destroyed instance "
+                 f"{up['instance_id']} {after} (no storage billing)")
+        pulled = self.vc("pull", "--sandbox", "--experiment", ALONE)
+        self.say(f"pulled {pulled['files']} files from the {pulled.get('source', 'instance')} into {pulled['local_path']} "
+                 f"(each checked by sha256)")
+
     def report_and_cost(self) -> None:
         report = self.vc("report", "--experiment", EXPERIMENT)
         self.report_path = Path(report["report"])
@@ -219,6 +255,14 @@ class Flow:
         marker = json.loads(info_file.read_text()).get("marker", "")
         stop_background(state)
         kill_containers(marker)
+
+
+def _ended_at(home: Path, experiment: str) -> float | None:
+    """The job's end as its wrapper wrote it (the sandbox deletes a destroyed instance's files)."""
+    try:
+        return float((home / "root" / "vasticlaude" / experiment / "run" / "ended_at").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _envelope(stdout: str) -> dict | None:

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
         return pull_from_store(args.experiment, dest, "" if args.from_store else "no live instance")
     bound = console.bind(args)
     if bound.row is None and stored(bound.experiment) and not args.path:
-        return pull_from_store(bound.experiment, dest, f"instance {bound.instance_id} is gone")
+        return pull_from_store(bound.experiment, dest, f"instance {bound.instance_id} is gone", gone=bound.instance_id)
     return pull(bound, args.path, dest)
 
 

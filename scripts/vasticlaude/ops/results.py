@@ -195,7 +195,7 @@ def stored(experiment: str) -> dict | None:
     return (state.read_experiment(experiment) or {}).get("store")
 
 
-def pull_from_store(experiment: str, dest: Path | None = None, why: str = "") -> dict:
+def pull_from_store(experiment: str, dest: Path | None = None, why: str = "", gone: int | None = None) -> dict:
     """Bring the store's verified copy home (the instance may be long gone): every file checked by sha256."""
     from vasticlaude.ops import bucket
     start = time.monotonic()
@@ -218,4 +218,21 @@ def pull_from_store(experiment: str, dest: Path | None = None, why: str = "") ->
             exp.setdefault("store", {})["bytes"] = int(got["stored_bytes"])
     state.append_event(experiment, "pull", source="store", files=data["files"], bytes=data["bytes"],
                        local_path=str(dest))
+    if gone is not None:
+        close_gone(gone, got["manifest"], "destroyed by its watchdog once the results store held a verified copy")
     return data
+
+
+def close_gone(instance_id: int, shipped: dict, why: str) -> None:
+    """The instance the watchdog destroyed is destroyed in the state too (its cost to the ledger), dated
+    by the store's manifest (written just before the destroy) when it is that instance's."""
+    from vasticlaude.ops.reconcile import close_record, write_final_cost
+    closed = None
+    with state.transaction() as data:
+        rec = data["instances"].get(str(instance_id))
+        if rec is not None and rec.get("status") != "destroyed":
+            mine = str(shipped.get("instance_id") or "") == str(instance_id) and shipped.get("at")
+            close_record(rec, float(shipped["at"]) if mine else time.time(), why)
+            closed = dict(rec)
+    if closed is not None:
+        write_final_cost(closed)
