@@ -42,7 +42,7 @@ print(f"resumed from step {start}" if start else "fresh start", flush=True)
 t0 = time.time()
 for step in range(start + 1, steps + 1):
     digest = b"x"
-    for _ in range(60000):  # a fixed amount of CPU work per step
+    for _ in range(300000):  # a fixed amount of CPU work per step (about 0.3 s)
         digest = hashlib.sha256(digest).digest()
     with open(path + ".tmp", "wb") as f:
         f.write(os.urandom(mb * 1024 * 1024))

@@ -44,13 +44,13 @@ EXPERIMENT = "demo"
 ALONE = "demo-alone"
 STORE = {"store": {"url": "s3://vasticlaude-results/demo", "sync_interval_s": 1}}
 TRAIN_PY = '''"""A stand-in training job: progress on stdout, checkpoints, resumable, results at the end."""
-import json, os, time
+import json, os, sys, time
 
 ckpt_dir, out_dir = os.environ["VASTICLAUDE_CHECKPOINT_DIR"], os.environ["VASTICLAUDE_OUTPUT_DIR"]
 ckpt = os.path.join(ckpt_dir, "state.json")
 step = json.load(open(ckpt))["step"] if os.environ.get("VASTICLAUDE_RESUME") == "1" else 0
 print(f"resuming from step {step}" if step else "starting", flush=True)
-total = 100  # 10 s: the fault lands mid-run even on a busy machine
+total = int(sys.argv[1]) if len(sys.argv) > 1 else 100  # 10 s: the fault lands mid-run even on a busy machine
 metrics = lambda s: (2.0 / (1 + s / 4), min(0.99, 0.5 + s / 120))  # noqa: E731
 loss, acc = metrics(step)  # a resume at the last checkpoint has no step left to run
 while step < total:
@@ -205,7 +205,7 @@ class Flow:
         up = self.vc("up", "--sandbox", "--experiment", ALONE, "--image", "vastai/base:0.0.2", "--disk", "8",
                      "--hours", "1", "--budget-usd", "1")
         self.vc("push", "--sandbox", "--experiment", ALONE, "--no-setup")
-        self.vc("run", "--sandbox", "--experiment", ALONE, "--", "python", "train.py")
+        self.vc("run", "--sandbox", "--experiment", ALONE, "--", "python", "train.py", "20")
         self.say("the laptop leaves now: no vasticlaude process runs until the pull below")
         started = time.monotonic()
         world = self.vchome / "sim" / "world.json"

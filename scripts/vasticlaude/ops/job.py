@@ -75,6 +75,7 @@ class JobSpec:
     heartbeat: int = HEARTBEAT
     restart: bool = False
     guard: GuardAsk = GuardAsk()
+    store_ready: bool = False  # the uploader is installed and checked already (recover's fetch did it)
 
 
 def start(bound: Bound, spec: JobSpec) -> dict:
@@ -84,7 +85,7 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     cfg = config.load()
     guard = guard_settings(spec.guard, cfg, bound)
     store = bucket.resolve(cfg, sandbox=bound.vast.target.sandbox) if guard["watchdog"] else None
-    if store is not None:  # before the job starts: wrong keys are said now, not after the GPU hours
+    if store is not None and not spec.store_ready:  # before the job starts: wrong keys are said now
         progress(f"vasticlaude: checking the results store {store.url} from the instance")
         bucket.install(bound.route(), layout.run, bound.experiment, store)
     guard["store"] = store is not None

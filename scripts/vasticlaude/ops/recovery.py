@@ -164,7 +164,7 @@ class Recovery:
                         f"Start it: vasticlaude run --experiment {self.exp_id} -- CMD", FAILED)
         spec = job.JobSpec(command=last["command"], env=dict(last.get("env") or {}), workdir=last.get("workdir"),
                            heartbeat=int(last.get("heartbeat") or job.HEARTBEAT), restart=True,
-                           guard=self.guard_ask(last))
+                           guard=self.guard_ask(last), store_ready=self.fetched is not None)
         result = job.start(bind(self.vast, self.exp_id), spec)
         if result["state"] == "exited" and result["exit_code"] != 0:
             raise Error("restart_failed", f"the restarted command exited at once with code {result['exit_code']}: "
