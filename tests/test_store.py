@@ -65,11 +65,27 @@ def assert_no_store_secret(cli, sim, iid: int | None = None) -> None:
             assert secret.encode() not in path.read_bytes(), f"the store secret is in {path}"
         for path in home.rglob(".store_credentials"):
             assert path.stat().st_mode & 0o077 == 0, "the credentials file is readable by others"
-    for proc in psutil.process_iter():
+    for proc in psutil.process_iter():  # never on a command line, never in an environment
         try:
-            assert secret not in " ".join(proc.cmdline())
+            seen = " ".join(proc.cmdline()) + " ".join(proc.environ().values())
         except (psutil.Error, OSError):
             continue
+        assert secret not in seen, f"the store secret is visible in process {proc.pid}"
+
+
+def laptop_processes(cli) -> list[int]:
+    """vasticlaude processes of this test's user (its VASTICLAUDE_HOME), e.g. a watch or a status --wait."""
+    import psutil
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            line = " ".join(proc.cmdline())
+            if proc.environ().get("VASTICLAUDE_HOME") == str(cli.vchome) and "vasticlaude" in line \
+                    and "sim serve" not in line:  # the sandbox stands in for Vast, not for the laptop
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 JOB = ("mkdir -p $VASTICLAUDE_CHECKPOINT_DIR $VASTICLAUDE_OUTPUT_DIR; "
@@ -85,6 +101,7 @@ def test_unwatched_job_ships_to_the_store_and_the_instance_goes_at_once(cli, sim
     data = start(cli, "shipped", "--grace", "600", "--check", "1", "--", "sh", "-c", JOB)
     assert data["guard"]["store"] is True
     # From here on no vasticlaude process runs: only the instance's watchdog and uploader act.
+    assert not laptop_processes(cli)
     end = ended_at(sim, iid, "shipped")
     wait_state(sim, iid, "shipped", GONE, 30)
     gone = world_rec(sim, iid)["destroyed_at"]
@@ -154,6 +171,7 @@ def test_store_down_at_the_end_falls_back_to_waiting_for_a_pull(cli, sim):
     assert pulled.get("source") != "store"
     assert (Path(pulled["local_path"]) / "outputs" / "answer.txt").read_text() == "42\n"
     wait_state(sim, iid, "fallback", GONE, 20)  # pulled, so the watchdog destroys it, as without a store
+    assert_no_store_secret(cli, sim)
 
 
 def test_host_down_mid_run_resumes_from_the_store_without_the_laptop(cli, sim, tmp_path):
