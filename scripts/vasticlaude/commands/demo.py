@@ -104,8 +104,7 @@ class Flow:
             folder.mkdir(parents=True)
         (self.project / "train.py").write_text(TRAIN_PY)
         # The demo's host stays down: a short confirm window (3 s at the demo's poll scale), not 18 s.
-        (self.project / ".vasticlaude" / "config.json").write_text(json.dumps({"recovery": {"confirm_s": 30}, **STORE}) + "
-")
+        (self.project / ".vasticlaude" / "config.json").write_text(json.dumps({"recovery": {"confirm_s": 30}, **STORE}) + "\n")
         self.report_path: Path | None = None
         self.seconds = 0.0
         self.env = self._env(time_scale)
