@@ -245,6 +245,7 @@ def test_the_launch_lines():
     # the address in the overlay's subnet wins over the box's others (Vast: read from the interface)
     assert nodes.pick_address(["", "172.17.0.5", "10.8.0.7"], "10.8.0.0/24", "n") == "10.8.0.7"
     assert nodes.pick_address(["127.77.2.3", "192.168.1.9"], "127.77.2.0/24", "n") == "127.77.2.3"
+    assert nodes._share(2, 3) * 3 <= 2 and nodes._share(3, 3) == 1.0 and nodes._share(None, 3) is None
     name = nodes.overlay_name("My_Exp.v2")
     assert name.startswith("vc-my-exp-v2-") and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
     assert nodes.overlay_name("a.b") != nodes.overlay_name("a_b")

@@ -104,6 +104,10 @@ def source_root(args: argparse.Namespace) -> Path:
 
 def human(data: object) -> str:
     assert isinstance(data, dict)
+    if "nodes" in data:
+        return "\n".join(f"pushed {n['files']} files ({human_bytes(n['bytes_sent'])} sent) to instance {n['instance_id']} "
+                         f"for {n['experiment']}" + (f": setup FAILED (exit {n['exit_code']})" if n["exit_code"] else "")
+                         for n in data["nodes"])
     lines = [f"pushed {data['files']} files ({human_bytes(data['bytes_total'])}, {human_bytes(data['bytes_sent'])} "
              f"sent) to instance {data['instance_id']} for {data['experiment']} in {data['seconds']:g} s"]
     setup = data["setup"]

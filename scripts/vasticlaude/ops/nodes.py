@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import ipaddress
+import math
 import re
 import shlex
 import time
@@ -98,7 +99,7 @@ def pick_cluster(vast: Vast, plan: Plan, nodes: int) -> Cluster:
 
 
 def node_plan(plan: Plan, group: str, rank: int, nodes: int, cluster: int, overlay: str) -> Plan:
-    share = None if plan.limits.experiment_usd is None else round(plan.limits.experiment_usd / nodes, 6)
+    share = _share(plan.limits.experiment_usd, nodes)
     return replace(plan, experiment=member(group, rank), wanted=replace(plan.wanted, cluster_id=cluster),
                    overlay=overlay, limits=replace(plan.limits, experiment_usd=share))
 
@@ -267,7 +268,8 @@ def _start_all(vast: Vast, group: str, restart: bool) -> dict:
 
 
 def _share(usd: float | None, nodes: int) -> float | None:
-    return None if usd is None else round(float(usd) / nodes, 6)
+    """A node's part of the group's budget, rounded down: the parts never add up to more than the whole."""
+    return None if usd is None else math.floor(float(usd) / nodes * 1e6) / 1e6
 
 
 def _group(group: str) -> dict:
@@ -527,11 +529,12 @@ def restart_group(vast: Vast, group: str, rank: int, a: Assessment, policy: Poli
 def recover_group(vast: Vast, group: str, policy: Policy, dry_run: bool = False) -> dict:
     """`recover` of a group: the first faulted node's fault, and the group restart (what watch does)."""
     g = _group(group)
-    found = next(((rank, a) for rank, a in enumerate(assess(vast, name, tail=0) for name in g["members"])
-                  if a.fault), None)
+    looks = [assess(vast, name, tail=0) for name in g["members"]]
+    found = next(((rank, a) for rank, a in enumerate(looks) if a.fault), None)
     base = {"experiment": group, "done": False, "spent_usd": round(spent_usd(g), 4)}
     if found is None:
-        return {**base, "fault": None, "action": "none", "job": "every node without fault"}
+        jobs = [str(((a.snap or {}).get("job") or {}).get("state") or "none") for a in looks]
+        return {**base, "fault": None, "action": "none", "job": "on every node: " + ", ".join(jobs)}
     rank, a = found
     fault = {k: a.fault[k] for k in ("kind", "evidence", "action", "plan")}
     fault["evidence"] = [f"node {rank} ({a.experiment}): {e}" for e in fault["evidence"]]
