@@ -90,3 +90,32 @@ def test_a_pull_that_would_break_the_budget_moves_nothing(priced):
     cli.json("down", "--experiment", "cap")
     [row] = cli.json("cost", "--experiment", "cap")["instances"]
     assert row["total_usd"] < 0.2 and cli.account() == []
+
+
+NETDEV = """Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: {lo} 5091711    0    0    0     0          0         0 {lo} 5091711    0    0    0     0       0          0
+  eth0: {rx} 1000    0    0    0     0          0         0 {tx}    900    0    0    0     0       0          0
+"""
+
+
+@pytest.mark.unit
+def test_the_watchdog_counts_the_interfaces_bytes_but_not_loopback(tmp_path):
+    """The watchdog's spend: $/h x time + (bytes in x $/GB in + bytes out x $/GB out) since it started."""
+    import subprocess
+
+    from vasticlaude.remote.templates import render
+    script = render("watchdog.sh.j2", experiment="e", run_dir="run", dph="3.6", already_spent_usd="0.5",
+                    budget_usd="10", max_hours="", grace_s="60", kill_grace_s="5", check_s="1", on_end="stop",
+                    store="no", store_sync_s="300", usd_per_gb_in="2", usd_per_gb_out="8")
+    assert script.rstrip().endswith("\nmain")
+    dev = tmp_path / "netdev"
+    gib = 1 << 30
+    dev.write_text(NETDEV.format(lo=10 * gib, rx=gib, tx=2 * gib))
+    probe = (f"NETDEV={dev}\nNET0=$(net)\n"
+             f"printf '%s\\n' '{NETDEV.format(lo=90 * gib, rx=2 * gib, tx=4 * gib)}' > {dev}\n"
+             "spent 10\n")
+    out = subprocess.run(["sh", "-c", script.rstrip()[: -len("main")] + probe], capture_output=True, text=True,
+                         timeout=30, cwd=tmp_path, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    # 0.5 spent + 3.6 $/h x 10 s + 1 GiB in x $2 + 2 GiB out x $8 (the 80 GiB through lo count nothing)
+    assert float(out.stdout.strip()) == pytest.approx(0.5 + 0.01 + 2 + 16, abs=1e-3), out.stderr
