@@ -11,6 +11,7 @@ import json
 import pytest
 from test_lifecycle import IMAGE, cli  # noqa: F401 — the `cli` fixture: a user with an empty HOME
 from test_recovery import events, finished, on_instance, project, result_of, watch  # noqa: F401
+from test_vast_realism import flow
 
 from vasticlaude.core import disk
 
@@ -116,3 +117,10 @@ def test_full_disk_is_found_and_recovered_when_df_shows_the_host(cli, sim, proje
     outputs = project / ".vasticlaude" / "runs" / "hostfull" / "outputs"
     assert len(list(outputs.glob("chunk_*.bin"))) == 20 and result_of(project, "hostfull")[1] > 0
     assert cli.account() == []
+
+
+# ----- the whole flow (test_vast_realism's) under this part's other behaviours ----------------------
+@pytest.mark.parametrize("kind", ["df-host", "bandwidth-billing"])
+def test_whole_flow_under_each_fault(cli, sim, project, kind):  # noqa: F811
+    sim.fault(kind)
+    flow(cli, kind.replace("-", ""))

@@ -84,16 +84,21 @@ def _whole(stamp: object) -> float | None:
 
 
 # ----- bandwidth against the budget ----------------------------------------------------------
-def priced(record: dict) -> bool:
-    """Does this instance bill bandwidth (its offer's $/GB), so a transfer needs a budget check?"""
-    return bool(record.get("inet_down_cost") or record.get("inet_up_cost"))
+def priced(experiment: str, record: dict) -> bool:
+    """Does a transfer need a budget check: the instance bills bandwidth (its offer's $/GB) and the
+    experiment has a budget?"""
+    return bool(record.get("inet_down_cost") or record.get("inet_up_cost")) and _cap(experiment) is not None
+
+
+def _cap(experiment: str) -> float | None:
+    return budget.experiment_budget(None, state.read_experiment(experiment), config.load())
 
 
 def check_transfer(experiment: str, record: dict, moved_in: int, moved_out: int, what: str) -> None:
     """Refuse (exit 1, nothing moved) a push or pull whose bandwidth would take the experiment past
     its budget: Vast bills bytes both ways, and the on-instance watchdog only sees them as they go."""
     cost = costing.transfer_usd(moved_in, moved_out, record.get("inet_down_cost") or 0, record.get("inet_up_cost") or 0)
-    cap = budget.experiment_budget(None, state.read_experiment(experiment), config.load()) if cost > 0 else None
+    cap = _cap(experiment) if cost > 0 else None
     if cap is None:
         return
     spent = budget.experiment_spent(experiment, state.load())

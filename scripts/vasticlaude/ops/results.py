@@ -159,7 +159,7 @@ def pull(bound: Bound, paths: list[str] | None = None, dest: Path | None = None)
     route, layout = bound.route(), Layout(bound.experiment)
     kept, skipped, clock = choose(route, layout, paths, asked)
     dest = local_dest(dest, bound.experiment)
-    if costs.priced(bound.record):
+    if costs.priced(bound.experiment, bound.record):
         _, files = listing(route, layout, kept)
         todo = sum(size for p, (size, _) in files.items() if not same_size(dest / p, size))
         costs.check_transfer(bound.experiment, bound.record, 0, todo, "this pull")
