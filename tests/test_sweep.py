@@ -180,3 +180,30 @@ def test_a_budget_that_runs_out_midway_stops_cleanly(cli, sim, tmp_path):
     billed = sum(world[str(i)]["billing"]["gpu"]["amount"] + world[str(i)]["billing"]["disk"]["amount"]
                  for i in data["instances"])
     assert billed <= total, (billed, total)  # what the sandbox billed: the total held
+
+
+def test_session_end_reap_leaves_a_guarded_run_and_tears_down_an_idle_slot(cli, sim, tmp_path):
+    starts = project(cli, tmp_path)
+    commands = cli.cwd / "runs.md"
+    # r01 runs long (15 s) on one slot and r02 (1.5 s) on the other; the controller dies while both run
+    commands.write_text("- `STEPS=300 python3 train.py {lr} {bs}`\n- `STEPS=30 python3 train.py {lr} {bs}`\n")
+    (cli.cwd / "train.py").write_text((cli.cwd / "train.py").read_text().replace(
+        "steps = STEPS", "steps = int(os.environ.get('STEPS', STEPS))"))
+    proc = cli.spawn("sweep", "--experiment", "reaped", "--parallel", "2", "--budget-usd", "2",
+                     "--commands", str(commands), "--param", "lr=0.001", "--param", "bs=8", *SWEEP)
+    sw = kill_when(cli, proc, "reaped", lambda sw: all(r["state"] == "running" for r in sw["runs"]))
+    slot = {r["id"]: r["slot"] for r in sw["runs"]}
+    deadline = time.monotonic() + 60
+    while cli.json("status", "--experiment", slot["r02"])["job"]["state"] != "exited":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    reaped = cli.json("reap")
+    by_slot = {i.get("experiment"): i.get("action") for i in reaped["instances"]}
+    assert by_slot[slot["r01"]] == "left-guarded" and by_slot[slot["r02"]] != "left-guarded", json.dumps(reaped["instances"])
+    live = {r["label"] for r in cli.account()}
+    assert live == {f"vasticlaude-{slot['r01']}"}
+    data = sweep_json(cli, "--experiment", "reaped", "--resume", "--interval", "0.3", rc=0)
+    assert data["counts"] == {"done": 2} and sorted(starts.read_text().split()) == ["r01", "r02"]
+    home = cli.cwd / ".vasticlaude" / "runs" / "reaped" / "runs"
+    assert json.loads((home / "r02" / "outputs" / "result.json").read_text())["run"] == "r02"  # the reap's pull
+    assert cli.account() == []

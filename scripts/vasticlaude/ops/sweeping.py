@@ -21,6 +21,7 @@ twice nor rents a slot twice (a slot's label is fixed: `up` finds what a killed 
 from __future__ import annotations
 
 import shlex
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from vasticlaude.core import money as costing
 from vasticlaude.core.logparse import series
 from vasticlaude.core.market import Wanted
 from vasticlaude.errors import API, BILLING_RISK, FAILED, Error
-from vasticlaude.ops import code, job, launch
+from vasticlaude.ops import checkpoints, code, job, launch
 from vasticlaude.ops.binding import Bound, attach
 from vasticlaude.ops.connect import connect
 from vasticlaude.ops.reconcile import PREFIX, reconcile
@@ -143,23 +144,25 @@ def slot_spent(name: str) -> float:
 
 
 # ----- the remote steps of a run ------------------------------------------------------------------
-PREPARE = ('cd {base} || exit 1; mkdir -p runs/{rid}/outputs run checkpoints; '
+# The run about to start uses the slot's usual folders (so `pull`, `recover` and the reap see it as
+# any experiment's run): they start empty, and run/sweep_run names the run.
+PREPARE = ('cd {base} || exit 1; mkdir -p run checkpoints outputs; '
            'printf "%s\\n" {rid} > run/sweep_run.tmp && mv -f run/sweep_run.tmp run/sweep_run; rm -f run/started_at; '
-           'find checkpoints -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +; echo @@ok')
+           'find checkpoints outputs -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +; echo @@ok')
 # After a recovery restarted the run on a new instance: that instance's run files are this run's.
-MARK = ('cd {base} || exit 1; mkdir -p runs/{rid}/outputs; '
+MARK = ('cd {base} || exit 1; '
         'printf "%s\\n" {rid} > run/sweep_run.tmp && mv -f run/sweep_run.tmp run/sweep_run; echo @@ok')
-# The run's outputs: its own folder beside the slot's code, on whichever instance runs it ($HOME differs).
-OUTPUTS = 'export VASTICLAUDE_OUTPUT_DIR="$HOME"/{base}/runs/{rid}/outputs\nmkdir -p "$VASTICLAUDE_OUTPUT_DIR"\n'
 
 WHERE = ('cd {base} 2>/dev/null || {{ echo @@none; exit 0; }}; echo "@@run=$(cat run/sweep_run 2>/dev/null)"; '
          '[ -f run/started_at ] && echo @@started; [ -f runs/{rid}/run/exit_code ] && echo @@archived; exit 0')
-# Keep the ended run's files with its outputs (its log moved: the next run's log starts empty) and
-# empty the checkpoint folder, so the next run does not resume from this one's checkpoint.
+# Move the ended run's outputs, checkpoints and log to runs/<run>/ (the next run starts with empty
+# folders and does not resume from this one's checkpoint); copy its run files (the watchdog reads them).
 ARCHIVE = ('cd {base} || exit 1; [ "$(cat run/sweep_run 2>/dev/null)" = {rid} ] || {{ echo @@other; exit 0; }}; '
-           'mkdir -p runs/{rid}/run runs/{rid}/checkpoints; [ -f run/job.log ] && mv -f run/job.log runs/{rid}/run/; '
+           'mkdir -p runs/{rid}/run runs/{rid}/checkpoints runs/{rid}/outputs; '
+           '[ -f run/job.log ] && mv -f run/job.log runs/{rid}/run/; '
            'for f in exit_code started_at ended_at signal; do [ -f run/$f ] && cp -f run/$f runs/{rid}/run/; done; '
-           'find checkpoints -mindepth 1 -maxdepth 1 -exec mv -f {{}} runs/{rid}/checkpoints/ \\; ; echo @@ok')
+           'for d in checkpoints outputs; do find $d -mindepth 1 -maxdepth 1 -exec mv -f {{}} runs/{rid}/$d/ \\; ; done; '
+           'echo @@ok')
 
 
 def remote_step(bound: Bound, template: str, rid: str, what: str) -> list[str]:
@@ -222,10 +225,21 @@ class Slot:
             rid = self.claims.take(self.name)
             if rid is None:
                 return
+            if self.ended_while_away(rid):
+                self.finish(rid, {"state": "exited", "exit_code": checkpoints.local_exit_code(self.name), "home": True})
+                continue
             if not self.ready(rid):
                 return
             if not self.execute(rid):
                 return
+
+    def ended_while_away(self, rid: str) -> bool:
+        """The run ended while no controller looked, and its instance is gone with its files home
+        (the session-end reap pulls, then destroys): nothing to rent for it."""
+        if self.claims.run(rid)["state"] not in ("starting", "running"):
+            return False
+        live = [r for r in state.live_instances() if r.get("experiment") == self.name]
+        return not live and checkpoints.ended_home(self.name)
 
     # -- the instance
     def ready(self, rid: str) -> bool:
@@ -288,11 +302,11 @@ class Slot:
     def execute(self, rid: str) -> bool:
         """Start (unless it already runs), see it through, bring it home; False when the slot must stop."""
         run = self.claims.run(rid)
-        if run["state"] in ("starting", "running") and self.where(rid) == "started":
+        at = self.where(rid) if run["state"] in ("starting", "running") else "nothing"
+        if at in ("started", "archived"):
             self.book.run(rid, state="running")
-        elif run["state"] in ("pending", "starting"):
-            if not self.start(rid):
-                return False
+        elif not self.start(rid):  # never started, or its instance went before its end was seen
+            return False
         ended = self.see_through(rid)
         if ended is None:
             return self.bound is not None
@@ -330,7 +344,7 @@ class Slot:
             return False
         remote_step(self.bound, PREPARE, rid, "preparing the run")
         env = {**run["env"], "VASTICLAUDE_SWEEP": self.book.name, "VASTICLAUDE_SWEEP_RUN": rid}
-        command = OUTPUTS.format(base=shlex.quote(Layout(self.name).base), rid=rid) + run["command"]
+        command = run["command"]
         guard = sw.get("guard") or {}
         ask = job.GuardAsk(budget_usd=watchdog_cap(cap, self.bound, guard), grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
                            kill_grace_s=guard.get("kill_grace_s"), on_end="destroy")
@@ -381,6 +395,9 @@ class Slot:
                 self.say(f"{rid}: cannot look ({err.message[:120]}); again in a moment")
                 self.nap()
                 continue
+            if a.bound is None and a.fault is None:  # gone after its end, its files brought home (the reap)
+                self.bound = None
+                return {"state": "exited", "exit_code": checkpoints.local_exit_code(self.name), "home": True}
             job_now = (a.snap or {}).get("job") or {}
             fault = a.fault
             if job_now.get("state") in ENDED and (fault is None or fault["action"] == "none"):
@@ -428,14 +445,17 @@ class Slot:
 
     def finish(self, rid: str, ended: dict) -> bool:
         """Archive on the instance, pull home, record the outcome, the metric and the run's cost."""
-        assert self.bound is not None
         dest = config.runs_dir(self.book.name, Path(self.book.read()["root"]))
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            remote_step(self.bound, ARCHIVE, rid, "keeping the run's files")
-            pull_verified(self.bound.route(), Layout(self.name), [f"runs/{rid}"], dest, 0.0)
-        except Error as err:  # e.g. its watchdog destroyed the instance at the budget: the outcome stands
-            self.say(f"{rid}: its files did not come home ({err.message[:160]})")
+            if ended.get("home"):
+                adopt_home_copy(self.name, dest / "runs" / rid)
+            else:
+                assert self.bound is not None
+                remote_step(self.bound, ARCHIVE, rid, "keeping the run's files")
+                pull_verified(self.bound.route(), Layout(self.name), [f"runs/{rid}"], dest, 0.0)
+        except (Error, OSError) as err:  # e.g. its watchdog destroyed the instance at the budget: the outcome stands
+            self.say(f"{rid}: its files did not come home ({getattr(err, 'message', str(err))[:160]})")
         code_ = ended.get("exit_code")
         killed = ended.get("state") == "killed" or ended.get("signal")
         outcome = "done" if code_ == 0 else "stopped" if killed and ended.get("signal") in ("budget", "max_hours") \
@@ -447,7 +467,7 @@ class Slot:
                       metrics=final_metrics(dest / "runs" / rid / "run" / "job.log"), cost_usd=cost,
                       local_path=str(dest / "runs" / rid))
         state.append_ledger(self.book.name, event="sweep_run", run=rid, params=run["params"], state=outcome,
-                            exit_code=code_, instance_id=self.bound.instance_id, slot=self.name, cost_usd=cost,
+                            exit_code=code_, instance_id=run.get("instance_id"), slot=self.name, cost_usd=cost,
                             seconds=facts["seconds"])
         self.say(f"{rid} {outcome} (exit {code_})")
         return outcome != "stopped"
@@ -504,6 +524,16 @@ class Claims:
             for r in sw["runs"]:
                 if r["state"] == "pending":
                     r.pop("claimed", None)
+
+
+def adopt_home_copy(slot: str, target: Path) -> None:
+    """A run whose instance went after its end (the session-end reap pulled the slot's folders
+    home, then destroyed it): its outputs, checkpoints and run files become the run's own."""
+    source = checkpoints.local_dir(slot)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("outputs", "checkpoints", "run"):
+        if (source / name).is_dir() and not (target / name).exists():
+            shutil.move(str(source / name), str(target / name))
 
 
 # ----- facts from the files at home ----------------------------------------------------------------
