@@ -34,6 +34,7 @@ SSH_POLL = 16.0 * float(POLL_SCALE)  # the longest SSH pause in the tests
 @pytest.mark.unit
 def test_a_wall_cuts_pauses_and_connect_timeouts_and_nests():
     assert retry.left() == float("inf") and retry.connect_timeout() == 10 and retry.clip(99.0) == 99.0
+    assert retry.connect_timeout(5) == 5
     slept: list[float] = []
     with retry.wall(2.5):
         assert retry.connect_timeout() == 3 and retry.clip(99.0) <= 2.5

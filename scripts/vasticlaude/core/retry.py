@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 _WALL: ContextVar[float | None] = ContextVar("vasticlaude_wall", default=None)  # monotonic; None: no wall
 SSH_CONNECT_S = 10  # ssh's ConnectTimeout when no wall is nearer
+SSH_CONNECT_FIRST_S = 5  # a route with a fallback gets half: a dead route costs less than one timeout
 
 
 def poll_scale() -> float:
@@ -115,7 +116,7 @@ def clip(timeout: float, floor: float = 1.0) -> float:
     return max(floor, min(timeout, left()))
 
 
-def connect_timeout() -> int:
-    """ssh's ConnectTimeout: 10 s, or the whole seconds left to the wall (at least 1)."""
+def connect_timeout(cap: int = SSH_CONNECT_S) -> int:
+    """ssh's ConnectTimeout: `cap` (10 s), or the whole seconds left to the wall (at least 1)."""
     room = left()
-    return SSH_CONNECT_S if room >= SSH_CONNECT_S else max(1, math.ceil(room))
+    return cap if room >= cap else max(1, math.ceil(room))
