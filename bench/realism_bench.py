@@ -1,7 +1,7 @@
 """Benchmark: the whole flow under the sandbox's realism profile against the clean sandbox, and
 the seconds from a dead direct SSH route to working over Vast's proxy.
 
-1. flow (--runs per mode): a fresh sandbox per run (`--time-scale T --seed S+i`; with
+1. flow (--runs per mode, the modes interleaved): a fresh sandbox per run (`--time-scale T --seed S+i`; with
    `--realism` for the realism mode: every behaviour of README "Realism" at its Vast-like rate),
    then the commands Claude runs, as subprocesses: `up` (vastai/base, 8 GB), `push --no-setup`,
    `run` (a job of STEPS × STEP_S s that checkpoints every step), `watch --interval 0.5` (which
@@ -91,9 +91,14 @@ def one_flow(realism: bool, time_scale: float, seed: int, run: int) -> dict:
                          "--deadline", "600")
             sample.update(boot_s=up["waited_s"], route=up["ssh"].get("route"), attempts=len(up["attempts"]))
             up_end = time.monotonic()
+            sample["up_s"] = round(up_end - start, 2)
             user.vc("push", "--experiment", f"r{run}", "--no-setup")
+            sample["push_s"] = round(time.monotonic() - up_end, 2)
+            mark = time.monotonic()
             user.vc("run", "--experiment", f"r{run}", "--", "python3", "train.py", str(STEPS), str(STEP_S))
+            sample["run_s"], mark = round(time.monotonic() - mark, 2), time.monotonic()
             done = user.vc("watch", "--experiment", f"r{run}", "--interval", "0.5")
+            sample["watch_s"] = round(time.monotonic() - mark, 2)
             result = user.project / ".vasticlaude" / "runs" / f"r{run}" / "outputs" / "result.txt"
             if done["outcome"] != "finished" or not result.is_file():
                 raise RuntimeError(f"watch ended {done['outcome']}: {done.get('message', '')[:200]}")
@@ -137,15 +142,21 @@ def main() -> int:
     ap.add_argument("--time-scale", type=float, default=0.02, help="the sandbox's --time-scale (boots, realism)")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--fallback-runs", type=int, default=3)
+    ap.add_argument("--modes", default="clean,realism", help="which flows to run (both for the ratio)")
     args = ap.parse_args()
     report: dict = {"time_scale": args.time_scale, "steps": STEPS, "step_s": STEP_S, "flow": {}, "fallback": {}}
-    for mode in ("clean", "realism"):
-        samples = [one_flow(mode == "realism", args.time_scale, args.seed + i, i) for i in range(args.runs)]
-        for s in samples:
-            print(f"{mode} run {s['run']}: {json.dumps(s)}", file=sys.stderr, flush=True)
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for i in range(args.runs):  # interleaved, so a change in the machine's load falls on both modes alike
+        for mode in modes:
+            runs[mode].append(one_flow(mode == "realism", args.time_scale, args.seed + i, i))
+            print(f"{mode} run {i}: {json.dumps(runs[mode][-1])}", file=sys.stderr, flush=True)
+    for mode, samples in runs.items():
         report["flow"][mode] = {"samples": samples, "failures": sum("error" in s for s in samples),
-                                **{f"median_{k}": median(samples, k) for k in ("flow_s", "total_s", "boot_s", "after_up_s")}}
-    clean, real = report["flow"]["clean"]["median_flow_s"], report["flow"]["realism"]["median_flow_s"]
+                                **{f"median_{k}": median(samples, k) for k in
+                                   ("flow_s", "total_s", "boot_s", "after_up_s", "up_s", "push_s", "run_s", "watch_s")}}
+    clean = report["flow"].get("clean", {}).get("median_flow_s")
+    real = report["flow"].get("realism", {}).get("median_flow_s")
     report["flow"]["ratio"] = round(real / clean, 3) if clean and real else None
     report["flow"]["goal_ratio"] = GOAL_RATIO
     for mode in ("refuse", "blackhole"):
@@ -156,7 +167,7 @@ def main() -> int:
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "realism.json").write_text(out + "\n")
     print(out)
-    failed = report["flow"]["realism"]["failures"] + report["flow"]["clean"]["failures"]
+    failed = sum(m["failures"] for m in report["flow"].values() if isinstance(m, dict))
     return 1 if failed or not all(s["ok"] for m in report["fallback"].values() for s in m["samples"]) else 0
 
 

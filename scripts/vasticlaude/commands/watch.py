@@ -14,7 +14,9 @@ the progress when the job's state or a fault changes, and every 5 minutes otherw
   incrementally every --sync-interval (recovery.sync_interval_s, 300 s), so a dead host costs
   at most that much work; the copy is what a relaunch resumes from.
 - a fault (see `vasticlaude recover --help`): its kind, evidence and plan are printed; a stale
-  heartbeat or failing SSH must last recovery.stale_after_s / unreachable_after_s first. Then
+  heartbeat or failing SSH must last recovery.stale_after_s / unreachable_after_s first, an
+  offline / unknown host or an exited container recovery.confirm_s (180 s × the poll scale:
+  on Vast they can pass, and then the run goes on in place). Then
   `recover` runs (unless --no-recover or recovery.auto is false: watch stops, exit 1, and
   leaves the decision to you). The job runs again → watching goes on.
 - the job ends with exit 0: pull (verified) and, with --finish down (default), destroy and
@@ -29,6 +31,11 @@ the progress when the job's state or a fault changes, and every 5 minutes otherw
 A sweep (`vasticlaude sweep`): watching it is being its controller, so `watch --experiment SWEEP`
 resumes it (the same as `sweep --experiment SWEEP --resume`; refused while another controller runs)
 and prints the sweep's table at the end; the controller looks every min(--interval, 5) s.
+
+--timeout S is a wall for the checks: their API retries, SSH probes (ConnectTimeout cut to the
+time left) and pauses never carry watch past it by more than one check (a dead API then ends
+it with api_down, exit 3, "did not answer before the S s timeout"); a recovery or the final
+pull and teardown that has started is carried through.
 
 One watch per experiment (a lock beside experiment.json); its last check is kept in
 experiments/<id>/watch.json {pid, at, instance_id, job, fault, fault_since, recoveries,
