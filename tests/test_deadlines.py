@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from test_lifecycle import IMAGE, POLL_SCALE, cli, first_candidate  # noqa: F401 — the `cli` fixture: a user with an empty HOME
-from test_recovery import STEP_S, events, finished, launch, project, result_of, watch  # noqa: F401
+from test_recovery import (STEP_S, events, finished, launch, on_instance, project, result_of,  # noqa: F401
+                           step_of, wait_for, watch)
 
 from vasticlaude.core import retry
 from vasticlaude.core.lifecycle import BOOT_CAP_S, boot_deadline
@@ -197,8 +198,8 @@ def test_a_transient_unknown_shorter_than_the_window_leaves_the_run_in_place(cli
     confirm_window(project, 240)  # 12 s here
     up = launch(cli, "blip", "40", str(STEP_S))
     proc = watch(cli, "blip")
-    time.sleep(1.5)
-    sim.fault("unknown", instance=up["instance_id"], seconds=3)  # no heartbeat for 3 s; the box runs on
+    wait_for(lambda: (cli.vchome / "experiments/blip/watch.json").exists(), what="a first check")
+    sim.fault("unknown", instance=up["instance_id"], seconds=4)  # no heartbeat for 4 s; the box runs on
     code, out, err = cli.finish(proc, timeout=240)
     data = json.loads(out)["data"]
     assert code == 0 and data["outcome"] == "finished", err[-2000:]
@@ -208,13 +209,13 @@ def test_a_transient_unknown_shorter_than_the_window_leaves_the_run_in_place(cli
 
 
 def test_recover_confirms_a_passing_fault_and_leaves_the_instance(cli, sim, project):  # noqa: F811
-    confirm_window(project, 200)  # 10 s here
+    confirm_window(project, 400)  # 20 s here
     up = launch(cli, "blip2", "400", str(STEP_S))
-    sim.fault("unknown", instance=up["instance_id"], seconds=2)
+    sim.fault("unknown", instance=up["instance_id"], seconds=10)  # outlasts recover's own start, loaded
     proc = cli.run("recover", "--experiment", "blip2", "--json")
     data = json.loads(proc.stdout)["data"]
     assert proc.returncode == 0 and data.get("fault") is None and data["done"] is False, proc.stderr
-    assert "confirming over 10 s" in proc.stderr and "host_offline passed" in proc.stderr
+    assert "confirming over 20 s" in proc.stderr and "host_offline passed" in proc.stderr
     assert sim.instance(up["instance_id"])["actual_status"] == "running"
     assert cli.state()["instances"][str(up["instance_id"])].get("destroyed_at") is None
     assert cli.json("down", "--experiment", "blip2")["destroyed"] and cli.account() == []
@@ -225,7 +226,7 @@ def test_an_unknown_longer_than_the_window_syncs_then_relaunches(cli, sim, proje
     up = launch(cli, "long", "60", str(STEP_S))
     iid = up["instance_id"]
     proc = watch(cli, "long", "--sync-interval", "30")  # no routine sync: what comes home is the salvage
-    time.sleep(3)
+    wait_for(lambda: step_of(on_instance(sim, iid, "long", "checkpoints/state.json")) >= 3, what="step 3")
     sim.fault("unknown", instance=iid, seconds=600)
     data = finished(cli, proc)
     [rec] = data["recoveries"]
