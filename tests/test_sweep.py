@@ -207,3 +207,25 @@ def test_session_end_reap_leaves_a_guarded_run_and_tears_down_an_idle_slot(cli, 
     home = cli.cwd / ".vasticlaude" / "runs" / "reaped" / "runs"
     assert json.loads((home / "r02" / "outputs" / "result.json").read_text())["run"] == "r02"  # the reap's pull
     assert cli.account() == []
+
+
+def test_a_dead_host_mid_sweep_is_recovered_and_the_others_go_on(cli, sim, tmp_path):
+    starts = project(cli, tmp_path, steps=40, pause=0.1)
+    proc = cli.spawn("sweep", "--experiment", "faulty", "--parallel", "2", "--budget-usd", "2",
+                     "--param", "lr=0.001,0.002,0.003", "--param", "bs=8", *SWEEP,
+                     "--", "python3", "train.py", "{lr}", "{bs}")
+    deadline = time.monotonic() + 120
+    while True:  # a run has been going a second: its host dies for good
+        assert time.monotonic() < deadline and proc.poll() is None
+        running = [r for r in sweep_state(cli, "faulty").get("runs", []) if r["state"] == "running"]
+        if running and time.time() - running[0]["started_at"] > 1:
+            break
+        time.sleep(0.1)
+    victim = running[0]
+    sim.fault("host-down", instance=victim["instance_id"])
+    code, out, err = cli.finish(proc, timeout=240)
+    assert code == 0, err[-3000:]
+    final = cli.json("status", "--experiment", "faulty")
+    assert final["counts"] == {"done": 3} and final["rentals"] == 3  # the dead one, its replacement, the other
+    assert starts.read_text().split().count(victim["id"]) == 2  # restarted once by the recovery, not more
+    assert cli.account() == []
