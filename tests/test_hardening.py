@@ -395,3 +395,27 @@ def test_a_rebuilt_launcher_env_runs_its_programs(tmp_path):
         ran = subprocess.run([str(pip), "--version"], capture_output=True, text=True, timeout=120, cwd="/")
         assert ran.returncode == 0 and "pip" in ran.stdout, ran.stderr
     assert list((tmp_path / "data").glob("venv.*")) == []
+
+
+# ----- the hour limit is a ceiling too ------------------------------------------------------------
+def test_a_job_that_ignores_sigterm_is_stopped_at_the_hour_limit(pricey, monkeypatch):
+    cli, sim = pricey, pricey.sim
+    monkeypatch.setenv("VASTICLAUDE_HOME", str(cli.vchome))
+    up = rent(cli, "stubborn-h")
+    iid = up["instance_id"]
+    ssh(up, "cat > stubborn.py", IGNORES_SIGTERM).check_returncode()
+    limit_s, kill_grace = 14, 8
+    data = start(cli, "stubborn-h", "--max-hours", str(limit_s / 3600), "--check", "1", "--kill-grace", str(kill_grace),
+                 "--grace", "60", "--", "python3", "stubborn.py")
+    assert data["guard"]["max_hours"] and data["guard"]["kill_grace_s"] == kill_grace
+    wait_state(sim, iid, "stubborn-h", {"stopped"}, 60)
+    log = run_file(sim, iid, "stubborn-h", "watchdog.log")
+    at = {line.split(" ", 2)[1].rstrip(":"): float(line.split(" ", 1)[0]) for line in log.splitlines()}
+    term = next(line for line in log.splitlines() if "SIGTERM to the job" in line)
+    ran = float(term.split("max_hours: ran ", 1)[1].split(" ", 1)[0])
+    # Before: SIGTERM at the limit, SIGKILL a kill grace (8 s) after it. Now SIGTERM one kill grace early,
+    # so the SIGKILL lands at the limit, give or take one check interval and one second of the kill loop.
+    assert "kill grace early" in term and ran < limit_s, term
+    assert f"outlived the {kill_grace} s kill grace: SIGKILL" in log and "stop the instance" in log
+    killed = next(float(line.split(" ", 1)[0]) for line in log.splitlines() if "SIGKILL" in line)
+    assert killed - at["start"] <= limit_s + 2, log
