@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from test_plugin import plugin_data  # noqa: F401 — the session's launcher env
 from test_watchdog import pricey, rent, run_file, ssh, start, wait_state  # noqa: F401 — `pricey`: a $36/h market
 
 from vasticlaude.core import budget
-from vasticlaude.sim.client import kill_containers, read_info, stop_background
+from vasticlaude.sim.client import kill_containers, python_m, read_info, stop_background
 from vasticlaude.store import state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -419,3 +421,79 @@ def test_a_job_that_ignores_sigterm_is_stopped_at_the_hour_limit(pricey, monkeyp
     assert f"outlived the {kill_grace} s kill grace: SIGKILL" in log and "stop the instance" in log
     killed = next(float(line.split(" ", 1)[0]) for line in log.splitlines() if "SIGKILL" in line)
     assert killed - at["start"] <= limit_s + 2, log
+
+
+# ----- 12. one sandbox per state folder, a stable address, watchdogs that follow it ---------------
+def servers_of(state: Path) -> list[int]:
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and str(state.resolve()) in cmd:
+            found.append(proc.pid)
+    return found
+
+
+def test_a_frozen_sandbox_is_reported_never_served_twice(tmp_path):
+    env = offline_env(tmp_path, VASTICLAUDE_SIM_TIME_SCALE="0")
+    for name in ("VAST_URL", "VAST_API_KEY"):
+        env.pop(name)
+    state = Path(env["VASTICLAUDE_HOME"]) / "sim"
+
+    def vc(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([VC, *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    try:
+        assert vc("sim", "start", "--time-scale", "0", "--json").returncode == 0
+        pid = read_info(state)["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        proc = vc("offers", "--sandbox", "--limit", "1", "--json")  # a command that needs the sandbox
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        error = envelope(proc)["error"]
+        assert error["code"] == "sim_unresponsive" and str(pid) in error["message"] and "sim stop" in error["hint"]
+        assert servers_of(state) == [pid]
+        # `sim serve` itself refuses a folder another server holds, frozen or not.
+        second = subprocess.run([*python_m("vasticlaude"), "sim", "serve", "--state", str(state)], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL)
+        assert second.returncode == 3 and f"pid {pid}" in second.stderr, second.stderr
+        assert servers_of(state) == [pid]
+        stop = vc("sim", "stop", "--json")  # SIGTERM is not seen by a stopped process: SIGKILL after the wait
+        assert stop.returncode == 0 and envelope(stop)["data"]["stopped"], stop.stdout + stop.stderr
+        assert servers_of(state) == []
+    finally:
+        for pid in servers_of(state):
+            os.kill(pid, signal.SIGCONT)
+        stop_background(state)
+
+
+def test_a_restarted_sandbox_keeps_its_port(fresh_sim):
+    first = fresh_sim.start("--time-scale", "0")
+    port = int(first.url.rsplit(":", 1)[1])
+    first.stop()
+    again = fresh_sim.start("--time-scale", "0")
+    assert again.url == f"http://127.0.0.1:{port}"
+    assert (fresh_sim.state / "url").read_text().strip() == again.url
+
+
+def test_a_watchdog_stops_its_instance_after_the_sandbox_restarts_on_another_port(pricey, monkeypatch):
+    """The sandbox crashes (kill -9: the containers live on) and comes back on another port (its old
+    one taken). The watchdog re-reads the sandbox's URL file, so its stop reaches the new address."""
+    cli, sim = pricey, pricey.sim
+    monkeypatch.setenv("VASTICLAUDE_HOME", str(cli.vchome))
+    up = rent(cli, "moved")
+    iid = up["instance_id"]
+    start(cli, "moved", "--max-hours", str(12 / 3600), "--check", "1", "--kill-grace", "1", "--grace", "60",
+          "--", "sleep", "600")
+    old_port = int(sim.url.rsplit(":", 1)[1])
+    sim.kill9()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen(1)  # someone else's server now: the old address never answers the API
+        sim.start("--time-scale", "0", "--market", str(sim.state.parent / "market.json"), "--balance", "50")
+        assert int(sim.url.rsplit(":", 1)[1]) != old_port
+        wait_state(sim, iid, "moved", {"stopped"}, 90)
+    finally:
+        squatter.close()
+    assert "stop the instance" in run_file(sim, iid, "moved", "watchdog.log")  # it stops its own processes too

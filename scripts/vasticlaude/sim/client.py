@@ -33,8 +33,14 @@ def python_m(module: str) -> list[str]:
 
 
 def start_background(state: Path, flags: list[str]) -> dict:
-    """Start `sim serve` detached with its log in the state dir; wait until it answers."""
+    """Start `sim serve` detached with its log in the state dir; wait until it answers.
+
+    Never a second server on one state folder: when one is alive but does not answer (frozen,
+    busy), wait for it, and report it (exit 3) rather than start another."""
     paths.ensure_private_dir(state)
+    holder = serving_pid(state)
+    if holder is not None:
+        return wait_for_server(state, holder)
     (state / "sim.json").unlink(missing_ok=True)
     log = open(state / "sim.log", "ab")
     state = state.resolve()
@@ -49,6 +55,9 @@ def start_background(state: Path, flags: list[str]) -> dict:
         if info is not None:
             return info
         if proc.poll() is not None:
+            other = serving_pid(state)
+            if other is not None:  # another client started one first: use it
+                return wait_for_server(state, other)
             raise Error("sim_failed", f"the sandbox exited at start (code {proc.returncode})",
                         f"See {state / 'sim.log'}.", API)
         time.sleep(0.05)
@@ -56,11 +65,54 @@ def start_background(state: Path, flags: list[str]) -> dict:
     raise Error("sim_timeout", f"the sandbox did not answer within {START_TIMEOUT:.0f} s", f"See {state / 'sim.log'}.", API)
 
 
+def serving_pid(state: Path) -> int | None:
+    """The pid of the live sandbox serving this state folder (it holds `server.lock`), else None.
+    Read, never locked: a probe that took the lock could make a starting server give up."""
+    try:
+        pid = int((state / "server.lock").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not pid_alive(pid):
+        return None
+    try:
+        import psutil
+        cmdline = psutil.Process(pid).cmdline()
+    except Exception:  # noqa: BLE001 — gone, or not ours to read: not a sandbox we can use
+        return None
+    return pid if "serve" in cmdline and str(state.resolve()) in cmdline else None
+
+
+def frozen(pid: int) -> bool:
+    """Stopped (SIGSTOP, a debugger): it will not answer until continued."""
+    try:
+        import psutil
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def wait_for_server(state: Path, pid: int) -> dict:
+    """The info of the sandbox `pid` once it answers; an Error (exit 3) if it is stopped or stays silent."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not frozen(pid) and pid_alive(pid) and time.monotonic() < deadline:
+        info = running_info(state)
+        if info is not None:
+            return info
+        time.sleep(0.1)
+    how = "is stopped (SIGSTOP?)" if frozen(pid) else "has exited" if not pid_alive(pid) else \
+        f"did not answer within {START_TIMEOUT:.0f} s"
+    raise Error("sim_unresponsive", f"the sandbox serving {state} (pid {pid}) {how}; a second one is never started "
+                "on the same state", f"Continue it (kill -CONT {pid}), or run 'vasticlaude sim stop' and retry.", API)
+
+
 def stop_background(state: Path) -> bool:
-    """SIGTERM the sandbox (it stops its containers), SIGKILL if it will not go."""
+    """SIGTERM the sandbox (it stops its containers), SIGKILL if it will not go (a frozen one too)."""
     info = read_info(state)
     if not info or not pid_alive(info["pid"]):
-        return False
+        holder = serving_pid(state)
+        if holder is None:
+            return False
+        info = {"pid": holder, "marker": (info or {}).get("marker", "")}
     os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while pid_alive(info["pid"]) and time.monotonic() < deadline:

@@ -203,6 +203,9 @@ class Engine:
                "VAST_CONTAINERLABEL": f"C.{iid}", "PUBLIC_IPADDR": "127.0.0.1",
                "VAST_TCP_PORT_22": str(ports.get("direct") or ports["proxy"]),
                "GPU_COUNT": str(gpu.count), "VAST_URL": self.url, "DATA_DIRECTORY": "/workspace/",
+               # Sandbox only: where its current URL is kept (it may restart on another port; the
+               # real Vast keeps one URL). The watchdog re-reads it before each call.
+               "VASTICLAUDE_SIM_URL_FILE": str(self.state_dir / "url"),
                **overlays.env_of(rec)}
         env = {k: v for k, v in env.items() if not k.startswith("-")}
         container = Container(iid, self.instance_dir(iid) / "root", env, float(rec["disk"]), gpu,

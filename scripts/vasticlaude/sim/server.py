@@ -4,13 +4,21 @@
 outlive the sandbox) and saves the world. It writes `sim.json` (url, pid, api key;
 mode 0600) into the state dir so `vasticlaude sim status|stop|fault` in other
 processes find it.
+
+One server per state folder: it holds `server.lock` (an flock, its pid inside) for its whole
+life, and a second `serve` on the folder exits at once. It listens on the port it had last
+time when that port is free (`port`), and writes its URL to `url`, which the instances'
+watchdogs re-read: after a crash and a restart on another port they still reach it (the
+real Vast keeps one URL; this is a sandbox-only concern).
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import os
+import sys
 import signal
 import time
 from dataclasses import dataclass
@@ -49,7 +57,31 @@ def serve(settings: Settings) -> None:
     """Run the sandbox in the foreground until signalled."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sim %(levelname)s %(message)s")
-    asyncio.run(_main(settings))
+    lock = hold_server_lock(settings.state_dir)
+    try:
+        asyncio.run(_main(settings))
+    finally:
+        os.close(lock)
+
+
+LOCK_FILE, PORT_FILE, URL_FILE = "server.lock", "port", "url"
+
+
+def hold_server_lock(state_dir: Path) -> int:
+    """Take the state folder's server lock for this process's life (its pid written in it), or exit:
+    two servers on one folder would each run the instances' engine and fight over world.json."""
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by containers (O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        print(f"vasticlaude sim: another sandbox (pid {holder}) serves {state_dir}; not starting a second. "
+              "Stop it with 'vasticlaude sim stop'.", file=sys.stderr)
+        raise SystemExit(3)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 async def _main(settings: Settings) -> None:
@@ -57,6 +89,8 @@ async def _main(settings: Settings) -> None:
                        market_file=settings.market_file, machines=settings.machines, balance=settings.balance)
     runner, port = await _start_http(settings, world)
     url = f"http://{settings.host}:{port}"
+    write_text_atomic(settings.state_dir / PORT_FILE, f"{port}\n")
+    write_text_atomic(settings.state_dir / URL_FILE, f"{url}\n")
     engine = Engine(world, settings.state_dir, url, settings.time_scale, marker_for(settings.state_dir))
     runner.app["sandbox"].engine = engine
     store = _start_store(settings, world)
@@ -127,10 +161,33 @@ async def _start_http(settings: Settings, world: World) -> tuple[web.AppRunner, 
     app.middlewares.append(_note_request)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
+    last = _last_port(settings.state_dir) if settings.port == 0 else None
+    for port in ([last] if last else []) + [settings.port]:
+        site = web.TCPSite(runner, settings.host, port, reuse_address=True)
+        try:
+            await site.start()
+            break
+        except OSError:  # the last port is taken now: any free one (an asked-for port fails loudly)
+            if port != last:
+                raise
     port = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public getter for port 0
     return runner, port
+
+
+def _last_port(state_dir: Path) -> int | None:
+    """The port this state folder's sandbox had last time: clients and instances that remember
+    its URL reach it again after a restart."""
+    try:
+        port = int((state_dir / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def marker_for(state_dir: Path) -> str:
