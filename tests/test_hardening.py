@@ -497,3 +497,52 @@ def test_a_watchdog_stops_its_instance_after_the_sandbox_restarts_on_another_por
     finally:
         squatter.close()
     assert "stop the instance" in run_file(sim, iid, "moved", "watchdog.log")  # it stops its own processes too
+
+
+# ----- 10. no key is printed or written -----------------------------------------------------------
+def test_no_key_is_printed_or_written_by_a_flow_whose_job_prints_its_environment(cli, sim, tmp_path):
+    project = tmp_path / "proj"
+    (project / ".vasticlaude").mkdir(parents=True)
+    (project / "train.py").write_text("print('hi')\n")
+    cli.cwd = project
+    cli.json("up", "--experiment", "envy", "--image", IMAGE, "--disk", "8")
+    cli.json("push", "--experiment", "envy", "--no-setup")
+    start(cli, "envy", "--", "sh", "-c", "env; sleep 2")
+    cli.json("status", "--experiment", "envy", "--wait", "--interval", "1", "--timeout", "120", "--lines", "80")
+    logs = cli.json("logs", "--experiment", "envy", "--lines", "500")["lines"]
+    assert [line[:28] for line in logs if line.startswith("CONTAINER_API_KEY=")] == ["CONTAINER_API_KEY=[redacted]"]
+    assert cli.run("logs", "--experiment", "envy", "--follow").returncode == 0  # the job has ended: it returns
+    cli.json("status", "--experiment", "envy", "--lines", "80")
+    pulled = Path(cli.json("pull", "--experiment", "envy")["local_path"])
+    assert "CONTAINER_API_KEY=[redacted]" in (pulled / "run" / "job.log").read_text()
+    cli.json("report", "--experiment", "envy")
+    cli.json("cost")
+    cli.json("down", "--experiment", "envy")
+    assert cli.run("pull", "--experiment", "envy").returncode != 0  # an error path too
+    files = [p for root in (cli.vchome, project / ".vasticlaude") for p in root.rglob("*") if p.is_file()]
+    assert pulled / "run" / "job.log" in files and any(p.name == "report.md" for p in files)
+    texts = {**{f"output {i}": t for i, t in enumerate(cli.outputs)},
+             **{str(p): p.read_bytes().decode("utf-8", "replace") for p in files}}
+    keys = cli.secrets()  # the account's key and every instance key of the sandbox
+    leaks = [where for where, text in texts.items() if any(key in text for key in keys)]
+    assert leaks == [], leaks
+
+
+@pytest.mark.unit
+def test_the_redactor_masks_known_values_and_secret_looking_assignments(tmp_path, monkeypatch):
+    from vasticlaude import output
+    monkeypatch.setattr(output, "_SECRETS", set())
+    output.secret("acct-0123456789abcdef")
+    output.secret("short")  # too short to be worth masking (and would mask too much)
+    text = ('{"line":"CONTAINER_API_KEY=9f86d081884c7d65 HF_TOKEN=hf_abc123xyz PATH=/usr/bin"} '
+            'key acct-0123456789abcdef; short; monkey_business=ok')
+    out = output.redact(text)
+    assert "9f86d081884c7d65" not in out and "hf_abc123xyz" not in out and "acct-0123456789abcdef" not in out
+    assert "CONTAINER_API_KEY=[redacted]******" in out and "PATH=/usr/bin" in out and "short" in out
+    assert len(out) == len(text) and output.redact(out) == out  # same size (pull checks sizes), stable
+    assert json.loads(out.split("} ")[0] + "}")["line"].startswith("CONTAINER_API_KEY=[redacted]")
+    log = tmp_path / "job.log"
+    log.write_text(text)
+    os.utime(log, (1_000_000, 1_000_000))
+    assert output.redact_file(log) and log.read_text() == out and log.stat().st_mtime == 1_000_000
+    assert not output.redact_file(log)

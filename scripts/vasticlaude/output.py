@@ -9,6 +9,7 @@ import re
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from vasticlaude.errors import Error
@@ -46,19 +47,19 @@ def spelled(value: object) -> object:
 def emit(data: object, as_json: bool, human: Callable[[object], str], error: Error | None = None) -> None:
     """The result on stdout; with `error` (a non-zero exit) the envelope says ok: false and why."""
     if as_json:
-        print(json.dumps({"v": ENVELOPE_VERSION, "ok": error is None, "data": spelled(data),
-                          "error": spelled(error.as_dict()) if error else None},
-                         separators=(",", ":"), sort_keys=True))
+        print(redact(json.dumps({"v": ENVELOPE_VERSION, "ok": error is None, "data": spelled(data),
+                                 "error": spelled(error.as_dict()) if error else None},
+                                separators=(",", ":"), sort_keys=True)))
     else:
         text = human(data)
         if text:
-            print(spell(text))
+            print(redact(spell(text)))
 
 
 def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
     if as_json:
-        print(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
-                         separators=(",", ":"), sort_keys=True))
+        print(redact(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
+                                separators=(",", ":"), sort_keys=True)))
     print(error_line(prog, err), file=sys.stderr)
     return err.exit_code
 
@@ -68,11 +69,11 @@ def error_line(prog: str, err: Error) -> str:
     gets no second one, and nothing inside (a path `../x`) is touched."""
     message = err.message if err.message.endswith(".") else f"{err.message}."
     hint = err.hint[:-1] if err.hint.endswith("..") and not err.hint.endswith("...") else err.hint
-    return spell(f"{prog}: {message} {hint}".rstrip())
+    return redact(spell(f"{prog}: {message} {hint}".rstrip()))
 
 
 def progress(message: str) -> None:
-    print(spell(message), file=sys.stderr, flush=True)
+    print(redact(spell(message)), file=sys.stderr, flush=True)
 
 
 def compact(value: object) -> object:
@@ -88,8 +89,8 @@ def compact(value: object) -> object:
 def log_crash(prog: str) -> str:
     path = paths.ensure_private_dir(paths.home() / "logs") / "errors.log"
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {prog} {' '.join(_redacted(sys.argv[1:]))}\n")
-        handle.write(traceback.format_exc())
+        handle.write(redact(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {prog} {' '.join(_redacted(sys.argv[1:]))}\n"))
+        handle.write(redact(traceback.format_exc()))
     return str(path)
 
 
@@ -99,3 +100,68 @@ def _redacted(argv: list[str]) -> list[str]:
         out.append("[redacted]" if hide else arg.split("=")[0] + "=[redacted]" if arg.startswith("--api-key=") else arg)
         hide = arg == "--api-key"
     return out
+
+
+# ----- secrets never printed or written -------------------------------------------------------
+# Every line vasticlaude prints and every file it writes goes through `redact`: the values of the
+# secrets this process knows (the account's key, an instance key seen at create, the values of
+# environment variables named like secrets: KEY, SECRET, TOKEN, PASSWORD, which is where store
+# credentials come from), and any `NAME=value` whose NAME says secret (a job that prints its
+# environment shows CONTAINER_API_KEY=…, a key this process may never have seen). A value is masked
+# with as many characters as it had, so a pulled file keeps its size (pull verifies by size).
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.I)
+ASSIGNED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*(?:KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)[A-Za-z0-9_]*)=([^\s'\"\\]{4,})",
+                      re.I)
+SHORTEST = 8  # shorter values (a flag "1", a port) are not secrets worth hiding and would mask too much
+_SECRETS: set[str] = set()
+
+
+def secret(value: object) -> None:
+    """Remember a secret value of this process: from now on it is masked wherever it appears."""
+    text = str(value or "").strip()
+    if len(text) >= SHORTEST:
+        _SECRETS.add(text)
+
+
+def _environment_secrets() -> None:
+    for name, value in os.environ.items():
+        if SECRET_NAME.search(name):
+            secret(value)
+
+
+def mask(value: str) -> str:
+    """`value` hidden, as long as it was: "[redacted]***…" (or stars when shorter than that)."""
+    return ("[redacted]" + "*" * len(value))[:len(value)] if len(value) >= 10 else "*" * len(value)
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    for value in sorted(_SECRETS, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, mask(value))
+    return ASSIGNED.sub(lambda m: m[1] + "=" + mask(m[2]) if not m[2].startswith("[redacted]") else m[0], text)
+
+
+def redact_file(path: Path) -> bool:
+    """Mask the secrets in a text file in place (same size, same mtime); True when it changed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if b"\0" in data[:8192]:
+        return False  # binary: not a log
+    text = data.decode("utf-8", "surrogateescape")
+    clean = redact(text)
+    if clean == text:
+        return False
+    st = path.stat()
+    tmp = path.with_name(f".{path.name}.redact")
+    tmp.write_bytes(clean.encode("utf-8", "surrogateescape"))
+    os.chmod(tmp, st.st_mode & 0o777)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, path)
+    return True
+
+
+_environment_secrets()

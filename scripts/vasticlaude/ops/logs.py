@@ -10,7 +10,7 @@ import time
 from vasticlaude.core.retry import ssh_pauses
 from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops.binding import Bound
-from vasticlaude.output import progress
+from vasticlaude.output import progress, redact
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import CONNECTION_FAILED, remember, ssh_argv
 from vasticlaude.remote.ssh import run as ssh_run
@@ -39,7 +39,7 @@ def tail(bound: Bound, lines: int, width: int = 400, grep: str | None = None) ->
     """The last `lines` lines of the job's log (of those containing `grep`), each cut at `width`."""
     log = shlex.quote(Layout(bound.experiment).run + "/job.log")
     proc = ssh_run(bound.route(), _reader(log, lines, width, grep), timeout=60)
-    got = proc.stdout.decode("utf-8", "replace").splitlines()
+    got = redact(proc.stdout.decode("utf-8", "replace")).splitlines()
     if got[:1] == ["@@nolog"]:
         raise Error("no_log", f"{bound.experiment} has no job log yet", "Start it with 'vasticlaude run -- CMD'.", FAILED)
     return {"experiment": bound.experiment, "instance_id": bound.instance_id, "lines": got,
@@ -53,7 +53,10 @@ def follow(bound: Bound, lines: int, width: int = 400, grep: str | None = None) 
     pauses, failures, ways, switched = ssh_pauses(), 0, route.both(), False
     while failures <= len(pauses):
         cmd = _follower(log, run_dir, lines, width, grep)
-        proc = subprocess.Popen(ssh_argv(ways[0], cmd), stdout=sys.stdout.buffer, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(ssh_argv(ways[0], cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        for line in proc.stdout:  # line by line, each with its secrets masked (the job's log is its own)
+            sys.stdout.buffer.write(redact(line.decode("utf-8", "replace")).encode("utf-8"))
+            sys.stdout.buffer.flush()
         if proc.wait() != CONNECTION_FAILED:
             if ways[0] is not route:
                 remember(ways[0])

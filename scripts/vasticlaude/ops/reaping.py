@@ -323,8 +323,8 @@ class Report:
         if self.data["dry_run"]:
             return
         paths.ensure_private_dir(self.folder)
-        write_json_atomic(self.json_path, self.data)
-        write_json_atomic(paths.home() / LAST, self.data)
+        write_json_atomic(self.json_path, self.data, redacted=True)
+        write_json_atomic(paths.home() / LAST, self.data, redacted=True)
 
     def finish(self) -> dict:
         records = state.load()["instances"]

@@ -26,6 +26,7 @@ from typing import Any
 from vasticlaude.core import budget, chart, fmt, logparse
 from vasticlaude.core import money as costing
 from vasticlaude.errors import Error
+from vasticlaude.output import redact, redact_file
 from vasticlaude.ops.costs import read_state
 from vasticlaude.remote import templates
 from vasticlaude.remote.layout import Layout
@@ -70,7 +71,7 @@ def report(experiment: str | None = None, out: Path | None = None, offline: bool
         run=facts, results=results(experiment, exp, runs, records), log=log,
         charts={"cost": charts["cost"].name, "metrics": charts["metrics"].name if "metrics" in charts else ""})
     report = out / "report.md"
-    report.write_text(text, encoding="utf-8")
+    report.write_text(redact(text), encoding="utf-8")
     return {"experiment": experiment, "report": str(report), "charts": [str(p) for p in charts.values()],
             "total_usd": costs["total_usd"], "exit_code": facts["exit_code"]}
 
@@ -378,6 +379,7 @@ def _atomic(target: Path, write) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        redact_file(tmp)  # a job that printed its environment: its keys stay out of the copy
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

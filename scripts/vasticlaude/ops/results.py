@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from vasticlaude.errors import FAILED, USAGE, Error
 from vasticlaude.ops import costs
 from vasticlaude.ops.binding import Bound
-from vasticlaude.output import progress
+from vasticlaude.output import progress, redact_file
 from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.transfer import fetch, remote
@@ -165,6 +165,7 @@ def pull(bound: Bound, paths: list[str] | None = None, dest: Path | None = None)
         costs.check_transfer(bound.experiment, bound.record, 0, todo, "this pull")
     progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id}")  # where: in the result
     result = pull_verified(route, layout, kept, dest, clock)
+    redact_run_files(dest)
     marker_warning = mark_pulled(route, layout)
     data = {"experiment": bound.experiment, "instance_id": bound.instance_id, "local_path": str(dest),
             "files": result["files"], "bytes": result["bytes"], "verified": True,
@@ -181,6 +182,17 @@ def pull(bound: Bound, paths: list[str] | None = None, dest: Path | None = None)
     return data
 
 
+
+
+def redact_run_files(dest: Path) -> None:
+    """The run's own files (job.log, setup.log, watchdog.log …) with every secret masked: a job that
+    prints its environment shows CONTAINER_API_KEY. Same size and mtime, so the next pull's rsync
+    and the size check see them unchanged. The user's outputs and checkpoints are left as they are."""
+    run = dest / "run"
+    if run.is_dir():
+        for path in sorted(run.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                redact_file(path)
 
 
 def local_dest(dest: Path | None, experiment: str) -> Path:

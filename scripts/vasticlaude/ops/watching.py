@@ -257,7 +257,7 @@ class Watch:
     def save(self, a: Assessment, done: dict | None) -> None:
         snap, kind = a.snap or {}, a.fault and a.fault["kind"]
         since = time.time() - (time.monotonic() - self.seen[kind]) if kind in self.seen else None
-        write_json_atomic(state.experiment_dir(a.experiment) / "watch.json", {
+        write_json_atomic(state.experiment_dir(a.experiment) / "watch.json", redacted=True, data={
             "version": 1, "pid": os.getpid(), "at": time.time(), "instance_id": snap.get("instance_id"),
             "job": (snap.get("job") or {}).get("state"), "fault": kind, "fault_since": since,
             "recoveries": len(self.recoveries), "syncs": self.syncs, "outcome": done and done["outcome"]})

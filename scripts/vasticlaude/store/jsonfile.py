@@ -8,17 +8,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from vasticlaude.output import redact
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` via a temp file, fsync and `os.replace`."""
+def write_json_atomic(path: Path, data: Any, redacted: bool = False) -> None:
+    """Write `data` as JSON to `path` via a temp file, fsync and `os.replace`; with `redacted` (what
+    vasticlaude keeps about the user's runs) every secret masked (output.redact). The sandbox keeps
+    its keys in its own files, unredacted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
+            text = json.dumps(data, indent=1, sort_keys=True)
+            handle.write((redact(text) if redacted else text) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from vasticlaude.output import redact
 from vasticlaude.store import paths
 
 MAX_ENTRIES = 100
@@ -47,8 +48,8 @@ def keep(path: Path, raw: bytes, problems: list[str]) -> dict:
     except Exception as err:  # noqa: BLE001 — still say it, even when nothing could be written
         entry["copy_failed"] = f"{type(err).__name__}: {err}"[:200]
     where = f"kept as {entry['copy']}" if entry["copy"] else f"could not keep a copy ({entry.get('copy_failed')})"
-    print(f"vasticlaude: {path}: {len(problems)} bad part(s) left out and defaults used ({problems[0][:160]}"
-          f"{'; …' if len(problems) > 1 else ''}); the file as it was is {where}.", file=sys.stderr, flush=True)
+    print(redact(f"vasticlaude: {path}: {len(problems)} bad part(s) left out and defaults used ({problems[0][:160]}"
+          f"{'; …' if len(problems) > 1 else ''}); the file as it was is {where}."), file=sys.stderr, flush=True)
     return entry
 
 

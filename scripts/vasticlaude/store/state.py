@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from vasticlaude.output import redact
 from vasticlaude.store import paths, quarantine, records
 from vasticlaude.store.jsonfile import write_json_atomic
 
@@ -112,7 +113,7 @@ def transaction() -> Iterator[dict]:
         yield data
         data.pop("recovered_from", None)  # said by whoever took it; never written
         data["version"] = VERSION
-        write_json_atomic(path, data)
+        write_json_atomic(path, data, redacted=True)
         _vouch(path)
 
 
@@ -200,7 +201,7 @@ def append_ledger(experiment: str, **fields: object) -> None:
 
 
 def _append(path: Path, entry: dict) -> None:
-    line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+    line = redact(json.dumps(entry, sort_keys=True, separators=(",", ":"))) + "\n"
     with _lock(path):
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
@@ -235,7 +236,7 @@ def experiment(experiment_id: str) -> Iterator[dict]:
             data = {"version": VERSION, "id": experiment_id, "created_at": time.time()}
         yield data
         data["updated_at"] = time.time()
-        write_json_atomic(path, data)
+        write_json_atomic(path, data, redacted=True)
 
 
 def read_experiment(experiment_id: str) -> dict | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vasticlaude.errors import API, Error
+from vasticlaude.output import secret
 
 REAL_URL = "https://console.vast.ai"
 
@@ -52,7 +53,14 @@ def key_file() -> Path:
 
 
 def find_key(flag: str | None = None, project: Path | None = None) -> tuple[str | None, str]:
-    """The API key and a label of where it came from ("flag", "env", ".env", "key file", "none")."""
+    """The API key and a label of where it came from ("flag", "env", ".env", "key file", "none").
+    Whatever is found is masked in everything this process prints or writes (output.secret)."""
+    key, source = _find_key(flag, project)
+    secret(key)
+    return key, source
+
+
+def _find_key(flag: str | None, project: Path | None) -> tuple[str | None, str]:
     if flag:
         return flag.strip(), "flag"
     if os.environ.get("VAST_API_KEY"):

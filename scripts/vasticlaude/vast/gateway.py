@@ -30,7 +30,7 @@ from vasticlaude.core.lifecycle import is_gone
 from vasticlaude.core import retry
 from vasticlaude.core.retry import api_pauses
 from vasticlaude.errors import API, Error
-from vasticlaude.output import progress
+from vasticlaude.output import progress, secret
 from vasticlaude.vast import rows
 from vasticlaude.vast.account import Endpoint
 
@@ -162,7 +162,9 @@ class Vast:
         if not reply.get("success") or not reply.get("new_contract"):
             raise VastError("create_refused", f"Vast refused the rental: {reply.get('msg', 'no reason given')}",
                             "Try another offer.")
-        return Created(int(reply["new_contract"]), str(reply.get("instance_api_key", "")).strip())
+        key = str(reply.get("instance_api_key", "")).strip()
+        secret(key)  # the instance's key: masked wherever this process prints or writes it
+        return Created(int(reply["new_contract"]), key)
 
     def destroy(self, instance_id: int) -> None:
         """Destroy; an instance that is already gone counts as destroyed."""
