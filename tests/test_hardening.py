@@ -535,10 +535,11 @@ def test_the_redactor_masks_known_values_and_secret_looking_assignments(tmp_path
     output.secret("acct-0123456789abcdef")
     output.secret("short")  # too short to be worth masking (and would mask too much)
     text = ('{"line":"CONTAINER_API_KEY=9f86d081884c7d65 HF_TOKEN=hf_abc123xyz PATH=/usr/bin"} '
-            'key acct-0123456789abcdef; short; monkey_business=ok')
+            'key acct-0123456789abcdef; short; tokenizer=bert-base-uncased token_acc=0.9312 --api-key=sk-live-42xyz')
     out = output.redact(text)
     assert "9f86d081884c7d65" not in out and "hf_abc123xyz" not in out and "acct-0123456789abcdef" not in out
     assert "CONTAINER_API_KEY=[redacted]******" in out and "PATH=/usr/bin" in out and "short" in out
+    assert "tokenizer=bert-base-uncased token_acc=0.9312" in out and "sk-live-42xyz" not in out  # metrics stay
     assert len(out) == len(text) and output.redact(out) == out  # same size (pull checks sizes), stable
     assert json.loads(out.split("} ")[0] + "}")["line"].startswith("CONTAINER_API_KEY=[redacted]")
     log = tmp_path / "job.log"

@@ -105,13 +105,13 @@ def _redacted(argv: list[str]) -> list[str]:
 # ----- secrets never printed or written -------------------------------------------------------
 # Every line vasticlaude prints and every file it writes goes through `redact`: the values of the
 # secrets this process knows (the account's key, an instance key seen at create, the values of
-# environment variables named like secrets: KEY, SECRET, TOKEN, PASSWORD, which is where store
-# credentials come from), and any `NAME=value` whose NAME says secret (a job that prints its
+# environment variables with a word of the name KEY, SECRET, TOKEN, PASSWORD: where store
+# credentials come from), and any `NAME=value` whose NAME says so (a job that prints its
 # environment shows CONTAINER_API_KEY=…, a key this process may never have seen). A value is masked
 # with as many characters as it had, so a pulled file keeps its size (pull verifies by size).
-SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.I)
-ASSIGNED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*(?:KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)[A-Za-z0-9_]*)=([^\s'\"\\]{4,})",
-                      re.I)
+SECRET_WORDS = {"key", "apikey", "secret", "token", "password", "passwd", "credential", "credentials"}
+ASSIGNED = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)=([^\s'\"\\]{6,})")
+NUMBER = re.compile(r"[\d.,:eE+-]+")  # a metric (token_acc=0.93), never a key
 SHORTEST = 8  # shorter values (a flag "1", a port) are not secrets worth hiding and would mask too much
 _SECRETS: set[str] = set()
 
@@ -123,9 +123,16 @@ def secret(value: object) -> None:
         _SECRETS.add(text)
 
 
+def secret_name(name: str) -> bool:
+    """Does this variable's name say it holds a secret? A word of it does (HF_TOKEN, AWS_SECRET_ACCESS_KEY,
+    CONTAINER_API_KEY, apiKey), not a part of a word (tokenizer, num_tokens, monkey)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower().split("_")
+    return bool(SECRET_WORDS.intersection(words)) or name.lower() in SECRET_WORDS
+
+
 def _environment_secrets() -> None:
     for name, value in os.environ.items():
-        if SECRET_NAME.search(name):
+        if secret_name(name):
             secret(value)
 
 
@@ -140,7 +147,14 @@ def redact(text: str) -> str:
     for value in sorted(_SECRETS, key=len, reverse=True):
         if value in text:
             text = text.replace(value, mask(value))
-    return ASSIGNED.sub(lambda m: m[1] + "=" + mask(m[2]) if not m[2].startswith("[redacted]") else m[0], text)
+    return ASSIGNED.sub(_masked_assignment, text)
+
+
+def _masked_assignment(m: re.Match) -> str:
+    name, value = m[1], m[2]
+    if not secret_name(name) or NUMBER.fullmatch(value) or value.startswith("[redacted]") or set(value) == {"*"}:
+        return m[0]
+    return f"{name}={mask(value)}"
 
 
 def redact_file(path: Path) -> bool:
