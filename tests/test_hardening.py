@@ -507,7 +507,7 @@ def test_no_key_is_printed_or_written_by_a_flow_whose_job_prints_its_environment
     cli.cwd = project
     cli.json("up", "--experiment", "envy", "--image", IMAGE, "--disk", "8")
     cli.json("push", "--experiment", "envy", "--no-setup")
-    start(cli, "envy", "--", "sh", "-c", "env; sleep 2")
+    start(cli, "envy", "--", "sh", "-c", 'env; echo "the key: $CONTAINER_API_KEY"; sleep 2')  # bare, too
     cli.json("status", "--experiment", "envy", "--wait", "--interval", "1", "--timeout", "120", "--lines", "80")
     logs = cli.json("logs", "--experiment", "envy", "--lines", "500")["lines"]
     assert [line[:28] for line in logs if line.startswith("CONTAINER_API_KEY=")] == ["CONTAINER_API_KEY=[redacted]"]
@@ -547,3 +547,8 @@ def test_the_redactor_masks_known_values_and_secret_looking_assignments(tmp_path
     os.utime(log, (1_000_000, 1_000_000))
     assert output.redact_file(log) and log.read_text() == out and log.stat().st_mtime == 1_000_000
     assert not output.redact_file(log)
+    # An instance key a later process never saw: its fingerprint (kept in the record) is enough.
+    key = "c0ffee" * 10 + "abcd"
+    monkeypatch.setattr(output, "_PRINTS", set())
+    output.secret_print(output.fingerprint(key))
+    assert output.redact(f"the key: {key}.") == "the key: " + output.mask(key) + "."

@@ -3,6 +3,7 @@ progress and logs on stderr. The envelope is `{"v": 1, "ok": bool, "data": …, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -114,6 +115,21 @@ ASSIGNED = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)=([^\s'\"\\]{6,})")
 NUMBER = re.compile(r"[\d.,:eE+-]+")  # a metric (token_acc=0.93), never a key
 SHORTEST = 8  # shorter values (a flag "1", a port) are not secrets worth hiding and would mask too much
 _SECRETS: set[str] = set()
+# Instance keys are never kept, only their fingerprints (store/state records `key_sha256`): a later
+# process masks a bare key (`echo $CONTAINER_API_KEY`) by hashing the long tokens it prints.
+_PRINTS: set[str] = set()
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def fingerprint(value: str) -> str:
+    """What is kept of an instance key: enough to recognise it, nothing to use."""
+    return hashlib.sha256(value.strip().encode("utf-8")).hexdigest()[:32]
+
+
+def secret_print(value: object) -> None:
+    """Remember a key by its fingerprint: tokens that hash to it are masked from now on."""
+    if isinstance(value, str) and len(value) == 32:
+        _PRINTS.add(value)
 
 
 def secret(value: object) -> None:
@@ -147,6 +163,8 @@ def redact(text: str) -> str:
     for value in sorted(_SECRETS, key=len, reverse=True):
         if value in text:
             text = text.replace(value, mask(value))
+    if _PRINTS:
+        text = TOKEN.sub(lambda m: mask(m[0]) if fingerprint(m[0]) in _PRINTS else m[0], text)
     return ASSIGNED.sub(_masked_assignment, text)
 
 

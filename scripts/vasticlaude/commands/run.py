@@ -32,7 +32,7 @@ budget.experiment_hours minus the hours the experiment has already run; the "gua
 JSON (--json) data: {"experiment", "instance_id", "command", "run_dir", "workdir",
   "state": "running" | "exited", "exit_code": int|null, "log_tail": [lines],
   "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "grace_s", "on_end",
-            "check_s", "kill_grace_s", "dph", "already_spent_usd"}}
+            "check_s", "kill_grace_s", "dph", "already_spent_usd", "spent_at"}}
 
 Several nodes (an experiment rented with `up --nodes N`): the command starts on every node,
 each with MASTER_ADDR (node 0's overlay address), MASTER_PORT, NODE_RANK, RANK, WORLD_SIZE (the

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vasticlaude.errors import API, FAILED, Error
+from vasticlaude.output import secret as keep_secret
 from vasticlaude.store import config, paths
 
 MANIFEST = "manifest.json"
@@ -49,6 +50,10 @@ class Target:
     sandbox: bool = False
     timeout_s: float = 300.0
     sync_interval_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        keep_secret(self.secret)  # masked in everything this process prints or writes (output.redact)
+        keep_secret(self.token)
 
     def key(self, experiment: str, rel: str = "") -> str:
         base = "/".join(p for p in (self.prefix.strip("/"), experiment) if p)

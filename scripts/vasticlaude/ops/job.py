@@ -137,7 +137,8 @@ def guard_settings(ask: GuardAsk, cfg: dict, bound: Bound) -> dict:
         raise Error("over_budget", f"experiment {bound.experiment} has used up its hours",
                     "Raise budget.experiment_hours or pass --max-hours.", FAILED)
     return {"watchdog": ask.watchdog, "budget_usd": cap, "max_hours": _round(hours), "on_end": on_end,
-            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6), "usd_per_gb": _per_gb(bound.record)}
+            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6),
+            "spent_at": round(time.time(), 3), "usd_per_gb": _per_gb(bound.record)}
 
 
 def _per_gb(rec: dict) -> list[float] | None:
@@ -170,7 +171,7 @@ def _dph(bound: Bound) -> float:
 def watchdog_script(experiment: str, layout: Layout, guard: dict) -> str:
     blank = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731 — the template reads '' as "no limit"
     return render("watchdog.sh.j2", experiment=experiment, run_dir=layout.run, dph=f"{guard['dph']:.6f}",
-                  already_spent_usd=f"{guard['already_spent_usd']:.6f}", budget_usd=blank(guard["budget_usd"]),
+                  already_spent_usd=f"{guard['already_spent_usd']:.6f}", spent_at=f"{guard.get('spent_at') or 0:.0f}", budget_usd=blank(guard["budget_usd"]),
                   max_hours=blank(guard["max_hours"]), grace_s=f"{guard['grace_s']:g}",
                   kill_grace_s=f"{guard['kill_grace_s']:g}", check_s=f"{guard['check_s']:g}", on_end=guard["on_end"],
                   store="yes" if guard.get("store") else "no", store_sync_s=f"{guard.get('store_sync_s') or 300:g}",

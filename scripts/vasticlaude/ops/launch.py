@@ -20,7 +20,7 @@ from vasticlaude.errors import BILLING_RISK, FAILED, Error
 from vasticlaude.ops.reconcile import PREFIX
 from vasticlaude.ops.search import find, remember_failed
 from vasticlaude.ops.teardown import Target, teardown
-from vasticlaude.output import progress
+from vasticlaude.output import fingerprint, progress
 from vasticlaude.remote.ssh import Key, endpoints, probe_any, route_for, ssh_key
 from vasticlaude.store import state
 from vasticlaude.vast.account import is_registered
@@ -136,6 +136,7 @@ class Launcher:
     def __init__(self, vast: Vast, plan: Plan, key: Key):
         self.vast, self.plan, self.key = vast, plan, key
         self.attempts: list[Attempt] = []
+        self.key_print: str | None = None  # the fingerprint of the last create's instance key
 
     def launch(self, cands: list[Candidate]) -> dict:
         tried: set[int] = set()
@@ -196,7 +197,9 @@ class Launcher:
             if attempt and not retry.pause(next(pauses)):
                 break  # the deadline: the label lookup above found nothing, so nothing was rented
             try:
-                return self.vast.create(cand.offer_id, **self.spec(cand)).instance_id
+                made = self.vast.create(cand.offer_id, **self.spec(cand))
+                self.key_print = fingerprint(made.instance_api_key) if made.instance_api_key else None
+                return made.instance_id
             except VastError as err:
                 if err.status is not None and err.status < 500 and err.status != 429:
                     if err.status == 401:
@@ -253,7 +256,8 @@ class Launcher:
             dph_total=round(gpu + cand.storage_dph, 6), is_bid=self.plan.wanted.interruptible,
             bid_price=gpu if self.plan.wanted.interruptible else None, disk=self.plan.wanted.disk_gb,
             image=self.plan.image, target=self.vast.target.url, inet_down_cost=cand.inet_down_cost,
-            inet_up_cost=cand.inet_up_cost)
+            inet_up_cost=cand.inet_up_cost, key_sha256=self.key_print)  # the key's fingerprint, never the key
+        self.key_print = None
         state.append_event(self.plan.experiment, "created", instance_id=iid, offer_id=cand.offer_id,
                            machine_id=cand.machine_id, gpu_name=cand.gpu_name)
 

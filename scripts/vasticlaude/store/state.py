@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from vasticlaude.output import redact
+from vasticlaude.output import redact, secret_print
 from vasticlaude.store import paths, quarantine, records
 from vasticlaude.store.jsonfile import write_json_atomic
 
@@ -63,13 +63,21 @@ def load() -> dict:
     ({"copy", "problems"}); the next transaction writes the cleaned file.
     """
     data, _ = _read(instances_path())
+    return _learn(data)
+
+
+def _learn(data: dict) -> dict:
+    """Every command that reads the records learns their instance keys' fingerprints (output.redact)."""
+    for rec in (data.get("instances") or {}).values():
+        if isinstance(rec, dict):
+            secret_print(rec.get("key_sha256"))
     return data
 
 
 def peek() -> tuple[dict, list[str]]:
     """instances.json's usable data and its problems, writing nothing (no copy kept: `cost` only reads)."""
     data, _ = _read(instances_path(), keep=False)
-    return data, data.pop("damaged", {}).get("problems", [])
+    return _learn(data), data.pop("damaged", {}).get("problems", [])
 
 
 def _read(path: Path, keep: bool = True) -> tuple[dict, str | None]:
@@ -107,6 +115,7 @@ def transaction() -> Iterator[dict]:
     path = instances_path()
     with _lock(path):
         data, damaged = _read(path)
+        _learn(data)
         data.pop("damaged", None)
         if damaged:
             data["recovered_from"] = damaged
