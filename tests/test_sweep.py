@@ -229,3 +229,15 @@ def test_a_dead_host_mid_sweep_is_recovered_and_the_others_go_on(cli, sim, tmp_p
     assert final["counts"] == {"done": 3} and final["rentals"] == 3  # the dead one, its replacement, the other
     assert starts.read_text().split().count(victim["id"]) == 2  # restarted once by the recovery, not more
     assert cli.account() == []
+
+
+def test_a_results_store_is_refused_before_anything_is_rented(tmp_path):
+    import os
+    import subprocess
+    from test_lifecycle import VC
+    (tmp_path / ".vasticlaude").mkdir()
+    (tmp_path / ".vasticlaude" / "config.json").write_text('{"store": {"url": "s3://bucket/runs"}}')
+    env = {**os.environ, "VASTICLAUDE_HOME": str(tmp_path / "vc"), "VAST_API_KEY": "unused", "VAST_URL": "http://127.0.0.1:9"}
+    proc = subprocess.run([VC, "sweep", "--json", "--experiment", "s", "--budget-usd", "1", "--", "true"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["code"] == "store_unsupported"

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from vasticlaude import console
 from vasticlaude.core import sweepspec
-from vasticlaude.errors import USAGE, Error
+from vasticlaude.errors import FAILED, USAGE, Error
 from vasticlaude.ops import launch, sweeping, sweepreport
 from vasticlaude.ops.recovery import Policy
 from vasticlaude.output import compact
@@ -105,6 +105,10 @@ def make_plan(args: argparse.Namespace, cfg: dict, name: str) -> sweeping.SweepP
 
 def run(args: argparse.Namespace) -> dict:
     cfg = config.load()
+    if (cfg.get("store") or {}).get("url"):  # its watchdog would destroy each instance after its first run
+        raise Error("store_unsupported", "a sweep cannot run with a results store configured yet (each run's "
+                    "watchdog would ship its results and destroy the instance the next run needs)",
+                    'Remove "store" from .vasticlaude/config.json while the sweep runs.', FAILED)
     name = paths.experiment_name(args.experiment or time.strftime("sweep-%Y%m%d-") + secrets.token_hex(2))
     plan = None
     if not args.resume:
