@@ -66,7 +66,7 @@ for step in range(1, steps + 1):
 open(os.path.join(os.environ["VASTICLAUDE_OUTPUT_DIR"], "result.txt"), "w").write("done\n")
 open(marker, "w").write("finished\n")
 '''
-CONFIG = {"guard": {"check_s": 1, "grace_s": 4, "kill_grace_s": 1},
+CONFIG = {"guard": {"check_s": 1, "grace_s": 30, "kill_grace_s": 1},  # grace: time for the flow's pull
           "recovery": {"sync_interval_s": 1, "preempt_wait_s": 5, "stale_after_s": 10, "unreachable_after_s": 8}}
 
 
@@ -143,7 +143,8 @@ class Campaign:
         return [step, *common]
 
     def flow(self, exp: str, spec: dict) -> None:
-        """One session's flow: stop at a kill, or after `up` fails; else go on to `down` whatever fails."""
+        """One session's flow: it ends at a kill, or when `up` or `pull` fails (the session then ends with
+    the work undone, for the reap); other failures go on to the next step."""
         outcome = []
         for step in STEPS:
             began = time.monotonic()
@@ -166,8 +167,8 @@ class Campaign:
                 kill_group(proc.pid)
                 _, err = proc.communicate()
             outcome.append(f"{step}:{proc.returncode}" + (f"({time.monotonic() - began:.0f}s)" if VERBOSE else ""))
-            if step == "up" and proc.returncode:
-                spec["up_error"] = err.strip()[-200:]
+            if step in ("up", "pull") and proc.returncode:  # as Claude would: no `down` over results not home
+                spec["error"] = err.strip()[-200:]
                 break
         spec["outcome"] = " ".join(outcome)
 
@@ -318,21 +319,28 @@ def main() -> int:
                 result = campaign.run(index, opts.jobs_max_s)
                 results.append(result)
                 bad = {k: result[k] for k in ("orphans", "duplicates", "lost", "breaches") if result[k]}
+                write(opts.out, opts.seed, results, started)
                 flows = " | ".join(f"{k}: {v['outcome']}" for k, v in result["flows"].items())
                 print(f"run {index} seed {result['seed']} {result['fault']:<15} {flows} [{result['wall_s']} s]"
                       + (f" FOUND {bad} {json.dumps(result)}" if bad else ""), file=sys.stderr, flush=True)
         finally:
             campaign.close()
-    summary = {"runs": len(results), "seeds": f"{opts.seed}..{opts.seed + len(results) - 1}",
+    summary = write(opts.out, opts.seed, results, started)
+    print(json.dumps(summary))
+    return 1 if any(summary[k] for k in ("orphans", "duplicates", "lost", "breaches")) else 0
+
+
+def write(out: str, seed: int, results: list[dict], started: float) -> dict:
+    """The summary so far, written with every run (a campaign cut short still has its table)."""
+    summary = {"runs": len(results), "seeds": f"{seed}..{seed + len(results) - 1}",
                **{k: sum(1 for r in results if r[k]) for k in ("orphans", "duplicates", "lost", "breaches")},
                "faults": {f: sum(1 for r in results if r["fault"] == f) for f in FAULTS},
                "kills": sum(1 for r in results for f in r["flows"].values() if f["kill"]),
                "wall_s": round(time.monotonic() - started, 1),
                "median_run_s": sorted(r["wall_s"] for r in results)[len(results) // 2] if results else None}
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
-    print(json.dumps(summary))
-    return 1 if any(summary[k] for k in ("orphans", "duplicates", "lost", "breaches")) else 0
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":
