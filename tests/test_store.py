@@ -116,6 +116,9 @@ def test_unwatched_job_ships_to_the_store_and_the_instance_goes_at_once(cli, sim
     assert "store: shipping outputs, checkpoints and the run files" in shipped_log
     print(f"destroyed {gone - end:.2f} s after the job's exit")
 
+    snap = cli.json("status", "--experiment", "shipped")  # the laptop comes back: what happened is clear
+    assert snap["job"]["state"] == "exited" and snap["job"]["exit_code"] == 0 and "fault" not in snap
+    assert snap["store"]["state"] == "verified" and "vasticlaude pull --experiment shipped" in snap["next"]
     pulled = cli.json("pull", "--experiment", "shipped")
     assert pulled["source"] == "store" and pulled["verified"]
     home = Path(pulled["local_path"])

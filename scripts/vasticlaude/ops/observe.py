@@ -74,7 +74,10 @@ def observe(bound: Bound, tail: int = 3) -> dict:
         data["store"] = shipped
         if shipped.get("state") == "verified":
             checkpoints.note_stored(bound.experiment, shipped.get("bytes"))
-    ended_home = row is None and checkpoints.ended_home(bound.experiment)
+    shipped_end = checkpoints.ended_in_store(bound.experiment) if row is None else None
+    if shipped_end is not None:  # the watchdog destroyed it once the results store held a verified copy
+        _ended_in_store(data, shipped_end)
+    ended_home = row is None and (shipped_end is not None or checkpoints.ended_home(bound.experiment))
     data["fault"] = diagnose(data, bound.record, lines, policy, ended_home)
     data["next"] = next_step(data)
     return data
@@ -175,6 +178,14 @@ def _store(probe: dict | None) -> dict | None:
     if isinstance(found.get("message"), str):
         found["message"] = found["message"][:160]
     return found or None
+
+
+def _ended_in_store(data: dict, shipped: dict) -> None:
+    """A gone instance whose run's end is in the results store: the job exited, with this code."""
+    code = shipped.get("exit_code")
+    data["job"].update(state="exited", exit_code=int(code) if str(code or "").lstrip("-").isdigit() else None,
+                       why="the instance was destroyed by its watchdog once the results store held a verified copy")
+    data["store"] = {"state": "verified", "files": len(shipped.get("files") or []), "bytes": shipped.get("bytes")}
 
 
 def _instance(row: dict | None) -> dict:
