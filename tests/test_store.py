@@ -145,6 +145,11 @@ def test_wrong_store_keys_are_refused_at_run_before_the_job_starts(cli, sim):
     assert "InvalidAccessKeyId" in envelope["error"]["message"] and "nothing was started" in envelope["error"]["hint"]
     assert not run_file(sim, iid, "badkeys", "job_pid") and not run_file(sim, iid, "badkeys", "watchdog_pid")
     assert status_of(sim, iid) == "running"  # still yours: fix the keys and run again
+    doctor = cli.run("doctor", "--json")
+    [store] = [c for c in json.loads(doctor.stdout)["data"]["checks"] if c["name"] == "store"]
+    assert doctor.returncode == 1 and store["status"] == "fail" and "InvalidAccessKeyId" in store["detail"]
+    configure(cli, sim, "t2")  # the right keys: a probe object written and deleted from the laptop
+    assert "store" in cli.json("doctor")["passed"]
     assert_no_store_secret(cli, sim, iid)
     cli.json("down", "--experiment", "badkeys")
 

@@ -220,12 +220,36 @@ def doctor(account: Account, register: bool = False) -> dict:
         unreachable = unreachable or api_down
     checks += [_binary_check("ssh", ["-V"], "apt-get install openssh-client"),
                _binary_check("rsync", ["--version"], "apt-get install rsync"), _home_check(), _state_check(), _quarantine_check()]
+    if (cfg.get("store") or {}).get("url"):
+        checks.append(_store_check(cfg, target))
     view = target_view(target, user)
     if view["kind"] == "sandbox":
         target_check["detail"] = f"the local sandbox at {view['url']}"
     failed = any(c["status"] == "fail" for c in checks)
     code = API if unreachable else FAILED if failed else OK
     return {"ok": not failed, "exit_code": code, "target": view, "checks": checks}
+
+
+def _store_check(cfg: dict, target: Endpoint | None) -> dict:
+    """The results store (README "Results store"): keys found, and a probe object put and deleted from here."""
+    from vasticlaude.ops import bucket
+    try:
+        store = bucket.resolve(cfg, sandbox=bool(target and target.sandbox))
+        if store is None:
+            return check("store", "ok", "no results store configured")
+        client = store.client()
+        probe = store.key("doctor", ".vasticlaude-probe")
+        client.put_object(Bucket=store.bucket, Key=probe, Body=b"vasticlaude doctor\n")
+        client.delete_object(Bucket=store.bucket, Key=probe)
+    except Error as err:
+        return check("store", "fail", err.message, err.hint)
+    except Exception as err:  # noqa: BLE001 — boto3's errors, said in one line without a key
+        if store is None:
+            return check("store", "fail", f"the results store could not be set up ({type(err).__name__})")
+        said = bucket.describe(err, store)
+        return check("store", "fail", said.message, said.hint)
+    return check("store", "ok", f"results store {store.url}: keys from {store.key_source} (key id ends in "
+                 f"{key_ends(store.key_id)}); a probe object was written and deleted")
 
 
 def _remote_checks(target: Endpoint, register: bool) -> tuple[list[dict], dict | None, bool]:
