@@ -104,10 +104,11 @@ def test_the_watchdog_counts_the_interfaces_bytes_but_not_loopback(tmp_path):
     """The watchdog's spend: $/h x time + (bytes in x $/GB in + bytes out x $/GB out) since it started."""
     import subprocess
 
-    from vasticlaude.remote.templates import render
-    script = render("watchdog.sh.j2", experiment="e", run_dir="run", dph="3.6", already_spent_usd="0.5",
-                    budget_usd="10", max_hours="", grace_s="60", kill_grace_s="5", check_s="1", on_end="stop",
-                    store="no", store_sync_s="300", usd_per_gb_in="2", usd_per_gb_out="8")
+    from vasticlaude.ops.job import watchdog_script
+    from vasticlaude.remote.layout import Layout
+    guard = {"dph": 3.6, "already_spent_usd": 0.5, "budget_usd": 10.0, "max_hours": None, "grace_s": 60,
+             "kill_grace_s": 5, "check_s": 1, "on_end": "stop", "usd_per_gb": [2, 8]}
+    script = watchdog_script("e", Layout("e"), guard)  # as `run` renders it: every variable the template needs
     assert script.rstrip().endswith("\nmain")
     dev = tmp_path / "netdev"
     gib = 1 << 30
