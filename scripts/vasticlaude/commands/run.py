@@ -29,10 +29,11 @@ Defaults: the budget `up --budget-usd` or an earlier run set, else budget.experi
 budget.experiment_hours minus the hours the experiment has already run; the "guard" block of
 .vasticlaude/config.json. Refused (exit 1) when the experiment's budget or hours are used up.
 
-JSON (--json) data: {"experiment", "instance_id", "command", "run_dir", "workdir",
+JSON (--json) data: {"experiment", "instance_id", "command", "run_dir" and "workdir" (only when not the
+  usual ~/vasticlaude/<experiment>/run and …/code),
   "state": "running" | "exited", "exit_code": int|null, "log_tail": [lines],
   "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "grace_s", "on_end",
-            "check_s", "kill_grace_s", "dph", "already_spent_usd", "spent_at"}}
+            "check_s", "kill_grace_s", "dph", "store": true (only with a results store)}}
 
 Several nodes (an experiment rented with `up --nodes N`): the command starts on every node,
 each with MASTER_ADDR (node 0's overlay address), MASTER_PORT, NODE_RANK, RANK, WORLD_SIZE (the
@@ -58,6 +59,7 @@ from vasticlaude.core.faults import last_words
 from vasticlaude.errors import Error
 from vasticlaude.errors import FAILED, USAGE
 from vasticlaude.ops import job, nodes
+from vasticlaude.remote.layout import Layout
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -133,10 +135,18 @@ def main(argv: list[str]) -> int:
     return console.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view, explain=explain)
 
 
+INTERNAL = {"already_spent_usd", "spent_at", "usd_per_gb"}  # the watchdog's own figures, kept in experiment.json
+
+
 def _json_view(data: dict) -> dict:
-    """--json: the guard without its internal figures or empty settings."""
-    guard = {k: v for k, v in (data.get("guard") or {}).items() if v is not None and k != "already_spent_usd"}
-    return {**data, "guard": guard}
+    """--json: the guard without its internal figures or empty settings (`store` only when on); the
+    folders on the instance only where they are not the usual ones (Claude reads every byte)."""
+    guard = {k: v for k, v in (data.get("guard") or {}).items()
+             if v is not None and k not in INTERNAL and not (k == "store" and not v)}
+    usual = Layout(data["experiment"]) if data.get("experiment") else None
+    folders = {k: data[k] for k, std in (("run_dir", "run"), ("workdir", "code"))
+               if k in data and not (usual and data[k] == getattr(usual, std))}
+    return {**{k: v for k, v in data.items() if k not in ("run_dir", "workdir")}, **folders, "guard": guard}
 
 
 def _exit_code(data: dict) -> int:

@@ -110,9 +110,9 @@ class Watch:
     # ----- one check -------------------------------------------------------------------------
     def check(self, a: Assessment) -> dict | None:
         snap = a.snap
-        if snap is not None:
-            self.say(snap, a.fault)
         job = (snap or {}).get("job") or {}
+        if snap is not None and (a.fault is not None or job.get("state") != "exited"):
+            self.say(snap, a.fault)  # an ended job's last state is the result, said once there
         if a.fault is not None:
             return self.on_fault(a)
         self.seen.clear()
