@@ -88,9 +88,9 @@ def _read(path: Path, keep: bool = True) -> tuple[dict, str | None]:
         return _empty(), None
     except OSError as err:
         return {**_empty(), "damaged": {"copy": None, "problems": [f"unreadable: {err}"]}}, str(path)
+    if _vouched(path, raw):  # written by the store itself since its last check: months of records stay fast
+        return json.loads(raw), None
     found, why = records.parse(raw)
-    if not why and _vouched(path, raw):
-        return found, None  # written by the store itself since its last check: months of records stay fast
     problems = []
     if why:
         found = records.salvage_instances(raw.decode("utf-8", "replace"))
