@@ -10,7 +10,8 @@ sync cycle, not always just after a sync; --offset-max 0 injects it right after)
                     (x1.25) and the job is restarted in place;
   - host-down       the host goes offline: relaunch on another machine from the synced copy;
   - container-exit  the container dies: relaunch.
-The project config is {"recovery": {"sync_interval_s": 2, "preempt_wait_s": 60}}.
+The project config is {"recovery": {"sync_interval_s": 2, "preempt_wait_s": 60, "confirm_s": 20}}: the
+confirm window (180 s by default, the transient outages seen on Vast) is 20 s x the poll scale 0.05 = 1 s here.
 
 Reports, per kind, each run and the median (JSON on stdout; also bench/results/recovery.json):
   - fault_to_running_s: the bench's time.time() at injection → the `at` of the `recover_step`
@@ -60,6 +61,7 @@ STEP_S = 0.2
 STEPS = 80
 FAULT_AFTER_STEP = 10
 SYNC_INTERVAL_S = 2
+CONFIRM_S = 20  # x the poll scale 0.05: a fault must last 1 s before it is acted on
 GOAL_OVERHEAD_S = 30
 # The job of tests/test_recovery.py: resumes from its checkpoint, checkpoints after every step.
 TRAIN = r'''
@@ -100,7 +102,7 @@ class Bench:
         (self.project / ".vasticlaude").mkdir(parents=True)
         (self.project / "train.py").write_text(TRAIN)
         (self.project / ".vasticlaude" / "config.json").write_text(json.dumps(
-            {"recovery": {"sync_interval_s": SYNC_INTERVAL_S, "preempt_wait_s": 60}}))
+            {"recovery": {"sync_interval_s": SYNC_INTERVAL_S, "preempt_wait_s": 60, "confirm_s": CONFIRM_S}}))
         self.env = sim.env(HOME=str(work / "home"), VASTICLAUDE_HOME=str(self.vchome), VASTICLAUDE_POLL_SCALE="0.05")
         for name in [k for k in self.env if k.startswith("CLAUDE_SESSION")]:
             del self.env[name]
