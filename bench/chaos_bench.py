@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from simkit import Sim  # noqa: E402
+from test_hooks import alive  # noqa: E402 — a pid alive and not a zombie, as the hook tests check it
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
 IMAGE = "vastai/base:0.0.2"
@@ -284,15 +285,6 @@ def bill_total(rec: dict) -> float:
     return sum(float((bill.get(k) or {}).get("amount") or 0) for k in ("gpu", "disk"))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def kill_group(pid: int) -> None:
