@@ -317,6 +317,8 @@ def test_torchrun_gets_the_flags_and_down_leaves_nothing(sim, cli, project):  # 
         assert exp["runs"][-1]["command"] == (
             f"python3 bin/torchrun --nnodes 2 --nproc-per-node 1 --node-rank {rank} --rdzv-backend c10d --rdzv-endpoint "
             f"{started['endpoint']} --rdzv-id tr rendezvous.py 3 0.1")
+    shown = [cli.json("logs", "--experiment", "tr", *node)["experiment"] for node in ([], ["--node", "1"])]
+    assert shown == ["tr-n0", "tr-n1"]  # the group's log is rank 0's; --node picks another
     calm = cli.json("recover", "--experiment", "tr", "--dry-run")
     assert calm["fault"] is None and calm["done"] is False
     done = cli.json("watch", "--experiment", "tr", "--interval", "1")
