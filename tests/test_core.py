@@ -91,6 +91,38 @@ def test_cost_integrates_the_history_gpu_only_while_running():
     assert money.billing_now(rec) == 0.0
 
 
+def test_the_totals_and_a_rows_figures_agree_bandwidth_included(monkeypatch):
+    """One formula: cost's experiment sum, its total, the session and today are sums of the rows
+    (money.instance_cost), bandwidth included; today counts only the bytes moved since midnight."""
+    import json
+    import time
+
+    from vasticlaude.ops import costs
+    from vasticlaude.store import state
+    noon = time.mktime(time.localtime()[:3] + (12, 0, 0, 0, 0, -1))
+    midnight = budget.midnight(noon)
+    gb = 1 << 30
+    rec = {"id": 7, "label": "vasticlaude-e-7", "experiment": "e", "gpu_dph": 0.5, "storage_dph": 0.05,
+           "created_at": midnight - 3600, "created_by": "me@host session=s1 pid=1", "status": "running",
+           "inet_down_cost": 0.02, "inet_up_cost": 0.05,
+           "traffic": [[midnight - 1800, 3 * gb, 0], [noon - 600, gb, 2 * gb]],  # $0.06 yesterday, $0.12 today
+           "history": [{"at": midnight - 3600, "status": "running", "why": ""}]}
+    state.instances_path().parent.mkdir(parents=True, exist_ok=True)
+    state.instances_path().write_text(json.dumps({"version": 1, "intents": {}, "instances": {"7": rec}}))
+    monkeypatch.setattr(time, "time", lambda: noon)
+    monkeypatch.setenv("CLAUDE_SESSION_ID", "s1")
+    out = costs.summary(budget.Limits(daily_usd=100))
+    row = money.instance_cost(rec, noon)
+    assert row["bandwidth_usd"] == pytest.approx(0.18) and out["instances"][0]["total_usd"] == row["total_usd"]
+    assert out["total_usd"] == out["experiments"][0]["spent_usd"] == out["session"]["spent_usd"] == \
+        pytest.approx(row["total_usd"], abs=1e-6)
+    assert money.total_usd(rec, noon)[1] == pytest.approx(row["total_usd"], abs=1e-6)
+    today = row["total_usd"] - money.instance_cost(rec, midnight)["total_usd"]  # 12 h of $0.55/h and $0.12 of bytes
+    assert out["today"]["spent_usd"] == pytest.approx(today, abs=1e-6) == pytest.approx(12 * 0.55 + 0.12)
+    assert budget.spent_today(state.load(), noon) == pytest.approx(today, abs=1e-6)
+    assert budget.experiment_spent("e", state.load(), noon) == pytest.approx(row["total_usd"], abs=1e-6)
+
+
 @pytest.mark.parametrize("actual,expected", [(None, "creating"), ("created", "creating"), ("loading", "loading"),
                                              ("running", "running"), ("frozen", "running"), ("stopped", "stopped"),
                                              ("exited", "exited"), ("offline", "offline"), ("unknown", "offline"),

@@ -82,6 +82,21 @@ def test_caps_never_sum_past_the_total():
     assert sweepspec.grow(1.0, caps, final, "c") == caps["c"]  # nothing left to hand out
 
 
+@pytest.mark.unit
+def test_a_run_left_mid_launch_is_never_reported_not_run():
+    """close(): only a run that never left `pending` is `not_run`; one whose launch went out
+    (`starting`) may have run, so its outcome is `lost`, as for a run whose instance went."""
+    from vasticlaude.ops import sweeping
+    from vasticlaude.store import state
+    runs = [{"id": rid, "params": {}, "command": "true", "env": {}, "state": st}
+            for rid, st in (("r1", "pending"), ("r2", "starting"), ("r3", "running"), ("r4", "done"))]
+    with state.experiment("mid") as exp:
+        exp["sweep"] = {"version": 1, "state": "running", "budget_usd": 1.0, "parallel": 1, "runs": runs,
+                        "slots": [{"name": "mid.w1", "cap_usd": 1.0, "state": "retired"}]}
+    got = {r["id"]: r["state"] for r in sweeping.close(sweeping.Book("mid"))["runs"]}
+    assert got == {"r1": "not_run", "r2": "lost", "r3": "lost", "r4": "done"}
+
+
 # ----- on the sandbox ---------------------------------------------------------------------------
 def test_a_12_run_grid_on_4_instances(cli, sim, tmp_path):
     starts = project(cli, tmp_path)
@@ -180,6 +195,39 @@ def test_a_budget_that_runs_out_midway_stops_cleanly(cli, sim, tmp_path):
     billed = sum(world[str(i)]["billing"]["gpu"]["amount"] + world[str(i)]["billing"]["disk"]["amount"]
                  for i in data["instances"])
     assert billed <= total, (billed, total)  # what the sandbox billed: the total held
+
+
+SELF_DESTROY = r'''
+import pathlib, urllib.request
+marker = pathlib.Path(STARTS).with_name("destroyed-once")
+if not marker.exists():  # the first start ends its own instance at once, as a watchdog at the budget does
+    marker.touch()
+    env = dict(os.environ)
+    vast_env = pathlib.Path.home() / ".vast_env"
+    for line in vast_env.read_text().splitlines() if vast_env.exists() else []:
+        name, _, value = line.removeprefix("export ").partition("=")
+        env.setdefault(name, value.strip("\"'"))
+    url = f"{env['VAST_URL'].rstrip('/')}/api/v0/instances/{env['CONTAINER_ID']}/"
+    urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers={
+        "Authorization": "Bearer " + env["CONTAINER_API_KEY"]}), timeout=30).read()
+    time.sleep(30)
+'''
+
+
+def test_a_run_whose_launch_lost_its_instance_is_watched_not_reported_not_run(cli, sim, tmp_path):
+    """The job began and its instance went under the launch's SSH call (the launch's answer is lost):
+    the run began, so it is watched (here: recovered and run again), never given back as not run."""
+    starts = project(cli, tmp_path, steps=3)
+    script = (cli.cwd / "train.py").read_text()
+    (cli.cwd / "train.py").write_text(script.replace("steps = STEPS\n", "steps = STEPS\n" + SELF_DESTROY))
+    proc = cli.run("sweep", "--json", "--experiment", "lostlaunch", "--parallel", "1", "--budget-usd", "2",
+                   "--param", "lr=0.001", "--param", "bs=8", *SWEEP, "--", "python3", "train.py", "{lr}", "{bs}",
+                   timeout=300)
+    data = json.loads(proc.stdout)["data"]
+    assert starts.read_text().split() == ["r01", "r01"]  # began, its instance destroyed; began again
+    assert data["counts"] == {"done": 1}, (data["runs"], proc.stderr[-3000:])
+    assert data["rentals"] == 2 and cli.account() == []
+    assert "its start was not confirmed" in proc.stderr  # the launch's answer was lost: the case pinned here
 
 
 def test_session_end_reap_leaves_a_guarded_run_and_tears_down_an_idle_slot(cli, sim, tmp_path):

@@ -3,8 +3,10 @@
 Estimates come from instances.json alone (each record's $/h and status history:
 GPU while running, storage while the instance exists; plus bandwidth, the bytes push, pull
 and sync moved at the offer's inet_down_cost/inet_up_cost $/GB), so by default this makes no
-API call, imports no `vastai`, writes nothing and answers at once. `--actual` adds
-Vast's own charges (`show invoices-v1 --charges`) beside each estimate.
+API call, imports no `vastai`, writes nothing and answers at once. One formula (core/money.py)
+makes every figure: each total (experiments, session, today, total_usd) is the sum of the rows'
+total_usd, bandwidth included. `--actual` adds Vast's own charges (`show invoices-v1 --charges`)
+beside each estimate.
 
 Usage: vasticlaude cost [--experiment X] [--all] [--actual] [--experiment-usd N]
                         [--experiment-hours N] [--daily-usd N] [--sandbox] [--api-key KEY] [--json]

@@ -42,16 +42,29 @@ def experiment_hours_used(experiment: str, data: dict, now: float | None = None)
                if r.get("experiment") == experiment) / 3600
 
 
+def midnight(now: float) -> float:
+    """Local midnight before `now`: where "today" starts for the daily cap and `cost`."""
+    return time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+
+
 def spent_today(data: dict, now: float | None = None) -> float:
-    """Dollars billed since local midnight by every instance in the state."""
+    """Dollars billed since local midnight by every instance in the state (GPU, storage, bandwidth)."""
     now = now or time.time()
-    midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-    total = 0.0
-    for rec in data["instances"].values():
-        if rec.get("destroyed_at") and float(rec["destroyed_at"]) < midnight:
-            continue  # gone before today: nothing of it is today's
-        total += money.total_usd(rec, now)[1] - _cost_until(rec, midnight)
-    return total
+    since = midnight(now)
+    return sum(share_since(rec, money.total_usd(rec, now)[1], since) for rec in data["instances"].values()
+               if not gone_before(rec, since))
+
+
+def gone_before(rec: dict, when: float) -> bool:
+    return bool(rec.get("destroyed_at")) and float(rec["destroyed_at"]) < when
+
+
+def share_since(rec: dict, total: float, since: float) -> float:
+    """The part of `total` (the record's dollars up to now, money.total_usd) billed after `since`;
+    `cost` passes the totals it already has, so today is the same formula as every other figure."""
+    if gone_before(rec, since):
+        return 0.0  # gone before it: nothing of it is today's
+    return total - _cost_until(rec, since)
 
 
 def _cost_until(rec: dict, when: float) -> float:

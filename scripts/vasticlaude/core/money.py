@@ -31,19 +31,27 @@ def spans(rec: dict, now: float) -> tuple[float, float]:
     return running, exists
 
 
+def dollars(rec: dict, running: float, exists: float, now: float | None) -> tuple[float, float, float]:
+    """GPU, storage and bandwidth dollars for these spans: the one formula, so every total (cost's
+    sums, today, the budgets) is the sum of the rows."""
+    gpu = running * float(rec.get("gpu_dph") or 0) / 3600
+    storage = exists * float(rec.get("storage_dph") or 0) / 3600
+    net = bandwidth_usd(rec, now) if rec.get("traffic") else 0.0  # most records moved nothing: skip the walk
+    return gpu, storage, net
+
+
 def total_usd(rec: dict, now: float) -> tuple[float, float]:
-    """Seconds running and dollars spent up to `now`, unrounded: what totals over months of records add up."""
+    """Seconds running and dollars spent (bandwidth included) up to `now`, unrounded: what totals
+    over months of records add up."""
     running, exists = spans(rec, now)
-    return running, (running * float(rec.get("gpu_dph") or 0) + exists * float(rec.get("storage_dph") or 0)) / 3600
+    return running, sum(dollars(rec, running, exists, now))
 
 
 def instance_cost(rec: dict, now: float | None = None) -> dict:
-    """Seconds running and existing, and dollars of GPU, storage and total up to `now`."""
+    """Seconds running and existing, and dollars of GPU, storage, bandwidth and total up to `now`."""
     now = now or time.time()
     running, exists = spans(rec, now)
-    gpu = running * float(rec.get("gpu_dph") or 0) / 3600
-    storage = exists * float(rec.get("storage_dph") or 0) / 3600
-    net = bandwidth_usd(rec, now)
+    gpu, storage, net = dollars(rec, running, exists, now)
     return {"running_s": round(running, 1), "exists_s": round(exists, 1), "gpu_usd": round(gpu, 6),
             "storage_usd": round(storage, 6), "bandwidth_usd": round(net, 6), "total_usd": round(gpu + storage + net, 6),
             "dph": round(float(rec.get("gpu_dph") or 0) + float(rec.get("storage_dph") or 0), 6)}
@@ -68,8 +76,12 @@ def transfer_usd(in_bytes: float, out_bytes: float, down_cost: float, up_cost: f
 
 def traffic_bytes(rec: dict, now: float | None = None) -> tuple[int, int]:
     """Bytes (in, out) the record's transfers moved up to `now`."""
-    entries = [e for e in rec.get("traffic") or [] if now is None or float(e[0]) <= now]
-    return sum(int(e[1]) for e in entries), sum(int(e[2]) for e in entries)
+    moved_in = moved_out = 0
+    for entry in rec.get("traffic") or ():  # one pass: every total over months of records walks it
+        if now is None or float(entry[0]) <= now:
+            moved_in += int(entry[1])
+            moved_out += int(entry[2])
+    return moved_in, moved_out
 
 
 def bandwidth_usd(rec: dict, now: float | None = None) -> float:

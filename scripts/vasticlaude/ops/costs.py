@@ -34,9 +34,10 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     """What `cost` reports: instances, experiments, the session, today; Vast's charges when `vast` is given."""
     now = time.time()
     data = read_state()
-    recs = [r for r in data["instances"].values() if not experiment or r.get("experiment") == experiment]
-    lean = [Lean.of(r, now) for r in recs]  # every record counts in the totals; only the listed get a full row
-    cutoff = 0.0 if everything else time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    every = [Lean.of(r, now) for r in data["instances"].values()]  # once: the totals, today and the session share it
+    lean = [x for x in every if not experiment or x.rec.get("experiment") == experiment]
+    recs = [x.rec for x in lean]  # every record counts in the totals; only the listed get a full row
+    cutoff = 0.0 if everything else budget.midnight(now)
     listed = sorted((x for x in lean if not x.destroyed_at or x.destroyed_at >= cutoff),
                     key=lambda x: (x.rec.get("created_at") or 0, str(x.rec.get("id"))))
     shown = listed if everything else listed[-MAX_INSTANCES:]
@@ -49,7 +50,7 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
         exps = [e for e in exps if e["live"] or e["last_at"] >= cutoff or (experiment and e["experiment"] == experiment)]
         exps = sorted(exps, key=lambda e: (-e["live"], -e["last_at"]))[:MAX_EXPERIMENTS]
     exps = [_with_budget(e, limits) for e in exps]  # an experiment's own budget is read only for what is shown
-    return {"instances": rows, "experiments": exps, "session": session(data, now), "today": today(data, limits, now),
+    return {"instances": rows, "experiments": exps, "session": session(every), "today": today(every, limits, now),
             "billing_usd_per_hour": round(float(sum(x.dph_now for x in lean)), 6),
             "not_listed": len(lean) - len(rows), "total_usd": round(sum(x.total_usd for x in lean), 6)}
 
@@ -189,20 +190,18 @@ def created_in(rec: dict) -> str | None:
     return match.group(1) if match else None
 
 
-def session(data: dict, now: float) -> dict | None:
+def session(every: list[Lean]) -> dict | None:
     """Instances created under this Claude session (their `created_by` names it)."""
     sid = session_id()
     if not sid:
         return None
-    mine = [Lean.of(r, now) for r in data["instances"].values() if created_in(r) == sid]
+    mine = [x for x in every if created_in(x.rec) == sid]
     return {"id": sid, "instances": [x.rec.get("id") for x in mine], "live": sum(not x.destroyed_at for x in mine),
             "dph_now": round(sum(x.dph_now for x in mine), 6), "spent_usd": round(sum(x.total_usd for x in mine), 6)}
 
 
-def today(data: dict, limits: budget.Limits, now: float) -> dict:
-    spent = budget.spent_today(data, now)
+def today(every: list[Lean], limits: budget.Limits, now: float) -> dict:
+    """What every instance billed since midnight: budget.spent_today's rule on the totals already made."""
+    since = budget.midnight(now)
+    spent = sum(budget.share_since(x.rec, x.total_usd, since) for x in every)
     return {"spent_usd": round(spent, 6), "daily_cap_usd": limits.daily_usd, "left_usd": _left(limits.daily_usd, spent)}
-
-
-
-

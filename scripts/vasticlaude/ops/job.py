@@ -100,6 +100,9 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     except Error as err:
         if err.code == "already_running":  # nothing was started: the entry would claim a run
             _forget_launch(bound.experiment, launch)
+        else:  # the answer was lost, maybe not the launch: a recovery restarts the job with this guard
+            with state.experiment(bound.experiment) as exp:
+                _keep_guard(exp, guard)
         raise
     guard["alive"] = result.pop("watchdog_alive")
     _record(bound.experiment, bound.instance_id, spec, workdir, result, guard, launch)
@@ -125,7 +128,7 @@ def guard_settings(ask: GuardAsk, cfg: dict, bound: Bound) -> dict:
              "kill_grace_s": float(_pick(ask.kill_grace_s, gcfg.get("kill_grace_s"), 60))}
     if times["check_s"] <= 0 or times["grace_s"] < 0 or times["kill_grace_s"] < 0:
         raise Error("bad_guard", "--check must be > 0, --grace and --kill-grace >= 0", "", USAGE)
-    dph = _dph(bound)
+    dph = dph_of(bound)
     # The watchdog stops the job one kill grace before the budget (so the hard stop lands at it):
     # with less than that left, the job would be stopped the moment it starts.
     reserve = dph * times["kill_grace_s"] / 3600 if ask.watchdog else 0.0
@@ -162,7 +165,7 @@ def _hours_left(experiment: str, limit: float | None) -> float | None:
     return float(limit) - budget.experiment_hours_used(experiment, state.load())
 
 
-def _dph(bound: Bound) -> float:
+def dph_of(bound: Bound) -> float:
     """The instance's $/h while running (GPU + storage): the state record, else the API row."""
     dph = costing.instance_cost(bound.record)["dph"] or float(bound.record.get("dph_total") or 0)
     return dph or float((bound.row or {}).get("dph_total") or 0)
@@ -220,6 +223,12 @@ def _forget_launch(experiment: str, launch: str) -> None:
         exp["runs"] = [r for r in exp.get("runs") or [] if r.get("launch") != launch]
 
 
+def _keep_guard(exp: dict, guard: dict) -> None:
+    exp["guard"] = guard
+    if guard["budget_usd"] is not None:
+        exp["budget_usd"] = guard["budget_usd"]  # one budget per experiment, set once, read by every guard
+
+
 def _record(experiment: str, instance_id: int, spec: JobSpec, workdir: str, result: dict, guard: dict,
             launch: str) -> None:
     cmd = spec.command
@@ -233,9 +242,7 @@ def _record(experiment: str, instance_id: int, spec: JobSpec, workdir: str, resu
         entry.pop("launching", None)
         entry.update(at=time.time(), immediate_exit=result["exit_code"])
         exp["command"] = cmd
-        exp["guard"] = guard
-        if guard["budget_usd"] is not None:
-            exp["budget_usd"] = guard["budget_usd"]  # one budget per experiment, set once, read by every guard
+        _keep_guard(exp, guard)
     state.append_event(experiment, "run", instance_id=instance_id, command=cmd, state=result["state"],
                        exit_code=result["exit_code"], guard=guard)
     if result["state"] == "exited":

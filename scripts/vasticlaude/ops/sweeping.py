@@ -178,6 +178,14 @@ def watchdog_cap(cap: float, bound: Bound, guard: dict) -> float:
     return round(max(0.0, cap - dph * blind_s / 3600), 8)
 
 
+def run_room(cap: float, bound: Bound, guard: dict) -> float:
+    """Dollars of the slot's cap a run can spend before its watchdog stops it: the watchdog's cap
+    (watchdog_cap) less what it stops early by, a check interval plus the kill grace ahead."""
+    dph = float(bound.record.get("dph_total") or 0)
+    ahead_s = float(guard.get("check_s") or 15) + float(guard.get("kill_grace_s") or 0)
+    return watchdog_cap(cap, bound, guard) - dph * ahead_s / 3600
+
+
 # ----- one slot ----------------------------------------------------------------------------------
 class Slot:
     """One instance's share of the sweep: rent, push, then runs one after another until none is left."""
@@ -348,34 +356,53 @@ class Slot:
         guard = sw.get("guard") or {}
         ask = job.GuardAsk(budget_usd=watchdog_cap(cap, self.bound, guard), grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
                            kill_grace_s=guard.get("kill_grace_s"), on_end="destroy")
-        self.book.run(rid, state="starting", slot=self.name, instance_id=self.bound.instance_id)
+        # cap and $/h go down before the launch: a run whose start is not confirmed is watched with them
+        self.book.run(rid, state="starting", slot=self.name, instance_id=self.bound.instance_id, cap_usd=cap,
+                      dph=job.dph_of(self.bound), recoveries=run.get("recoveries", 0))
         try:
             got = job.start(self.bound, job.JobSpec(command=command, env=env, restart=True, guard=ask))
         except Error as err:
-            if err.code != "over_budget":
+            if err.code == "over_budget":  # job.start's own check refused it: nothing was launched
+                self.claims.give_back(rid, err.message)
+                self.say(f"budget: {err.message}")
+                self.book.slot(self.name, note=f"budget: {err.message}"[:300], code="over_budget")
+                return False
+            if not self.began(rid):
+                self.claims.give_back(rid, err.message)
                 raise
-            self.claims.give_back(rid, err.message)
-            self.say(f"budget: {err.message}")
-            self.book.slot(self.name, note=f"budget: {err.message}"[:300], code="over_budget")
-            return False
+            # The launch's answer was lost, not the launch: e.g. its watchdog stopped the job at once and
+            # destroyed the instance under the SSH call. It ran: the watch finds how it ended.
+            self.say(f"{rid}: its start was not confirmed ({err.message[:120]}); it began, watching it")
+            self.book.run(rid, state="running", started_at=time.time())
+            return True
         self.say(f"{rid} started on instance {self.bound.instance_id}: {run['command'][:100]}")
-        self.book.run(rid, state="running", started_at=time.time(), cap_usd=cap,
-                      dph=got["guard"]["dph"], recoveries=run.get("recoveries", 0))
+        self.book.run(rid, state="running", started_at=time.time(), dph=got["guard"]["dph"])
         return True
+
+    def began(self, rid: str) -> bool:
+        """After a failed launch: did the run begin? Its wrapper's started_at on the instance says (the
+        run's folders were emptied just before); an instance that no longer answers counts as begun,
+        since a run reported not run must never have run (the watch then finds what became of it)."""
+        try:
+            return self.where(rid) != "nothing"
+        except Error:
+            return True
 
     def cannot_finish(self, cap: float, sw: dict) -> str | None:
         """Why the cap left cannot pay for one more run like those this instance ran (None when it can):
-        a run the budget would stop midway only wastes money."""
+        a run the budget would stop midway only wastes money. What is left is what the run's watchdog
+        will let it spend (run_room), not the bare cap: it stops the job that much earlier."""
         done = [r for r in sw["runs"] if r.get("slot") == self.name and r.get("seconds") and r.get("dph")]
         if not done:
             return None
+        assert self.bound is not None
         seconds = sum(float(r["seconds"]) for r in done) / len(done)
-        kill_grace = float((sw.get("guard") or {}).get("kill_grace_s") or 0)
-        need = float(done[-1]["dph"]) * (seconds + kill_grace) / 3600
-        left = cap - slot_spent(self.name)
+        need = float(done[-1]["dph"]) * seconds / 3600
+        left = run_room(cap, self.bound, sw.get("guard") or {}) - slot_spent(self.name)
         if left >= need:
             return None
-        return f"${left:.4f} of this instance's ${cap:.4f} share is left; a run here takes about ${need:.4f}"
+        return (f"${max(left, 0.0):.4f} of this instance's ${cap:.4f} share is left before its watchdog would stop "
+                f"a run; a run here takes about ${need:.4f}")
 
     def over_total(self) -> bool:
         """The controller's own check of the one total: every slot's spend so far against it."""
@@ -508,6 +535,7 @@ class Claims:
             for r in sw["runs"]:
                 if r["state"] == "pending" and not r.get("claimed"):
                     r["claimed"] = slot
+                    r.pop("note", None)  # why another slot gave it back is not this slot's story
                     return r["id"]
         return None
 
@@ -613,8 +641,10 @@ def sweep(plan: SweepPlan | None, name: str, opts: Options) -> dict:
 def close(book: Book) -> dict:
     with book.change() as sw:
         for r in sw["runs"]:
-            if r["state"] in ("pending", "starting"):
+            if r["state"] == "pending":
                 r.update(state="not_run", note=r.get("note") or "no budget or instance left for it")
+            elif r["state"] == "starting":  # its slot stopped mid-launch: it may have run, so never `not_run`
+                r.update(state="lost", note=r.get("note") or "its start was never confirmed")
             elif r["state"] == "running":  # its slot stopped under it (and destroyed its instance)
                 r.update(state="lost", note=r.get("note") or "its instance was lost")
                 r.pop("claimed", None)
