@@ -17,6 +17,7 @@ import pytest
 
 from vasticlaude import cli
 from vasticlaude.commands import cost, doctor
+from vasticlaude.ops import costs
 from vasticlaude.store import state
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
@@ -253,6 +254,100 @@ def test_cost_folds_instances_destroyed_before_today(tmp_path, monkeypatch):
     assert "1 destroyed before today not listed" in cost.human(out)
     every = run_cost(monkeypatch, noon, "--all")
     assert [r["id"] for r in every["instances"]] == [100, 101, 102, 103] and every["not_listed"] == 0
+
+
+def with_a_group(data: dict, noon: float) -> None:
+    """`up --nodes 3 --experiment big`: nodes big-n0..n2, big-n1 relaunched after its host died (two
+    instances); foo-n0, named like a node but of no group, and big-n7, not one of big's nodes."""
+    def rec(iid, exp, start, end=None, gpu=1.0):
+        hist = [(start, "running")] + ([(end, "destroyed")] if end else [])
+        return {"id": iid, "label": f"vasticlaude-{exp}", "experiment": exp, "gpu_dph": gpu, "storage_dph": 0.05,
+                "gpu_name": "H100", "created_at": start, "destroyed_at": end, "created_by": "me@host session=s1 pid=1",
+                "status": hist[-1][1], "history": [{"at": at, "status": st, "why": ""} for at, st in hist]}
+    for r in [rec(201, "big-n0", noon - 3600), rec(202, "big-n1", noon - 3600, noon - 2400),
+              rec(203, "big-n1", noon - 2000), rec(204, "big-n2", noon - 3600, gpu=1.5),
+              rec(301, "foo-n0", noon - 600, gpu=0.2), rec(205, "big-n7", noon - 600, gpu=0.1)]:
+        data["instances"][str(r["id"])] = r
+    with state.experiment("big") as exp:  # what nodes.up writes (README "Several nodes")
+        exp.update(budget_usd=12, nodes={"count": 3, "members": ["big-n0", "big-n1", "big-n2"], "cluster_id": 7,
+                                         "overlay": "vc-big-abc123", "port": 29500})
+    for rank, size in enumerate([100, 200, None]):
+        with state.experiment(f"big-n{rank}") as exp:  # each node's own budget (a third) and store
+            exp.update(budget_usd=4, **({"store": {"bytes": size}} if size else {}))
+
+
+@pytest.mark.unit
+def test_cost_folds_a_multi_node_experiment_into_one_row(tmp_path, monkeypatch):
+    noon, data = known_state()
+    with_a_group(data, noon)
+    write_state(data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLAUDE_SESSION_ID", "s1")
+    out = run_cost(monkeypatch, noon)
+    exps = {e["experiment"]: e for e in out["experiments"]}
+    assert sorted(exps) == ["big", "big-n7", "exp1", "exp2", "foo-n0"]  # the nodes are no rows of their own
+    rows = {r["id"]: r for r in out["instances"]}
+    group = [rows[i] for i in (201, 202, 203, 204)]
+    big = exps["big"]
+    assert (big["nodes"], big["instances"], big["live"]) == (3, 4, 3) and "nodes" not in exps["foo-n0"]
+    assert (exps["big-n7"]["instances"], exps["foo-n0"]["instances"]) == (1, 1) and "nodes" not in exps["big-n7"]
+    assert big["spent_usd"] == pytest.approx(sum(r["total_usd"] for r in group), abs=1e-6)
+    assert big["dph_now"] == pytest.approx(sum(r["dph_now"] for r in group), abs=1e-6) == 3.65
+    assert big["running_hours"] == pytest.approx(sum(r["running_s"] for r in group) / 3600, abs=1e-4)
+    assert (big["budget_usd"], big["left_usd"]) == (12.0, round(12 - big["spent_usd"], 6))  # the group's, not a node's
+    assert big["stored_bytes"] == 300                                # what every node shipped
+    assert "experiment big (3 nodes): $" in cost.human(out)
+
+    # The same state without the group's record: the nodes are rows again, and no total moves.
+    shutil.rmtree(state.experiment_dir("big"))
+    apart = run_cost(monkeypatch, noon)
+    nodes = {e["experiment"]: e for e in apart["experiments"] if e["experiment"] in ("big-n0", "big-n1", "big-n2")}
+    assert len(nodes) == 3 and nodes["big-n1"]["instances"] == 2 and len(apart["experiments"]) == 7
+    assert sum(n["spent_usd"] for n in nodes.values()) == pytest.approx(big["spent_usd"], abs=1e-5)
+    for key in ("total_usd", "today", "session", "billing_usd_per_hour", "instances", "not_listed"):
+        assert apart[key] == out[key], key
+    assert out["total_usd"] == pytest.approx(sum(r["total_usd"] for r in out["instances"]), abs=1e-5)
+
+
+@pytest.mark.unit
+def test_cost_reads_a_group_record_only_for_rows_it_lists(tmp_path, monkeypatch):
+    noon, data = known_state()
+    for g in range(30):  # 30 live groups of 2 nodes: 20 rows are listed, and only their groups are read
+        for rank in range(2):
+            iid = 1000 + 2 * g + rank
+            data["instances"][str(iid)] = dict(data["instances"]["102"], id=iid, experiment=f"g{g}-n{rank}",
+                                               created_at=noon - 100 * g)
+        with state.experiment(f"g{g}") as exp:
+            exp["nodes"] = {"count": 2, "members": [f"g{g}-n0", f"g{g}-n1"]}
+    write_state(data)
+    monkeypatch.chdir(tmp_path)
+    read = []
+    real = costs.group_members
+    monkeypatch.setattr(costs, "group_members", lambda name: read.append(name) or real(name))
+    out = run_cost(monkeypatch, noon)
+    assert len(out["experiments"]) == 20 and len(read) <= 20
+    assert all(e["nodes"] == 2 and e["instances"] == 2 for e in out["experiments"] if e["experiment"].startswith("g"))
+    every = run_cost(monkeypatch, noon, "--all")
+    assert sorted(e["experiment"] for e in every["experiments"]) == sorted(["exp1", "exp2", *(f"g{g}" for g in range(30))])
+
+
+@pytest.mark.unit
+def test_cost_of_a_group_and_of_one_node(tmp_path, monkeypatch):
+    noon, data = known_state()
+    with_a_group(data, noon)
+    write_state(data)
+    monkeypatch.chdir(tmp_path)
+    whole = run_cost(monkeypatch, noon, "--experiment", "big")
+    assert [r["id"] for r in whole["instances"]] == [201, 202, 204, 203]  # every node's, the relaunched one too
+    [row] = whole["experiments"]
+    assert (row["experiment"], row["nodes"], row["instances"], row["budget_usd"]) == ("big", 3, 4, 12.0)
+    assert whole["total_usd"] == pytest.approx(row["spent_usd"], abs=1e-6)
+    assert whole["billing_usd_per_hour"] == 3.65
+    one = run_cost(monkeypatch, noon, "--experiment", "big-n1")
+    assert [r["id"] for r in one["instances"]] == [202, 203]
+    [node] = one["experiments"]
+    assert node["experiment"] == "big-n1" and "nodes" not in node and node["budget_usd"] == 4.0
+    assert node["spent_usd"] == pytest.approx(sum(r["total_usd"] for r in one["instances"]), abs=1e-6)
 
 
 def snapshot(root: Path) -> dict:

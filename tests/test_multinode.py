@@ -225,6 +225,16 @@ def test_three_nodes_rendezvous_survive_a_dead_host_and_leave_nothing(sim, cli, 
     ledger = [json.loads(line) for line in (cli.vchome / "experiments" / "mn" / "ledger.jsonl").read_text().splitlines()]
     assert len(ledger) == 4 and {e["node"] for e in ledger} == {"mn-n0", "mn-n1", "mn-n2"}  # the dead node's too
     assert 0 < result["spent_usd"] <= 3 and abs(sum(e["cost_usd"] for e in ledger) - result["spent_usd"]) < 0.01
+    # cost and report see one experiment: every node's instances, the dead host's too
+    [row] = cli.json("cost", "--experiment", "mn")["experiments"]
+    assert (row["experiment"], row["nodes"], row["instances"], row["live"], row["budget_usd"]) == ("mn", 3, 4, 0, 3.0)
+    assert abs(row["spent_usd"] - sum(e["cost_usd"] for e in ledger)) < 1e-4
+    listed = [e["experiment"] for e in cli.json("cost")["experiments"]]
+    assert "mn" in listed and not [e for e in listed if e.startswith("mn-n")]
+    report = cli.json("report", "--experiment", "mn", "--offline")
+    assert abs(report["total_usd"] - row["spent_usd"]) < 1e-4 and report["exit_code"] == 0 and report["failed_nodes"] == []
+    assert [n["experiment"] for n in report["nodes"]] == ["mn-n0", "mn-n1", "mn-n2"]
+    assert [len(n["instances"]) for n in report["nodes"]] == [1, 2, 1] and node1 in report["nodes"][1]["instances"]
 
 
 @pytest.mark.unit

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from vasticlaude import cli
+from vasticlaude.commands import report as cli_report
 from vasticlaude.core import chart
 from vasticlaude.core import money as costing
 from vasticlaude.ops import reporting as report
@@ -513,3 +514,75 @@ def test_ssh_tail_of_the_new_instance_joins_the_kept_log_of_the_old(project, rec
     assert "over SSH" in text and "step 60/80" in text and "unknown (no end recorded)" in text
     kept = project / ".vasticlaude" / "runs" / "exp2" / "logs" / "202" / "job.log"
     assert kept.read_text() == job_log(55, 60).rstrip("\n")         # what SSH showed is kept too
+
+
+# ----- several nodes (up --nodes N) ------------------------------------------------------------------
+@pytest.fixture
+def group(project: Path) -> dict:
+    """`up --nodes 3 --experiment big` run to its end: node 1's host died and it was relaunched
+    (instance 42 → 43, the group restarted), node 2's job failed; every node's run files came home."""
+    t0 = time.time() - 7200
+    add_instance(41, "big-n0", t0, running_for=3000)
+    add_instance(42, "big-n1", t0, running_for=1000, gpu_dph=0.5)
+    add_instance(43, "big-n1", t0 + 1200, running_for=1800, gpu_dph=0.6)
+    add_instance(44, "big-n2", t0, running_for=3000, gpu_dph=0.3)
+    add_instance(99, "other", t0, running_for=60)
+    with state.experiment("big") as exp:
+        exp.update(command="python train.py --epochs 3", budget_usd=9, runs=[{"at": t0 + 100, "command": "python train.py"}],
+                   nodes={"count": 3, "members": ["big-n0", "big-n1", "big-n2"], "cluster_id": 7, "port": 29500,
+                          "overlay": "vc-big-abc123"},
+                   recoveries=[{"at": t0 + 1300, "node": 1, "kind": "host_offline", "from_instance": 42,
+                                "to_instance": 43, "seconds": 95.0}])
+    state.append_event("big", "nodes", count=3, cluster_id=7, overlay="vc-big-abc123")
+    state.append_event("big", "group_restart", node=1, kind="host_offline", from_instance=42, to_instance=43)
+    with state.experiment("big-n1") as exp:
+        exp["recoveries"] = [{"at": t0 + 1250, "kind": "host_offline", "action": "relaunch", "from_instance": 42,
+                              "to_instance": 43, "ok": True, "seconds": 80.0}]
+    state.append_event("big-n1", "created", instance_id=43, offer_id=7)
+    for rank, code in enumerate([0, 0, 1]):
+        pulled_log(project, f"big-n{rank}", exit_code=code, start=t0 + 100)
+    return {"t0": t0}
+
+
+def test_report_of_several_nodes_is_one_report(project, group, capsys):
+    code, envelope = run_report(capsys, "--experiment", "big", "--offline")
+    data = envelope["data"]
+    assert code == 0 and data["experiment"] == "big" and data["report"].endswith("/runs/big/report.md")
+    records = [r for r in state.load()["instances"].values() if r["experiment"].startswith("big-")]
+    costs = {r["id"]: costing.instance_cost(r) for r in records}
+    total = sum(c["total_usd"] for c in costs.values())
+    assert len(costs) == 4 and data["total_usd"] == pytest.approx(total)
+    assert data["exit_code"] == 0 and data["failed_nodes"] == ["big-n2"]        # rank 0's exit, and who failed
+    assert [(n["experiment"], n["exit_code"], n["instances"]) for n in data["nodes"]] == \
+        [("big-n0", 0, [41]), ("big-n1", 0, [42, 43]), ("big-n2", 1, [44])]
+    text = Path(data["report"]).read_text()
+    assert "| Nodes | 3 (`up --nodes`): big-n0, big-n1, big-n2 |" in text
+    for iid, node in [(41, "big-n0"), (42, "big-n1"), (43, "big-n1"), (44, "big-n2")]:
+        assert f"| {node} | {iid} | RTX 4090 |" in text                            # the instances table
+        assert f"| {node} | {iid} | " in text.split("## Cost")[1] and report.usd(costs[iid]["total_usd"]) in text
+    assert "| 99 |" not in text
+    assert f"| Total | {report.usd(total)} |" in text and "$9.0000" in text and report.usd(9 - total) in text
+    assert "0 (success) on rank 0; failed: big-n2 (exit 1)" in text
+    assert "| big-n2 | 2 | 44 | 1 (failed) |" in text and "| big-n1 | 1 | 42, 43 | 0 (success) |" in text
+    assert "big-n1: host_offline | relaunch, then the group restarted | 42 → 43" in text   # once, from the node
+    assert text.count("42 → 43") == 1
+    assert report.usd(costs[42]["total_usd"]) + " (" in text                    # what the dead host cost
+    assert "| group_restart |" in text and "node=big-n1, instance_id=43" in text  # the group's and the nodes' events
+    for rank in range(3):
+        assert f"- big-n{rank}: Run files (job.log, exit_code, started_at, ended_at) in `" in text
+    assert "LAST LINE exit=0" in text and "](metrics.png)" in text               # rank 0's log and metrics
+    human = cli_report.human(data)
+    assert "job exit code 0 (rank 0 of 3 nodes) · failed: big-n2 (1)" in human
+
+
+def test_one_node_is_still_reported_alone_and_a_node_is_reported_as_its_group(project, group, capsys):
+    code, envelope = run_report(capsys, "--experiment", "big-n1", "--offline")
+    data = envelope["data"]
+    records = [r for r in state.load()["instances"].values() if r["experiment"] == "big-n1"]
+    assert code == 0 and data["experiment"] == "big-n1" and "nodes" not in data
+    assert data["total_usd"] == pytest.approx(sum(costing.instance_cost(r)["total_usd"] for r in records))
+    text = Path(data["report"]).read_text()
+    assert "| 42 | RTX 4090 |" in text and "| 43 | RTX 4090 |" in text and "| 41 |" not in text and "Node |" not in text
+    state.append_event("big-n2", "note", text="the newest activity is a node's")
+    code, envelope = run_report(capsys, "--offline")
+    assert code == 0 and envelope["data"]["experiment"] == "big"

@@ -25,7 +25,9 @@ JSON (data):
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
    "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?,
-                    "stored_bytes"? (what the results store holds for it, as last seen)}],
+                    "stored_bytes"? (what the results store holds for it, as last seen),
+                    "nodes"? (a multi-node experiment, up --nodes N: N; its row sums all its
+                              nodes' instances, relaunched ones too, and the nodes get no rows of their own)}],
    "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
    "today": {"spent_usd", "daily_cap_usd", "left_usd"},
    "billing_usd_per_hour": float,      (what the matching instances bill right now)
@@ -73,7 +75,8 @@ def _table(rows: list[dict]) -> list[str]:
 
 
 def _experiment_line(e: dict) -> str:
-    text = f"experiment {e['experiment'] or '(none)'}: {usd(e['spent_usd'])} spent"
+    nodes = f" ({e['nodes']} nodes)" if "nodes" in e else ""
+    text = f"experiment {e['experiment'] or '(none)'}{nodes}: {usd(e['spent_usd'])} spent"
     if e["budget_usd"] is not None:
         text += f" of {usd(e['budget_usd'])} (left {usd(e['left_usd'])})"
     text += f", {e['running_hours']:.2f} h running"

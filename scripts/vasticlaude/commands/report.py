@@ -30,10 +30,19 @@ metric, seconds, $), names the best run (lowest of a loss/error-like metric, els
 metric.png overlays the chosen metric over steps for every run (from each run's job.log at home).
 Each run rewrites the report, so it is safe to run again at any time.
 
+Several nodes (`up --nodes N`): `--experiment <group>` is one report of the whole group: every
+node's instances (relaunched ones too) in the instance and cost tables and the total, the
+group's and each node's events, its recoveries (each node's, and the group restart after it),
+rank 0's exit code, log and metrics, each node's exit code, and where each node's results are.
+`--experiment <group>-n<i>` reports that node alone. Without --experiment, a node that was the
+most recently active reports its group.
+
 JSON (data):
   {"experiment": str, "report": path of report.md, "charts": [paths of the PNGs written],
    "total_usd": float (estimated, as `vasticlaude cost`),
-   "exit_code": int | null}   the job's exit status; null while it runs or was never recorded
+   "exit_code": int | null,   the job's exit status (several nodes: rank 0's); null while it runs or was never recorded
+   "nodes"?: [{"experiment", "exit_code", "instances"}],  several nodes only: each node, rank order
+   "failed_nodes"?: [str]}    the nodes whose job exited non-zero
 
 Exit codes: 0 report written (whatever the job's own exit status) · 1 unknown experiment,
 or no experiment at all · 2 usage.
@@ -64,7 +73,12 @@ def human(data: dict) -> str:
         lines.append(f"total ${data['total_usd']:.4f} · " + ", ".join(f"{n} {k}" for k, n in sorted(data["counts"].items()))
                      + (f" · best {best['id']}" if best else ""))
         return "\n".join(lines)
-    lines.append(f"total ${data['total_usd']:.4f} · job exit code {code if code is not None else 'unknown'}")
+    text = f"total ${data['total_usd']:.4f} · job exit code {code if code is not None else 'unknown'}"
+    if "nodes" in data:  # several nodes: rank 0's exit, and the nodes that failed
+        text += f" (rank 0 of {len(data['nodes'])} nodes)"
+        failed = [f"{n['experiment']} ({n['exit_code']})" for n in data["nodes"] if n["exit_code"] not in (None, 0)]
+        text += f" · failed: {', '.join(failed)}" if failed else ""
+    lines.append(text)
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from vasticlaude.vast.gateway import Vast
 
 MAX_INSTANCES = 20     # rows listed unless --all: a listing must not grow with months of use
 MAX_EXPERIMENTS = 20
+NODE = re.compile(r"(.+)-n\d+")  # a node of a multi-node experiment: `<group>-n<i>` (ops/nodes.py)
 
 
 def read_state() -> dict:
@@ -35,7 +36,9 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     now = time.time()
     data = read_state()
     every = [Lean.of(r, now) for r in data["instances"].values()]  # once: the totals, today and the session share it
-    lean = [x for x in every if not experiment or x.rec.get("experiment") == experiment]
+    members = group_members(experiment) if experiment else None  # a multi-node experiment is all of its nodes
+    names = {experiment, *(members or ())}
+    lean = [x for x in every if not experiment or x.rec.get("experiment") in names]
     recs = [x.rec for x in lean]  # every record counts in the totals; only the listed get a full row
     cutoff = 0.0 if everything else budget.midnight(now)
     listed = sorted((x for x in lean if not x.destroyed_at or x.destroyed_at >= cutoff),
@@ -45,10 +48,15 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     charged = fetch_actual(vast, recs, now) if vast is not None else None
     if charged is not None:
         add_actual(rows, charged)
-    exps = experiments(lean, limits, experiment, charged)
-    if not everything:  # live or active today, newest first; what is left out still counts in the totals
-        exps = [e for e in exps if e["live"] or e["last_at"] >= cutoff or (experiment and e["experiment"] == experiment)]
-        exps = sorted(exps, key=lambda e: (-e["live"], -e["last_at"]))[:MAX_EXPERIMENTS]
+    exps = experiments(lean, limits, experiment, charged, members)
+
+    def keep(e: dict) -> bool:  # live or active today; what is left out still counts in the totals
+        return everything or e["live"] or e["last_at"] >= cutoff or bool(experiment and e["experiment"] == experiment)
+
+    def order(e: dict) -> tuple:  # live first, newest first; --all by name
+        return (e["experiment"] or "",) if everything else (-e["live"], -e["last_at"])
+    exps = settle(sorted(filter(keep, exps), key=order), lambda name, leans: _experiment(name, leans, limits, charged),
+                  keep, order, None if everything else MAX_EXPERIMENTS)
     exps = [_with_budget(e, limits) for e in exps]  # an experiment's own budget is read only for what is shown
     return {"instances": rows, "experiments": exps, "session": session(every), "today": today(every, limits, now),
             "billing_usd_per_hour": round(float(sum(x.dph_now for x in lean)), 6),
@@ -139,12 +147,57 @@ def _int(value: object) -> int | None:
 
 
 # ----- totals --------------------------------------------------------------------------------
-def experiments(lean: list[Lean], limits: budget.Limits, only: str | None,
-                charged: dict[int, float] | None) -> list[dict]:
+def experiments(lean: list[Lean], limits: budget.Limits, only: str | None, charged: dict[int, float] | None,
+                members: list[str] | None = None) -> list[dict]:
+    """One row per experiment, by name. `only` with `members` (a multi-node experiment): one row of
+    all its nodes' instances. Without `only`, the nodes of a multi-node experiment (`<group>-n<i>`)
+    are one row of the group by their names alone, `_parts` holding each node's share:
+    `settle` confirms it from the group's experiment.json, only for the rows listed."""
     by_name: dict[str, list[Lean]] = {only: []} if only else {}
     for x in lean:  # grouped once: months of records stay fast
-        by_name.setdefault(x.rec.get("experiment") or "", []).append(x)
-    return [_experiment(name, by_name[name], limits, charged) for name in sorted(by_name)]
+        by_name.setdefault(only if members is not None else x.rec.get("experiment") or "", []).append(x)
+    if members is not None:
+        return [_experiment(only, by_name[only], limits, charged) | {"nodes": len(members)}]
+    parts: dict[str, dict[str, list[Lean]]] = {}
+    for name in [] if only else list(by_name):  # a node asked for by name is that node alone
+        node = NODE.fullmatch(name)
+        if node and node.group(1) not in by_name:  # a group has no instance of its own
+            parts.setdefault(node.group(1), {})[name] = by_name.pop(name)
+    rows = [_experiment(name, by_name[name], limits, charged) for name in by_name]
+    rows += [_experiment(group, [x for share in nodes.values() for x in share], limits, charged) | {"_parts": nodes}
+             for group, nodes in parts.items()]
+    return sorted(rows, key=lambda r: r["experiment"] or "")
+
+
+def settle(rows: list[dict], make, keep, order, limit: int | None) -> list[dict]:
+    """The first `limit` rows in `order` (all when None). A row folded from nodes by their names alone
+    stays one row when its group's experiment.json lists them (`nodes` = N); a node it does not list
+    is a row of its own again (if `keep` takes it). `make(name, leans)` makes a row. Only the rows
+    listed cost a read of a group's record, so months of history stay fast."""
+    queue, out = list(rows), []
+    while queue and (limit is None or len(out) < limit):
+        row = queue.pop(0)
+        parts = row.pop("_parts", None)
+        if parts is None:
+            out.append(row)
+            continue
+        members = group_members(row["experiment"]) or []
+        mine = [name for name in parts if name in members]
+        strays = [make(name, leans) for name, leans in parts.items() if name not in mine]
+        if mine:
+            whole = row if not strays else make(row["experiment"], [x for name in mine for x in parts[name]])
+            out.append(whole | {"nodes": len(members)})
+        queue = sorted(queue + [r for r in strays if keep(r)], key=order)
+    return out
+
+
+def group_members(name: str | None) -> list[str] | None:
+    """The node experiments of a multi-node experiment (its experiment.json `nodes` record), else None."""
+    if not name or not state.experiment_dir(name).is_dir():
+        return None
+    found = (state.read_experiment(name) or {}).get("nodes")
+    members = found.get("members") if isinstance(found, dict) else None
+    return [str(m) for m in members] if isinstance(members, list) and members else None
 
 
 def _experiment(name: str, group: list[Lean], limits: budget.Limits, charged: dict[int, float] | None) -> dict:
@@ -170,10 +223,20 @@ def _with_budget(exp: dict, limits: budget.Limits) -> dict:
         cap = budget.experiment_budget(None, record, {"budget": {"experiment_usd": limits.experiment_usd}})
         if cap != exp["budget_usd"]:
             exp.update(budget_usd=cap, left_usd=_left(cap, exp["spent_usd"]))
-        stored = ((record or {}).get("store") or {}).get("bytes")
+        stored = _stored(exp, record)
         if stored is not None:  # in the results store (README "Results store"): billed by its provider, not Vast
             exp["stored_bytes"] = int(stored)
     return exp
+
+
+def _stored(exp: dict, record: dict | None) -> float | None:
+    """Bytes in the results store: the experiment's, or for a multi-node one the sum of its nodes'."""
+    if "nodes" not in exp:
+        return ((record or {}).get("store") or {}).get("bytes")
+    found = [((state.read_experiment(m) or {}).get("store") or {}).get("bytes")
+             for m in ((record or {}).get("nodes") or {}).get("members") or ()]
+    found = [b for b in found if isinstance(b, (int, float))]
+    return sum(found) if found else None
 
 
 def _left(limit: float | None, used: float, digits: int = 6) -> float | None:

@@ -27,7 +27,7 @@ from vasticlaude.core import budget, chart, fmt, logparse
 from vasticlaude.core import money as costing
 from vasticlaude.errors import Error
 from vasticlaude.output import redact, redact_file
-from vasticlaude.ops.costs import read_state
+from vasticlaude.ops.costs import NODE, group_members, read_state
 from vasticlaude.remote import templates
 from vasticlaude.remote.layout import Layout
 from vasticlaude.store import config, paths, state
@@ -52,6 +52,9 @@ def report(experiment: str | None = None, out: Path | None = None, offline: bool
     now = time.time()
     every = sorted(read_state()["instances"].values(), key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
     experiment = pick_experiment(experiment, every)
+    members = group_members(experiment)
+    if members:
+        return group_report(experiment, members, every, out, offline, now)
     records = [r for r in every if r.get("experiment") == experiment]
     exp = state.read_experiment(experiment) or {}
     runs = config.runs_dir(experiment)
@@ -69,11 +72,119 @@ def report(experiment: str | None = None, out: Path | None = None, offline: bool
         instances=[instance_row(r) for r in records], timeline=timeline(events), cost=costs,
         recoveries=recovery_section(exp, records, now, costs["total_usd"]),
         run=facts, results=results(experiment, exp, runs, records), log=log,
-        charts={"cost": charts["cost"].name, "metrics": charts["metrics"].name if "metrics" in charts else ""})
+        charts={"cost": charts["cost"].name, "metrics": charts["metrics"].name if "metrics" in charts else ""},
+        group=None)
     report = out / "report.md"
     report.write_text(redact(text), encoding="utf-8")
     return {"experiment": experiment, "report": str(report), "charts": [str(p) for p in charts.values()],
             "total_usd": costs["total_usd"], "exit_code": facts["exit_code"]}
+
+
+# ----- several nodes (up --nodes N) ------------------------------------------------------------
+def group_report(group: str, members: list[str], every: list[dict], out: Path | None, offline: bool,
+                 now: float) -> dict:
+    """One report for a multi-node experiment: every node's instances (relaunched ones too) in the
+    cost, the group's and the nodes' events, each node's exit and results; the log and metrics are
+    rank 0's (node 0 prints what the whole job does)."""
+    exp = state.read_experiment(group) or {}
+    nodes = [node_facts(name, every) for name in members]
+    records = sorted((r for n in nodes for r in n["records"]), key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
+    out = Path(out).expanduser().resolve() if out else config.runs_dir(group)
+    out.mkdir(parents=True, exist_ok=True)
+    rank0 = nodes[0]
+    log = gather_log(members[0], rank0["exp"], rank0["runs"], rank0["records"], rank0["events"], offline=offline)
+    charts = write_charts(out, group, records, log, now)
+    facts = group_facts(exp, nodes, run_facts(rank0["exp"], log["facts"], rank0["events"], log))
+    costs = cost_section(records, exp, now, node_of=_node_of(nodes))
+    costs["stored"] = _stored_text(_shipped(nodes))
+    events = state.read_lines(state.experiment_dir(group) / "events.jsonl")
+    text = templates.render(
+        "report.md.j2", experiment=group, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
+        command_cell=_code_span(_short(command_of(exp), 100)) if command_of(exp) else "not recorded",
+        command_block=fenced([command_of(exp) or "(not recorded in experiment.json)"], "sh"),
+        instances=[instance_row(r) | {"node": cell(r.get("experiment"))} for r in records],
+        timeline=timeline(group_events(events, nodes)), cost=costs,
+        recoveries=recovery_section(group_recoveries(exp, nodes), records, now, costs["total_usd"]),
+        run=facts, results=[f"{n['name']}: {line}" for n in nodes
+                            for line in results(n["name"], n["exp"], n["runs"], n["records"])], log=log,
+        charts={"cost": charts["cost"].name, "metrics": charts["metrics"].name if "metrics" in charts else ""},
+        group={"count": len(members), "nodes": facts["nodes"]})
+    report = out / "report.md"
+    report.write_text(redact(text), encoding="utf-8")
+    return {"experiment": group, "report": str(report), "charts": [str(p) for p in charts.values()],
+            "total_usd": costs["total_usd"], "exit_code": facts["exit_code"],
+            "nodes": [{"experiment": n["experiment"], "exit_code": n["exit_code"], "instances": n["instances"]}
+                      for n in facts["nodes"]],
+            "failed_nodes": [n["experiment"] for n in facts["nodes"] if n["exit_code"] not in (None, 0)]}
+
+
+def node_facts(name: str, every: list[dict]) -> dict:
+    """One node's experiment.json, events, instances and folder at home (runs/<node>/, where its pull lands)."""
+    return {"name": name, "exp": state.read_experiment(name) or {}, "runs": config.runs_dir(name),
+            "records": [r for r in every if r.get("experiment") == name],
+            "events": state.read_lines(state.experiment_dir(name) / "events.jsonl")}
+
+
+def group_facts(exp: dict, nodes: list[dict], facts: dict) -> dict:
+    """Rank 0's exit and times (torchrun's rank 0 ends last and reports the job), each node's exit from
+    what came home (its pulled run files, experiment.json, events), and which nodes failed. After a
+    group restart the run began when the group's run command was given."""
+    rows = []
+    for rank, node in enumerate(nodes):
+        code = facts["exit_code"] if rank == 0 else node_exit(node)
+        rows.append({"experiment": node["name"], "rank": rank, "exit_code": code,
+                     "instances": [r.get("id") for r in node["records"]],
+                     "exit": "unknown" if code is None else f"{code} ({'success' if code == 0 else 'failed'})"})
+    failed = [f"{r['experiment']} (exit {r['exit_code']})" for r in rows if r["exit_code"] not in (None, 0)]
+    facts = dict(facts, nodes=rows)
+    facts["exit_text"] = f"{facts['exit_text']} on rank 0" + (f"; failed: {', '.join(failed)}" if failed else "")
+    began = _number(((exp.get("runs") or [{}])[-1]).get("at"))
+    restarts = [r for r in exp.get("recoveries") or [] if began is not None and (_number(r.get("at")) or 0) > began]
+    start, end = facts["started_at"], facts["ended_at"]
+    if restarts and began is not None and (start is None or began < start):
+        facts["started_at"], facts["started"] = began, when(began)
+        if end is not None:
+            facts["duration_text"] = (f"{duration(end - began)} (the whole run, the group restarted "
+                                      f"{len(restarts)} time{'s' if len(restarts) > 1 else ''})")
+    return facts
+
+
+def node_exit(node: dict) -> int | None:
+    """A node's exit code from local state only (no SSH per node): its pulled run files, else its records."""
+    found = next(({key: _read(folder / key) for key in RUN_FILES} for folder in run_dirs(node["exp"], node["runs"])
+                  if (folder / "exit_code").is_file()), {})
+    return run_facts(node["exp"], found, node["events"])["exit_code"]
+
+
+def group_events(events: list[dict], nodes: list[dict]) -> list[dict]:
+    """The group's events and every node's, in time order, each node's named."""
+    tagged = [{"at": e.get("at"), "event": e.get("event"), "node": n["name"],
+               **{k: v for k, v in e.items() if k not in ("at", "event")}} for n in nodes for e in n["events"]]
+    return sorted([*events, *tagged], key=lambda e: _number(e.get("at")) or 0)
+
+
+def group_recoveries(exp: dict, nodes: list[dict]) -> dict:
+    """What recovery_section reads: each node's recoveries (node-named), each one that the group
+    restart followed saying so; the group's own entries for the restarts no node recorded."""
+    restarted = {r.get("from_instance") for r in exp.get("recoveries") or []}
+    rows = [dict(r, kind=f"{n['name']}: {r.get('kind')}",
+                 action=f"{r.get('action')}, then the group restarted" if r.get("from_instance") in restarted
+                 else r.get("action")) for n in nodes for r in n["exp"].get("recoveries") or [] if isinstance(r, dict)]
+    seen = {r.get("from_instance") for r in rows}
+    rows += [dict(r, kind=f"node {r.get('node')}: {r.get('kind')}", action="restart_group", ok=True)
+             for r in exp.get("recoveries") or [] if isinstance(r, dict) and r.get("from_instance") not in seen]
+    return {"recoveries": sorted(rows, key=lambda r: _number(r.get("at")) or 0)}
+
+
+def _node_of(nodes: list[dict]) -> dict:
+    return {r.get("id"): n["name"] for n in nodes for r in n["records"]}
+
+
+def _shipped(nodes: list[dict]) -> dict:
+    """What the nodes put in the results store, together (each node ships its own)."""
+    stores = [n["exp"].get("store") or {} for n in nodes]
+    sizes = [s["bytes"] for s in stores if isinstance(s.get("bytes"), (int, float))]
+    return {"bytes": sum(sizes), "url": next((s.get("url") for s in stores if s.get("url")), None)} if sizes else {}
 
 
 # ----- which experiment ----------------------------------------------------------------------
@@ -89,7 +200,9 @@ def pick_experiment(name: str | None, records: list[dict]) -> str:
     if not known:
         raise Error("no_experiment", "vasticlaude has no experiment yet",
                     "Rent an instance with 'vasticlaude up --experiment NAME' first.")
-    return max(known, key=known.get)
+    latest = max(known, key=known.get)
+    node = NODE.fullmatch(latest)  # the newest is a node of several: the report is the group's
+    return node.group(1) if node and latest in (group_members(node.group(1)) or ()) else latest
 
 
 def known_experiments(records: list[dict]) -> dict[str, float]:
@@ -152,8 +265,9 @@ def detail(event: dict) -> str:
     return _short(", ".join(parts), 120)
 
 
-def cost_section(records: list[dict], exp: dict, now: float) -> dict:
-    """Totals and per-instance figures, exactly `costing.instance_cost` (what `cost` shows)."""
+def cost_section(records: list[dict], exp: dict, now: float, node_of: dict | None = None) -> dict:
+    """Totals and per-instance figures, exactly `costing.instance_cost` (what `cost` shows);
+    `node_of` (instance id → node) names each instance's node in a multi-node experiment."""
     sums = {"gpu_usd": 0.0, "storage_usd": 0.0, "bandwidth_usd": 0.0, "total_usd": 0.0}
     rows = []
     for rec in records:
@@ -162,16 +276,19 @@ def cost_section(records: list[dict], exp: dict, now: float) -> dict:
             sums[key] += spent[key]
         rows.append({"id": cell(rec.get("id")), "running": duration(spent["running_s"]), "gpu": usd(spent["gpu_usd"]),
                      "storage": usd(spent["storage_usd"]), "bandwidth": usd(spent["bandwidth_usd"]),
-                     "total": usd(spent["total_usd"])})
+                     "total": usd(spent["total_usd"]), "node": cell((node_of or {}).get(rec.get("id")))})
     limit = budget.experiment_budget(None, exp, config.load())
-    shipped = exp.get("store") or {}
-    stored = (f"{fmt.human_bytes(shipped['bytes'])} in {shipped.get('url') or 'the results store'} (billed by its provider)"
-              if isinstance(shipped.get("bytes"), (int, float)) else "")
+    stored = _stored_text(exp.get("store") or {})
     return {"total": usd(sums["total_usd"]), "gpu": usd(sums["gpu_usd"]), "storage": usd(sums["storage_usd"]),
             "bandwidth": usd(sums["bandwidth_usd"]) if sums["bandwidth_usd"] else "",
             "instances": rows, "total_usd": round(sums["total_usd"], 6), "stored": stored,
             "budget": usd(limit) if limit is not None else "",
             "left": usd(limit - sums["total_usd"]) if limit is not None else ""}
+
+
+def _stored_text(shipped: dict) -> str:
+    return (f"{fmt.human_bytes(shipped['bytes'])} in {shipped.get('url') or 'the results store'} (billed by its provider)"
+            if isinstance(shipped.get("bytes"), (int, float)) else "")
 
 
 def recovery_section(exp: dict, records: list[dict], now: float, total: float) -> dict:
