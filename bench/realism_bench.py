@@ -89,7 +89,7 @@ def one_flow(realism: bool, time_scale: float, seed: int, run: int) -> dict:
         try:
             up = user.vc("up", "--experiment", f"r{run}", "--image", IMAGE, "--disk", "8", "--hours", "1",
                          "--deadline", "600")
-            sample.update(boot_s=up["waited_s"], route=up["ssh"].get("route"), attempts=len(up["attempts"]))
+            sample.update(boot_s=up["waited_s"], route=up["ssh"].get("route"), attempts=len(up.get("attempts") or [0]))
             up_end = time.monotonic()
             sample["up_s"] = round(up_end - start, 2)
             user.vc("push", "--experiment", f"r{run}", "--no-setup")

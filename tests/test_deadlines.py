@@ -168,7 +168,7 @@ def test_up_shows_the_image_pull_progress_while_loading(cli, sim):  # noqa: F811
     image = "vastai/base:0.0.1"  # never pulled on this machine by the module's other tests: a cached image is no slow pull
     proc = cli.run("up", "--experiment", "slow", "--image", image, "--disk", "10", "--offer", str(offer), "--json")
     assert proc.returncode == 0, proc.stderr
-    assert "boot deadline 600 s (image class vastai/base)" in proc.stderr
+    assert "; boot deadline 600 s (image class vastai/base)" in proc.stderr  # on the renting line
     said = [line for line in proc.stderr.splitlines() if line.startswith("vasticlaude up: instance")]
     pulls = [line for line in said if f"Pulling {image}: layer" in line]
     assert len(pulls) >= 2 and len(said) == len(set(said)), said  # a line each time the message changes, only then

@@ -66,14 +66,14 @@ def test_doctor_all_ok_after_register_ssh_key(sim, tmp_path):
     first = vc("doctor", "--json", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr  # a fresh home: nothing blocks a rental
     checks = checks_of(data_of(first))
-    assert checks["ssh_key"]["status"] == "note" and "`up` makes one" in checks["ssh_key"]["detail"]
-    assert checks["ssh_key_registered"]["status"] == "note"
+    assert checks["ssh_key"]["status"] == "note" and "`up` makes one and registers it" in checks["ssh_key"]["detail"]
+    assert "ssh_key_registered" not in checks  # one fact, said once: no key, so nothing to compare yet
     assert checks["api"]["status"] == "ok" and "$100.00" in data_of(first)["account"]
 
     registered = vc("doctor", "--register-ssh-key", "--json", env=env, cwd=tmp_path)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     data = data_of(registered)
-    assert data["checks"] == [] and sorted(data["passed"]) == sorted(checks)
+    assert data["checks"] == [] and sorted(data["passed"]) == sorted([*checks, "ssh_key_registered"])
     assert data["target"] == {"kind": "sandbox", "url": sim.url, "key_source": "env VAST_API_KEY",
                               "key_ends": "..." + sim.api_key[-4:]}
     public = (vhome() / "ssh" / "id_ed25519.pub").read_text().split()
@@ -254,6 +254,10 @@ def test_cost_folds_instances_destroyed_before_today(tmp_path, monkeypatch):
     assert "1 destroyed before today not listed" in cost.human(out)
     every = run_cost(monkeypatch, noon, "--all")
     assert [r["id"] for r in every["instances"]] == [100, 101, 102, 103] and every["not_listed"] == 0
+    seen = {r["id"]: r for r in cost.json_view(every)["instances"]}  # what --json prints: nothing said twice
+    assert "not_listed" not in cost.json_view(every) and not any("label" in r for r in seen.values())
+    assert "dph_now" not in seen[101] and seen[102]["dph_now"] == 1.236 and seen[101]["gpu_usd"] == 0.4
+    assert "bandwidth_usd" not in seen[101]  # a part that is 0 is left out; the total stays
 
 
 def with_a_group(data: dict, noon: float) -> None:

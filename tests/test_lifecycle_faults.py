@@ -144,7 +144,7 @@ def test_thirty_percent_api_errors_and_a_ghost_create(cli, sim):
     sim.fault("http", status=429, rate=0.125, count=None, path="^/api/")  # ≈ 30 % in all
     assert cli.json("offers", "--disk", "10")["candidates"]
     up = cli.json(*up_args("flaky"))
-    assert [a["outcome"] for a in up["attempts"]] == ["ready"]
+    assert "attempts" not in up  # the first offer worked
     assert [r["id"] for r in on_account(cli, "vasticlaude-flaky")] == [up["instance_id"]]
     up2 = cli.json(*up_args("flaky2"))
     assert len(on_account(cli, "vasticlaude-flaky2")) == 1

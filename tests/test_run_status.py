@@ -29,17 +29,17 @@ def start(cli, experiment: str, *cmd: str, rc: int = 0) -> dict:
     return json.loads(proc.stdout)["data"]
 
 
-def put_code(up: dict, experiment: str) -> None:
+def put_code(cli, up: dict, experiment: str) -> None:
     ssh = up["ssh"]
     code = f"mkdir -p vasticlaude/{experiment}/code && cat > vasticlaude/{experiment}/code/train.py"
     subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                    "-i", ssh["key"], "-p", str(ssh["port"]), f"root@{ssh['host']}", code],
+                    "-i", str(cli.vchome / "ssh" / "id_ed25519"), "-p", str(ssh["port"]), f"root@{ssh['host']}", code],
                    input=TRAIN.encode(), check=True, timeout=30)
 
 
 def test_run_status_wait_logs(cli, sim):
     up = cli.json("up", "--experiment", "train", "--image", IMAGE, "--disk", "8")
-    put_code(up, "train")
+    put_code(cli, up, "train")
     # 160 steps of 0.1 s: the job still runs when `status --wait` starts, even on a busy machine
     started = start(cli, "train", "python3", "train.py", "160")
     assert started["state"] == "running" and started["instance_id"] == up["instance_id"]
@@ -70,7 +70,7 @@ def test_run_status_wait_logs(cli, sim):
 
 def test_commands_that_fail_at_once(cli):
     up = cli.json("up", "--experiment", "oops", "--image", IMAGE, "--disk", "8")
-    put_code(up, "oops")
+    put_code(cli, up, "oops")
     data = start(cli, "oops", "no-such-command", "--flag", rc=1)
     assert data["exit_code"] == 127
     assert any("not found" in line for line in data["log_tail"])
@@ -82,7 +82,7 @@ def test_commands_that_fail_at_once(cli):
 
 def test_resume_from_checkpoint_after_a_kill(cli, sim):
     up = cli.json("up", "--experiment", "resume", "--image", IMAGE, "--disk", "8")
-    put_code(up, "resume")
+    put_code(cli, up, "resume")
     start(cli, "resume", "python3", "train.py", "200")
     time.sleep(2.5)  # past step 10: a checkpoint exists
     row = sim.instance(up["instance_id"])
@@ -116,7 +116,7 @@ def test_a_job_that_fills_the_disk_is_said_and_what_exists_can_be_pulled(cli, si
     up = cli.json("up", "--experiment", "full", "--image", IMAGE, "--disk", "0.1")
     ssh = up["ssh"]
     subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                    "-i", ssh["key"], "-p", str(ssh["port"]), f"root@{ssh['host']}",
+                    "-i", str(cli.vchome / "ssh" / "id_ed25519"), "-p", str(ssh["port"]), f"root@{ssh['host']}",
                     "mkdir -p vasticlaude/full/code && cat > vasticlaude/full/code/fill.py"],
                    input=FILL.encode(), check=True, timeout=30)
     start(cli, "full", "python3", "fill.py")
@@ -134,7 +134,7 @@ def test_a_job_that_fills_the_disk_is_said_and_what_exists_can_be_pulled(cli, si
 
 def test_huge_lines_and_binary_output_stay_bounded(cli):
     up = cli.json("up", "--experiment", "noisy", "--image", IMAGE, "--disk", "8")
-    put_code(up, "noisy")
+    put_code(cli, up, "noisy")
     start(cli, "noisy", "python3 -c \"import os,sys; print('x'*200000); sys.stdout.flush(); "
                         "os.write(1, bytes(range(256))*50); print(); print('loss=0.5 step 1/1')\"")
     time.sleep(1.5)

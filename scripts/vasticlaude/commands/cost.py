@@ -20,10 +20,11 @@ an experiment's hours are the hours its instances have been running.
 The session is $CLAUDE_SESSION_ID (or $VASTICLAUDE_SESSION): instances created under it.
 
 JSON (data):
-  {"instances": [{"id", "label", "experiment", "status", "gpu_name", "dph_now", "running_s",
-                  "exists_s", "gpu_usd", "storage_usd", "bandwidth_usd", "total_usd", "created_at", "destroyed_at",
+  {"instances": [{"id", "experiment", "status", "gpu_name", "dph_now" (not once destroyed), "running_s",
+                  "exists_s", "gpu_usd", "storage_usd", "bandwidth_usd" (each part only when not 0),
+                  "total_usd", "created_at", "destroyed_at",
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
-   "experiments": [{"experiment", "instances", "live", "dph_now", "spent_usd", "running_hours",
+   "experiments": [{"experiment", "instances", "live", "dph_now" (only while live), "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?,
                     "stored_bytes"? (what the results store holds for it, as last seen),
                     "nodes"? (a multi-node experiment, up --nodes N: N; its row sums all its
@@ -31,7 +32,7 @@ JSON (data):
    "session": {"id", "instances", "live", "dph_now", "spent_usd"} | null,
    "today": {"spent_usd", "daily_cap_usd", "left_usd"},
    "billing_usd_per_hour": float,      (what the matching instances bill right now)
-   "not_listed": int,                  (instances left out without --all)
+   "not_listed": int,                  (instances left out without --all; absent when none)
    "total_usd": float}                 (every instance matched, listed or not)
 Limits not set are null, and so is what is left of them.
 
@@ -106,7 +107,22 @@ def human(data: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, json_view=compact)
+    return console.main(argv, build_parser, run, human, json_view=json_view)
+
+
+def json_view(data: dict) -> dict:
+    """--json: each row without what another field says (the label is vasticlaude-<experiment>; a
+    destroyed instance bills nothing now) and without cost parts that are 0; not_listed only when some
+    were left out."""
+    def row(r: dict) -> dict:
+        gone = r.get("status") == "destroyed"
+        return {k: v for k, v in r.items() if k != "label" and not (k == "dph_now" and gone)
+                and not (k in ("gpu_usd", "storage_usd", "bandwidth_usd") and not v)}
+    exps = [{k: v for k, v in e.items() if not (k == "dph_now" and not e.get("live"))} for e in data["experiments"]]
+    view = {**data, "instances": [row(r) for r in data["instances"]], "experiments": exps}
+    if not view.get("not_listed"):
+        view.pop("not_listed", None)
+    return compact(view)
 
 
 def run(args: argparse.Namespace) -> dict:

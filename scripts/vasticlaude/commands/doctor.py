@@ -9,7 +9,8 @@ blocks a rental), with a one-line next step:
   ssh_key      a local public key: ~/.ssh/id_ed25519.pub, ~/.ssh/id_rsa.pub or
                <vasticlaude home>/ssh/id_ed25519.pub
   ssh_key_registered  that key is registered on the account (new instances accept it);
-               a missing key or registration is a note: `up` makes and registers one
+               a missing key is one note (ssh_key; this check is then left out) and a
+               missing registration a note: `up` makes and registers the key itself
   ssh, rsync   the binaries are on PATH, with their versions
   home         the vasticlaude home is writable
   state        instances.json is readable (a corrupt one is rebuilt by 'vasticlaude reconcile')
@@ -19,7 +20,8 @@ Usage: vasticlaude doctor [--register-ssh-key] [--sandbox] [--api-key KEY] [--js
   --register-ssh-key  register the local public key on the account; when there is none,
                       first create <vasticlaude home>/ssh/id_ed25519 with ssh-keygen
 
-JSON (data): {"target": {"kind": "sandbox"|"vast", "url", "key_source", "key_ends"},
+JSON (data): {"target": {"kind": "sandbox"|"vast", "url", "key_source" (not for the sandbox's own
+  key), "key_ends"},
   "account": the api check's line (balance), "passed": [names of the checks that are ok],
   "checks": [{"name", "status": "note"|"warn"|"fail", "detail", "next"}] (the others, in full)}
 The API key itself is never printed or written anywhere.
@@ -64,7 +66,9 @@ def json_view(data: dict) -> dict:
     """--json: what the next step needs: the target, the account line, the names that passed, the rest in full."""
     checks = {c["name"]: c for c in data["checks"]}
     api = checks.get("api") or {}
-    return {"target": {k: v for k, v in data["target"].items() if v is not None}, "account": api.get("detail"),
+    target = {k: v for k, v in data["target"].items() if v is not None
+              and not (k == "key_source" and v == data["target"].get("kind"))}  # the sandbox's own key
+    return {"target": target, "account": api.get("detail"),
             "passed": [c["name"] for c in data["checks"] if c["status"] == "ok"],
             "checks": [{k: v for k, v in c.items() if v} for c in data["checks"] if c["status"] != "ok"]}
 

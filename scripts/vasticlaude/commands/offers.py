@@ -21,10 +21,11 @@ name is answered with the market's nearest names. When nothing matches, each con
 is dropped in turn (cheapest to give up first) and the message names one whose removal
 alone gives results.
 
-JSON data: {"query", "hours", "interruptible", "candidates": [{"offer_id", "machine_id",
-  "gpu_name", "num_gpus", "vram_gb", "dph" (GPU + storage $/h), "est_total_usd", "transfer_usd"
-  (the bandwidth part of the total; only when not 0), "reliability", "location",
-  "verified": false (only when not verified)}]} — candidates cheapest total first.
+JSON data: {"query", "hours", "interruptible": true (only when searching bid prices),
+  "candidates": [{"offer_id", "machine_id", "gpu_name", "vram_gb", "dph" (GPU + storage $/h),
+  "est_total_usd", "transfer_usd" (the bandwidth part of the total; only when not 0),
+  "reliability", "location", "verified": false (only when not verified)}]} — candidates cheapest
+  total first; the GPU count is the query's, and the human output adds dlperf/$.
 
 Env: VASTICLAUDE_POLL_SCALE multiplies the waits between retried reads (default 1).
 
@@ -71,10 +72,15 @@ def main(argv: list[str]) -> int:
 
 
 def json_view(data: dict) -> dict:
-    """--json: each candidate without what another field says (dph is gpu + storage; the search's
-    interruptible) or what only ranks (dlperf, the $/GB); verified only when it is not, transfer_usd
-    only when not 0."""
-    drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd", "inet_down_cost", "inet_up_cost"}
+    """--json: what `up --offer` and the budget need of each candidate. Left out: what another field
+    says (dph is gpu + storage; num_gpus is the query's; interruptible is the search's, shown only when
+    true) and what only ranks (dlperf, the $/GB: the human output has them);
+    verified only when it is not, transfer_usd only when not 0."""
+    drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd", "inet_down_cost", "inet_up_cost",
+            "num_gpus"}
     cands = [{k: v for k, v in c.items() if k not in drop and not (k == "verified" and v)
               and not (k == "transfer_usd" and not v)} for c in data["candidates"]]
-    return {**data, "candidates": cands}
+    view = {**data, "candidates": cands}
+    if not view.get("interruptible"):
+        view.pop("interruptible", None)
+    return view

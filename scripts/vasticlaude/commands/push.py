@@ -44,7 +44,7 @@ mismatch is a warning, not a failure. experiment.json gets a "push" entry and an
 JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
   "Total bytes sent", or the tar stream's size), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
   "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} (absent when none ran),
-  "gpu": {"name", "count", "memory_mb", "cuda", "matches"}, "warnings": [...] (absent when
+  "gpu": {"name", "cuda", "matches", "count" and "memory_mb" (when it does not match)}, "warnings": [...] (absent when
   none), "exit_code"}
 
 A multi-node experiment (`up --nodes N`): pushed to every node at once; the JSON is the first
@@ -133,7 +133,15 @@ def explain(data: dict, code: int) -> Error:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, explain=explain, json_view=compact)
+    return console.main(argv, build_parser, run, human, explain=explain, json_view=json_view)
+
+
+def json_view(data: dict) -> dict:
+    """--json: the GPU's count and memory only when it is not the one rented (`matches` false)."""
+    gpu = data.get("gpu")
+    if isinstance(gpu, dict) and gpu.get("matches"):
+        data = {**data, "gpu": {k: v for k, v in gpu.items() if k not in ("count", "memory_mb")}}
+    return compact(data)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -31,9 +31,10 @@ budget.experiment_hours minus the hours the experiment has already run; the "gua
 
 JSON (--json) data: {"experiment", "instance_id", "command", "run_dir" and "workdir" (only when not the
   usual ~/vasticlaude/<experiment>/run and …/code),
-  "state": "running" | "exited", "exit_code": int|null, "log_tail": [lines],
-  "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "grace_s", "on_end",
-            "check_s", "kill_grace_s", "dph", "store": true (only with a results store)}}
+  "state": "running" | "exited", "exit_code": int (once exited), "log_tail": [lines],
+  "guard": {"watchdog": bool, "alive": bool, "budget_usd", "max_hours", "on_end",
+            "store": true (only with a results store)}} (null limits left out; the guard's
+  timings — check_s, grace_s, kill_grace_s — and its $/h are in the experiment's experiment.json)
 
 Several nodes (an experiment rented with `up --nodes N`): the command starts on every node,
 each with MASTER_ADDR (node 0's overlay address), MASTER_PORT, NODE_RANK, RANK, WORLD_SIZE (the
@@ -135,18 +136,20 @@ def main(argv: list[str]) -> int:
     return console.main(argv, build_parser, run, human, exit_code=_exit_code, json_view=_json_view, explain=explain)
 
 
-INTERNAL = {"already_spent_usd", "spent_at", "usd_per_gb"}  # the watchdog's own figures, kept in experiment.json
+SHOWN = ("watchdog", "alive", "budget_usd", "max_hours", "on_end", "store")  # the rest stays in experiment.json
 
 
 def _json_view(data: dict) -> dict:
-    """--json: the guard without its internal figures or empty settings (`store` only when on); the
-    folders on the instance only where they are not the usual ones (Claude reads every byte)."""
+    """--json: of the guard what bounds the spend and what happens at the end (`store` only when on; its
+    timings, $/h and own figures stay in experiment.json); the folders on the instance only where they are
+    not the usual ones (Claude reads every byte)."""
     guard = {k: v for k, v in (data.get("guard") or {}).items()
-             if v is not None and k not in INTERNAL and not (k == "store" and not v)}
+             if k in SHOWN and v is not None and not (k == "store" and not v)}
     usual = Layout(data["experiment"]) if data.get("experiment") else None
     folders = {k: data[k] for k, std in (("run_dir", "run"), ("workdir", "code"))
                if k in data and not (usual and data[k] == getattr(usual, std))}
-    return {**{k: v for k, v in data.items() if k not in ("run_dir", "workdir")}, **folders, "guard": guard}
+    kept = {k: v for k, v in data.items() if k not in ("run_dir", "workdir") and not (k == "exit_code" and v is None)}
+    return {**kept, **folders, "guard": guard}
 
 
 def _exit_code(data: dict) -> int:

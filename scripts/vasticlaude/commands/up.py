@@ -22,8 +22,8 @@ match by label). A create is never blindly retried: after an ambiguous failure (
 
 Waiting polls with backoff (2, 4, 8, 16, 16 … s) until the instance is running and an
 SSH probe answers (direct, then Vast's proxy), recording each status in the state and the
-experiment's events and printing Vast's status_msg (the image pull's progress) on stderr
-whenever it changes. Transient states (scheduling, rebooting, unknown) are waited out. It
+experiment's events and, once the boot has taken 10 s, printing the status and Vast's
+status_msg (the image pull's progress) on stderr whenever they change. Transient states (scheduling, rebooting, unknown) are waited out. It
 gives up at once on exited, offline, stopped, a boot error in status_msg (OCI runtime,
 manifest not found, docker_build), as on 404 no_such_ask / 410, and at the boot deadline:
 --deadline, else config deadlines.up_s, else by the image's size (600 s for small base
@@ -38,10 +38,12 @@ another machine is tried, up to --max-attempts (default 3), each with its own de
 Env: VASTICLAUDE_POLL_SCALE multiplies every wait between polls and retried reads
 (default 1; tests use a small value).
 
-JSON data: {"experiment", "instance_id", "label", "offer_id", "gpu_name", "dph",
-  "ssh": {"host", "port", "user": "root", "key"} (host/port null with --no-wait),
-  "attempts": [{"offer_id", "machine_id", "outcome": "ready"|"created"|"failed", "reason"}],
-  "estimate_usd", "waited_s"}
+JSON data: {"experiment", "instance_id", "offer_id", "gpu_name", "dph",
+  "ssh": {"host", "port", "user": "root", "route": "direct"|"proxy"} (absent with --no-wait),
+  "attempts": [{"offer_id", "machine_id", "outcome": "ready"|"created"|"failed", "reason"}] (only
+  when an offer failed first), "estimate_usd", "waited_s"}. The label is vasticlaude-<experiment>;
+  the key's path is in the human output's ssh line. Status lines on stderr start once a boot
+  has taken 10 s: a quick boot prints only the renting line.
 
 Several nodes (--nodes N, N >= 2; README "Several nodes"): N instances of one physical cluster
 (`cluster_id` on offers; the cluster whose N cheapest fitting machines cost least) on one Vast
@@ -64,7 +66,7 @@ import shutil
 import time
 
 from vasticlaude import console
-from vasticlaude.output import compact, progress
+from vasticlaude.output import compact
 from vasticlaude.core import budget
 from vasticlaude.core.lifecycle import boot_deadline
 from vasticlaude.errors import USAGE, Error
@@ -82,10 +84,8 @@ def make_plan(args: argparse.Namespace, cfg: dict) -> launch.Plan:
         raise Error("no_ssh", "the OpenSSH client (ssh) is not installed", "Install openssh-client, or use --no-wait.")
     deadlines = cfg.get("deadlines") or {}
     seconds, source = boot_deadline(image, args.deadline, deadlines.get("up_s"), deadlines.get("up_cap_s"))
-    if not args.no_wait:
-        progress(f"vasticlaude up: boot deadline {seconds:g} s ({source})")
     return launch.Plan(experiment, image, wanted, args.bid, seconds, not args.no_wait, max(1, args.max_attempts),
-                       budget.Limits.from_config(cfg, experiment_usd=args.budget_usd))
+                       budget.Limits.from_config(cfg, experiment_usd=args.budget_usd), deadline_why=source)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,4 +133,14 @@ def human(data: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, json_view=compact)
+    return console.main(argv, build_parser, run, human, json_view=json_view)
+
+
+def json_view(data: dict) -> dict:
+    """--json: what the next steps need. Left out: the label (vasticlaude-<experiment>), the key's path
+    (the human output shows the ssh line) and the attempts when the first offer simply worked."""
+    if "nodes" in data:
+        return compact({**data, "nodes": [json_view(n) for n in data["nodes"]]})
+    ssh = {k: v for k, v in data["ssh"].items() if k != "key"} if data["ssh"]["host"] is not None else None
+    plain = [a["outcome"] for a in data.get("attempts") or []] in (["ready"], ["created"])
+    return compact({k: v for k, v in {**data, "ssh": ssh}.items() if k != "label" and not (k == "attempts" and plain)})

@@ -43,10 +43,10 @@ syncs, outcome}; a later watch keeps the age of a fault an earlier one saw, so r
 `watch --timeout 540` calls (how Claude waits) still confirm a stale heartbeat.
 
 JSON data: {"experiment", "outcome": "finished" | "failed" | "needs_you" | "api_down" |
-  "billing_risk" | "timeout", "message", "job": {"state", "exit_code", "elapsed_s"},
+  "billing_risk" | "timeout", "message" (absent when the job finished with 0), "job": {"state", "exit_code", "elapsed_s"},
   "progress": {"percent", "step", "metrics"…} (as status), "instance_id",
   "recoveries": [{"kind", "action", "from_instance", "to_instance", "seconds", "checkpoint_age_s"}],
-  "syncs", "checkpoint": {"files", "bytes", "local_path"}, "pull": {"files", "bytes", "local_path"},
+  "syncs" (when any), "checkpoint": {"files", "bytes", "local_path"}, "pull": {"files", "bytes", "local_path"},
   "down": {"destroyed", "failed"}, "spent_usd", "exit_code"}
 
 Exit codes: 0 the job finished with 0 (and was pulled and torn down as --finish says) · 1 it
@@ -110,7 +110,14 @@ def explain(data: dict, code: int) -> Error:
 
 
 def main(argv: list[str]) -> int:
-    return console.main(argv, build_parser, run, human, json_view=compact, explain=explain)
+    return console.main(argv, build_parser, run, human, json_view=json_view, explain=explain)
+
+
+def json_view(data: dict) -> dict:
+    """--json: the message only when it says more than the outcome (a job that finished with 0 needs no
+    sentence), the checkpoint syncs only when there were any."""
+    said = data.get("outcome") == "finished" and not data.get("exit_code")
+    return compact({k: v for k, v in data.items() if not (k == "message" and said) and not (k == "syncs" and not v)})
 
 
 def run(args: argparse.Namespace) -> dict:

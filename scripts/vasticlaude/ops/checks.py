@@ -106,10 +106,13 @@ def local_public_keys() -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
+NO_KEY_YET = "none yet: `up` makes one and registers it (nothing to do)"
+
+
 def _ssh_key_check() -> dict:
     keys = local_public_keys()
     if not keys:
-        return check("ssh_key", "note", "none yet: `up` makes one (nothing to do)")
+        return check("ssh_key", "note", NO_KEY_YET)
     kind = keys[0].read_text(encoding="utf-8", errors="replace").split()[:1] or ["?"]
     return check("ssh_key", "ok", f"{keys[0]} ({kind[0]})")
 
@@ -121,14 +124,14 @@ def _create_key() -> None:
     ssh_key()
 
 
-def _registered_check(client, register: bool) -> dict:
+def _registered_check(client, register: bool) -> dict | None:
     from vasticlaude.vast.gateway import VastError
     try:
         if register and not local_public_keys():
             _create_key()
         keys = local_public_keys()
         if not keys:
-            return check("ssh_key_registered", "note", "`up` registers the key it makes")
+            return None  # nothing to compare: the ssh_key note says `up` makes and registers one
         return _compare_keys(client, keys, register)
     except VastError as err:
         return check("ssh_key_registered", "fail", err.message, err.hint)
@@ -253,7 +256,8 @@ def _store_check(cfg: dict, target: Endpoint | None) -> dict:
 
 
 def _remote_checks(target: Endpoint, register: bool) -> tuple[list[dict], dict | None, bool]:
-    """[api, ssh_key, ssh_key_registered], the user record and whether the API was unreachable."""
+    """[api, ssh_key, ssh_key_registered (absent while there is no key)], the user record and whether
+    the API was unreachable."""
     from vasticlaude.vast.gateway import Vast
     client = Vast(target, backoff=tuple(schedule(0.5, 1.0, 2)))  # a check, not a rental: answer soon
     api, user, unreachable = _api_check(client, target)
@@ -261,6 +265,6 @@ def _remote_checks(target: Endpoint, register: bool) -> tuple[list[dict], dict |
         registered = check("ssh_key_registered", "warn", "not checked: the API did not answer")
     else:
         registered = _registered_check(client, register)  # may create the key: check ssh_key after it
-    return [api, _ssh_key_check(), registered], user, unreachable
+    return [c for c in (api, _ssh_key_check(), registered) if c is not None], user, unreachable
 
 

@@ -34,6 +34,7 @@ FAIL_FAST = {"exited", "offline", "stopped"}
 BOOT_FAILED = re.compile(r"OCI runtime create failed|Error response from daemon: manifest .*not found|"
                          r"docker_build\(\) error", re.I)
 POLL_CAP = 16.0  # the longest pause between two looks at a booting instance (× VASTICLAUDE_POLL_SCALE)
+QUIET_S = 10.0  # a boot quicker than this prints no status lines: progress is for waits a person notices (× the poll scale)
 TEARDOWN_S = 30.0  # the most a failed attempt's teardown may add after its deadline (× the poll scale)
 
 
@@ -50,6 +51,7 @@ class Plan:
     max_attempts: int
     limits: budget.Limits
     overlay: str | None = None  # several nodes: the overlay network the instance joins at create
+    deadline_why: str = ""      # where the boot deadline comes from (the image class, a flag, the config)
 
     @property
     def label(self) -> str:
@@ -154,8 +156,10 @@ class Launcher:
 
     def attempt(self, cand: Candidate) -> dict | None:
         check_budget(self.plan, cand)
+        why = f" ({self.plan.deadline_why})" if self.plan.deadline_why else ""
         progress(f"vasticlaude up: renting offer {cand.offer_id} ({cand.num_gpus}x {cand.gpu_name}, machine "
-                 f"{cand.machine_id}, ${self.plan.gpu_dph(cand) + cand.storage_dph:.3f}/h)")
+                 f"{cand.machine_id}, ${self.plan.gpu_dph(cand) + cand.storage_dph:.3f}/h)"
+                 + (f"; boot deadline {self.plan.deadline:g} s{why}" if self.plan.wait else ""))
         iid = None
         try:
             with retry.wall(self.plan.deadline):  # the boot deadline is a wall for every retry and probe
@@ -271,12 +275,14 @@ class Launcher:
 
     def poll(self, iid: int) -> dict:
         """Look, probe, pause (2, 4, 8, 16, 16 … s), all inside the plan's wall (`attempt`)."""
-        start, last, said = time.monotonic(), None, ""
+        start, last, said, told = time.monotonic(), None, "", ""
         for pause in schedule(2.0, POLL_CAP):
             row = self.vast.instance(iid)
             if row is None:
                 raise Failed("it disappeared from the account")
             last, said = self.note(iid, row, last, said)
+            if time.monotonic() - start >= QUIET_S * poll_scale():
+                told = self.tell(iid, row, told)
             verdict = hopeless(row)
             if verdict:
                 raise Failed(verdict)
@@ -292,16 +298,21 @@ class Launcher:
         raise AssertionError("unreachable: schedule() is endless")
 
     def note(self, iid: int, row: dict, last: str | None, said: str) -> tuple[str, str]:
-        """Record a new status; say Vast's status_msg (the image pull's progress) whenever it changes."""
+        """Record a new status or status_msg in the state and the experiment's events."""
         status, msg = record_status(row), str(row.get("status_msg") or "")
         if status != last:
             state.upsert_instance(iid, status=status, status_msg=msg, why=msg[:200])
             state.append_event(self.plan.experiment, "status", instance_id=iid, status=status, status_msg=msg)
-        if status != last or msg != said:
-            raw = row.get("actual_status")
-            shown = status if raw in (None, status) else f"{status} ({raw})"
-            progress(f"vasticlaude up: instance {iid}: {shown}" + (f": {msg[:200]}" if msg else ""))
         return status, msg
+
+    @staticmethod
+    def tell(iid: int, row: dict, told: str) -> str:
+        """Say the status and Vast's status_msg (the image pull's progress) whenever they change."""
+        status, msg, raw = record_status(row), str(row.get("status_msg") or ""), row.get("actual_status")
+        line = f"instance {iid}: {status if raw in (None, status) else f'{status} ({raw})'}" + (f": {msg[:200]}" if msg else "")
+        if line != told:
+            progress(f"vasticlaude up: {line}")
+        return line
 
     def discard(self, iid: int, reason: str) -> None:
         progress(f"vasticlaude up: destroying instance {iid} ({reason})")
