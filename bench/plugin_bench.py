@@ -151,6 +151,8 @@ def watch_timeout_bytes(argv: list[str], env: dict, project: Path) -> dict:
     argv[argv.index("--timeout") + 1] = "1"
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=project, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("vasticlaude watch:")]
+    if SHOW:
+        print(f"=== watch --timeout 1 (apart)\n{proc.stderr}{proc.stdout}", file=sys.stderr)
     return {"exit": proc.returncode, "bytes": len(proc.stdout.encode()) + len(proc.stderr.encode()),
             "progress_line_bytes": max((len(line.encode()) + 1 for line in lines), default=0)}
 

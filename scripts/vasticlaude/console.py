@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from vasticlaude.core.numbers import bounded
 from vasticlaude.errors import USAGE, Error
-from vasticlaude.output import emit, error_line, fail, log_crash
+from vasticlaude.output import emit, fail, log_crash
 from vasticlaude.store import config, paths, state
 from vasticlaude.vast.account import Account
 
@@ -149,8 +149,6 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
         emit(json_view(data) if args.json and json_view else data, args.json, human, error)
     except BrokenPipeError:  # `cost | head`: the reader has what it wanted
         quiet_stdout()
-    if error is not None and args.json:
-        print(error_line(prog, error), file=sys.stderr)
     return code
 
 

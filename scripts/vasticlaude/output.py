@@ -58,10 +58,13 @@ def emit(data: object, as_json: bool, human: Callable[[object], str], error: Err
 
 
 def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
+    """The error said once: in the envelope with --json (Claude reads stdout and stderr both), else
+    as one line on stderr."""
     if as_json:
         print(redact(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
                                 separators=(",", ":"), sort_keys=True)))
-    print(error_line(prog, err), file=sys.stderr)
+    else:
+        print(error_line(prog, err), file=sys.stderr)
     return err.exit_code
 
 

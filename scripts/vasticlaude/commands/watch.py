@@ -43,10 +43,11 @@ syncs, outcome}; a later watch keeps the age of a fault an earlier one saw, so r
 `watch --timeout 540` calls (how Claude waits) still confirm a stale heartbeat.
 
 JSON data: {"experiment", "outcome": "finished" | "failed" | "needs_you" | "api_down" |
-  "billing_risk" | "timeout", "message" (absent when the job finished with 0), "job": {"state", "exit_code", "elapsed_s"},
+  "billing_risk" | "timeout" (every outcome but "finished" with 0 exits non-zero, and
+  error.message says what happened; the human output prints the message), "job": {"state", "exit_code", "elapsed_s"},
   "progress": {"percent", "step", "metrics"…} (as status), "instance_id",
   "recoveries": [{"kind", "action", "from_instance", "to_instance", "seconds", "checkpoint_age_s"}],
-  "syncs" (when any), "checkpoint": {"files", "bytes", "local_path"}, "pull": {"files", "bytes", "local_path"},
+  "syncs" (when any), "checkpoint": {"files", "bytes", "local_path"} (once one came home), "pull": {"files", "bytes", "local_path"},
   "down": {"destroyed", "failed"}, "spent_usd", "exit_code"}
 
 Exit codes: 0 the job finished with 0 (and was pulled and torn down as --finish says) · 1 it
@@ -104,7 +105,7 @@ def explain(data: dict, code: int) -> Error:
                        f"vasticlaude run --experiment {exp} -- CMD, then vasticlaude watch --experiment {exp}.",
              "billing_risk": f"Run vasticlaude down --experiment {exp} now.",
              "api_down": f"When Vast answers again: vasticlaude watch --experiment {exp}.",
-             "timeout": f"Nothing is wrong: vasticlaude watch --experiment {exp} goes on watching."}
+             "timeout": f"Run vasticlaude watch --experiment {exp} again to go on watching."}
     hint = hints.get(data["outcome"], f"Then vasticlaude watch --experiment {exp} again.")
     return Error(data["outcome"], data["message"], hint, code)
 
@@ -114,10 +115,12 @@ def main(argv: list[str]) -> int:
 
 
 def json_view(data: dict) -> dict:
-    """--json: the message only when it says more than the outcome (a job that finished with 0 needs no
-    sentence), the checkpoint syncs only when there were any."""
-    said = data.get("outcome") == "finished" and not data.get("exit_code")
-    return compact({k: v for k, v in data.items() if not (k == "message" and said) and not (k == "syncs" and not v)})
+    """--json: no message (a job that finished with 0 needs no sentence; any other outcome exits
+    non-zero and error.message says it), the checkpoint only when one came home, the syncs only when
+    there were any."""
+    empty = isinstance(data.get("checkpoint"), dict) and not data["checkpoint"].get("files")
+    return compact({k: v for k, v in data.items() if k != "message" and not (k == "syncs" and not v)
+                    and not (k == "checkpoint" and empty)})
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -438,7 +438,7 @@ class GroupWatch:
                 last_sync = time.monotonic()
                 self.sync(looks[0])
             if deadline and time.monotonic() >= deadline:
-                return self.result("timeout", "still running: nothing is wrong; watch again to go on", FAILED)
+                return self.result("timeout", "still running (nothing is wrong)", FAILED)
             checks += 1
             time.sleep(min(self.interval, 2.0 ** checks) * poll_scale() if checks < 4 else self.interval)
 

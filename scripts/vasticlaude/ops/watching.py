@@ -95,7 +95,7 @@ class Watch:
                 return done
             if not retry.pause(self.pause(a)):
                 return self.result("timeout", f"still {a.snap['job']['state'] if a.snap else 'unknown'} after "
-                                   f"{self.opts.timeout:g} s: nothing is wrong; watch again to go on", FAILED)
+                                   f"{self.opts.timeout:g} s (nothing is wrong)", FAILED)
 
     def pause(self, a: Assessment) -> float:
         """2, 4, 8, 16 s, then --interval (a job that fails at once is seen at once), shortened so
