@@ -374,7 +374,7 @@ def test_cost_makes_no_api_call_imports_no_vastai_and_writes_nothing(tmp_path):
     state.instances_path().write_text("{torn")
     proc = vc("cost", "--json", env=env, cwd=tmp_path)
     assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["code"] == "state_corrupt"
-    assert "reconcile" in proc.stderr
+    assert "reconcile" in json.loads(proc.stdout)["error"]["hint"] and proc.stderr.strip() == ""  # said once
     assert [p.name for p in vhome().iterdir()] == ["instances.json"]  # not moved aside: cost writes nothing
 
 

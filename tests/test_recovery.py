@@ -97,7 +97,8 @@ def watch(cli, experiment: str, *extra: str):  # noqa: F811
 def finished(cli, proc, rc: int = 0) -> dict:  # noqa: F811
     code, out, err = cli.finish(proc, timeout=240)
     assert code == rc, f"watch rc={code}\n{out}\n{err[-3000:]}"
-    return json.loads(out)["data"]
+    envelope = json.loads(out)  # an outcome other than a clean finish is said once: error.message
+    return {**envelope["data"], **({"message": envelope["error"]["message"]} if envelope["error"] else {})}
 
 
 # ----- preemption -------------------------------------------------------------------------------
