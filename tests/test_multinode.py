@@ -305,6 +305,28 @@ os.execvp(sys.executable, [sys.executable, a.script, *a.args])
 '''
 
 
+def test_nodes_boot_at_once_and_a_failed_machine_moves_to_a_spare_no_other_node_holds(sim, cli):  # noqa: F811
+    """Every first pull takes 4 s and node 1's machine fails to start: the nodes boot at once (node 2 is
+    created before node 0 runs: one after another it would come after), node 1 moves to a spare of the
+    cluster that neither other node holds, and down leaves nothing."""
+    sim.fault("slow-boot", seconds=4)
+    sim.fault("fail-start", offer=7101)
+    try:
+        up = cli.json("up", "--experiment", "par", "--image", "vastai/base:0.0.3", "--disk", "8", "--nodes", "3",
+                      "--any-verified", "--deadline", "60")
+    finally:
+        sim.admin("DELETE", "/sim/faults")
+    offers = [n["offer_id"] for n in up["nodes"]]
+    assert offers[0] == 7100 and offers[2] == 7102 and offers[1] in (7103, 7104), offers
+    assert [a["outcome"] for a in up["nodes"][1]["attempts"]] == ["failed", "ready"]
+    records = cli.state()["instances"]
+    history = {n: records[str(up["nodes"][n]["instance_id"])]["history"] for n in (0, 2)}
+    running0 = next(h["at"] for h in history[0] if h["status"] == "running")
+    assert history[2][0]["at"] < running0, history  # node 2 rented while node 0 was still pulling
+    assert cli.json("down", "--experiment", "par")["overlay"] == up["overlay"]
+    assert cli.account() == [] and not [o for o in sim.sdk().show_overlays() if o["name"] == up["overlay"]]
+
+
 def test_torchrun_gets_the_flags_and_down_leaves_nothing(sim, cli, project):  # noqa: F811
     """run --torchrun on two nodes (config "torchrun": the stand-in): each runs `<it> --nnodes 2 --nproc-per-node 1 --node-rank i
     --rdzv-backend c10d --rdzv-endpoint <node 0>:<port> --rdzv-id tr script ARGS`, and the rendezvous

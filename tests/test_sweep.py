@@ -89,12 +89,13 @@ def test_a_run_left_mid_launch_is_never_reported_not_run():
     from vasticlaude.ops import sweeping
     from vasticlaude.store import state
     runs = [{"id": rid, "params": {}, "command": "true", "env": {}, "state": st}
-            for rid, st in (("r1", "pending"), ("r2", "starting"), ("r3", "running"), ("r4", "done"))]
+            for rid, st in (("r1", "pending"), ("r2", "starting"), ("r3", "running"), ("r4", "done"), ("r5", "pending"))]
+    runs[-1]["may_have_run"] = True  # given back after a resume found its instance gone: it may have run
     with state.experiment("mid") as exp:
         exp["sweep"] = {"version": 1, "state": "running", "budget_usd": 1.0, "parallel": 1, "runs": runs,
                         "slots": [{"name": "mid.w1", "cap_usd": 1.0, "state": "retired"}]}
     got = {r["id"]: r["state"] for r in sweeping.close(sweeping.Book("mid"))["runs"]}
-    assert got == {"r1": "not_run", "r2": "lost", "r3": "lost", "r4": "done"}
+    assert got == {"r1": "not_run", "r2": "lost", "r3": "lost", "r4": "done", "r5": "lost"}
 
 
 # ----- on the sandbox ---------------------------------------------------------------------------

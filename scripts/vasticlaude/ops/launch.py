@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from vasticlaude.core import budget, retry
@@ -140,7 +141,9 @@ class Launcher:
         self.attempts: list[Attempt] = []
         self.key_print: str | None = None  # the fingerprint of the last create's instance key
 
-    def launch(self, cands: list[Candidate]) -> dict:
+    def launch(self, cands: Iterable[Candidate]) -> dict:
+        """Try the candidates in order, one per machine, up to the plan's max_attempts (read lazily: the
+        nodes booting at once hand out their spare machines as they go)."""
         tried: set[int] = set()
         for cand in cands:
             if len(self.attempts) >= self.plan.max_attempts:

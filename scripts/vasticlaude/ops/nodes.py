@@ -26,8 +26,10 @@ import ipaddress
 import math
 import re
 import shlex
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 
 from vasticlaude.core import budget, money
@@ -44,7 +46,7 @@ from vasticlaude.ops.watching import API_PAUSES
 from vasticlaude.output import progress
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.ssh import run as ssh_run
-from vasticlaude.remote.ssh import ssh_key
+from vasticlaude.remote.ssh import Key, ssh_key
 from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast, VastError
 
@@ -126,22 +128,68 @@ def _up(vast: Vast, plan: Plan, nodes: int, port: int) -> dict:
     name = overlay_name(group)
     _remember_group(plan, nodes, cluster.cluster_id, name, port)
     _make_overlay(vast, cluster.cluster_id, name)
-    made, used = [], set()
-    try:
-        for rank in range(nodes):
-            one = node_plan(plan, group, rank, nodes, cluster.cluster_id, name)
-            progress(f"vasticlaude up: node {rank} of {nodes} ({one.experiment})")
-            result = Launcher(vast, one, key).launch([c for c in cluster.candidates if c.machine_id not in used])
-            remember_rental(one)
-            used.add(next(c.machine_id for c in cluster.candidates if c.offer_id == result["offer_id"]))
-            made.append(result)
-    except Error:
-        progress(f"vasticlaude up: a node could not be rented: taking down the {len(made)} rented and the overlay")
-        down(vast, group)
-        raise
+    made = boot_all(vast, plan, group, nodes, cluster, name, key)
     return {"experiment": group, "nodes": made, "cluster_id": cluster.cluster_id, "overlay": name, "port": port,
             "dph": round(sum(n["dph"] for n in made), 6), "estimate_usd": round(sum(n["estimate_usd"] for n in made), 4),
-            "waited_s": round(sum(n["waited_s"] for n in made), 1)}
+            "waited_s": round(max(n["waited_s"] for n in made), 1)}
+
+
+class Claims:
+    """The machines the nodes booting at once hold: node i starts on the cluster's i-th cheapest machine
+    and fails over only to a spare no other node has taken (two nodes on one machine would share its GPUs).
+    Closed when a node has failed for good: the others try nothing more."""
+
+    def __init__(self) -> None:
+        self.lock, self.taken, self.closed = threading.Lock(), set(), False
+
+    def offer(self, cands: list[Candidate], wants_more: Callable[[], bool]) -> Iterator[Candidate]:
+        for cand in cands:
+            with self.lock:
+                if self.closed or not wants_more():
+                    return
+                if cand.machine_id in self.taken:
+                    continue
+                self.taken.add(cand.machine_id)
+            yield cand
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+
+def boot_all(vast: Vast, plan: Plan, group: str, nodes: int, cluster: Cluster, name: str, key: Key) -> list[dict]:
+    """Every node rented and booted at once (a boot is mostly its image pull: minutes each on Vast, so
+    one after another would multiply the wait by N). The first node that cannot be had closes the
+    claims, takes the group down at once (nothing boots on for nothing), and again once the others
+    have stopped (what they created meanwhile)."""
+    claims, spares = Claims(), cluster.candidates[nodes:]
+
+    def boot(rank: int) -> dict:
+        one = node_plan(plan, group, rank, nodes, cluster.cluster_id, name)
+        progress(f"vasticlaude up: node {rank} of {nodes} ({one.experiment})")
+        launcher = Launcher(vast, one, key)
+        mine = [cluster.candidates[rank], *spares]
+        result = launcher.launch(claims.offer(mine, lambda: len(launcher.attempts) < one.max_attempts))
+        remember_rental(one)
+        return result
+
+    contexts = [contextvars.copy_context() for _ in range(nodes)]  # each boot keeps the caller's wall
+    with ThreadPoolExecutor(max_workers=min(16, nodes)) as pool:
+        futures = [pool.submit(ctx.run, boot, rank) for rank, ctx in zip(range(nodes), contexts)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failure = next((f.exception() for f in futures if f in done and f.exception() is not None), None)
+        if failure is not None:
+            claims.close()
+            progress("vasticlaude up: a node could not be rented: taking down the group and the overlay")
+            try:
+                down(vast, group)
+            except (Error, VastError) as err:  # the second down, once every boot has stopped, tries again
+                progress(f"vasticlaude up: taking the group down failed for now ({err.message})")
+        wait(futures)
+    if failure is not None:
+        down(vast, group)  # what another node created while the first down ran
+        raise failure
+    return [f.result() for f in futures]
 
 
 def _remember_group(plan: Plan, nodes: int, cluster: int, name: str, port: int) -> None:

@@ -256,8 +256,9 @@ class Slot:
             self.bound = self.instance()
             self.push_once()
             return True
-        except Error as err:
-            self.claims.give_back(rid, err.message)
+        except Error as err:  # after a resume the run may have begun on the instance that is gone
+            begun = self.claims.run(rid)["state"] in ("starting", "running")
+            self.claims.give_back(rid, err.message, may_have_run=begun)
             self.say(f"no instance: {err.message}")
             self.book.slot(self.name, note=err.message[:300], code=err.code)
             return False
@@ -539,10 +540,14 @@ class Claims:
                     return r["id"]
         return None
 
-    def give_back(self, rid: str, why: str) -> None:
+    def give_back(self, rid: str, why: str, may_have_run: bool = False) -> None:
+        """The run waits for another slot; one that may have begun is remembered as such, so that if
+        nothing runs it again it is reported `lost`, never `not_run`."""
         with self.book.change() as sw:
             run = next(r for r in sw["runs"] if r["id"] == rid)
             run.update(state="pending", note=why[:200])
+            if may_have_run:
+                run["may_have_run"] = True
             run.pop("claimed", None)
             run.pop("slot", None)
 
@@ -641,7 +646,9 @@ def sweep(plan: SweepPlan | None, name: str, opts: Options) -> dict:
 def close(book: Book) -> dict:
     with book.change() as sw:
         for r in sw["runs"]:
-            if r["state"] == "pending":
+            if r["state"] == "pending" and r.get("may_have_run"):  # begun once, then its instance went
+                r.update(state="lost", note=r.get("note") or "it may have begun on an instance that went; not run again")
+            elif r["state"] == "pending":
                 r.update(state="not_run", note=r.get("note") or "no budget or instance left for it")
             elif r["state"] == "starting":  # its slot stopped mid-launch: it may have run, so never `not_run`
                 r.update(state="lost", note=r.get("note") or "its start was never confirmed")
