@@ -159,8 +159,9 @@ class User:
         proc.wait(timeout=30)
 
     def session_end(self, session: str = "sess-end", **env: str) -> int:
-        proc, took = fire("SessionEnd", payload("SessionEnd", session, self.project), self.hook_env(**env))
-        assert took < 1.5, f"SessionEnd took {took:.2f} s: Claude Code would have cut it off"
+        # The hook hands the reap to a detached worker and returns (its wall time against Claude Code's
+        # 1.5 s SessionEnd budget is bench/hooks_bench.py's: no timed assertion here).
+        proc, _ = fire("SessionEnd", payload("SessionEnd", session, self.project), self.hook_env(**env))
         pid = worker_pid(proc.stdout)
         self.workers.append(pid)
         return pid
@@ -278,13 +279,11 @@ def test_a_stdin_that_is_never_closed_does_not_hang_a_hook(tmp_path):
             proc.stdin.flush()
         except BrokenPipeError:  # it exited without reading stdin (no state: the fast path), as it may
             pass
-        start = time.monotonic()
         try:
-            assert proc.wait(timeout=5) == 0
+            assert proc.wait(timeout=5) == 0  # it ends on its own: a hook waiting for EOF would hang here
         finally:
             proc.kill()
             proc.communicate()
-        assert time.monotonic() - start < 1.5
 
 
 @pytest.mark.unit
