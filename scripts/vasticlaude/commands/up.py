@@ -23,9 +23,10 @@ match by label). A create is never blindly retried: after an ambiguous failure (
 Waiting polls with backoff (2, 4, 8, 16, 16 … s) until the instance is running and an
 SSH probe answers (direct, then Vast's proxy), recording each status in the state and the
 experiment's events and, once the boot has taken 10 s, printing the status and Vast's
-status_msg (the image pull's progress) on stderr whenever they change. Transient states (scheduling, rebooting, unknown) are waited out. It
-gives up at once on exited, offline, stopped, a boot error in status_msg (OCI runtime,
-manifest not found, docker_build), as on 404 no_such_ask / 410, and at the boot deadline:
+status_msg (the image pull's progress) on stderr whenever they change. Transient states
+(scheduling, rebooting, unknown) are waited out. It gives up at once on exited, offline,
+stopped, a boot error in status_msg (OCI runtime, manifest not found, docker_build), as on
+404 no_such_ask / 410, and at the boot deadline:
 --deadline, else config deadlines.up_s, else by the image's size (600 s for small base
 images such as vastai/base or ubuntu, 1800 s for pytorch/cuda/tensorflow, 2700 s for huge
 ones such as vllm or -devel, 900 s for an image of unknown size), never above
@@ -49,9 +50,11 @@ Several nodes (--nodes N, N >= 2; README "Several nodes"): N instances of one ph
 (`cluster_id` on offers; the cluster whose N cheapest fitting machines cost least) on one Vast
 overlay network, created first and joined at create (`--env "-n NAME"`). Each node is an
 experiment of its own, <experiment>-n<i>; --budget-usd is the group's, split evenly into the
-nodes' budgets (each node's watchdog cap). One node failing to come up takes down the others and
-the overlay. JSON data then: {"experiment", "nodes": [one node's data as above], "cluster_id",
-"overlay", "port", "dph", "estimate_usd", "waited_s"}.
+nodes' budgets (each node's watchdog cap). The nodes boot at once, node i on the cluster's i-th
+machine; a node whose machine fails moves to a spare no other node holds. One node failing to
+come up takes down the others and the overlay. JSON data then: {"experiment", "nodes": [one
+node's data as above], "cluster_id", "overlay", "port", "dph", "estimate_usd", "waited_s" (the
+longest)}.
 
 Exit codes: 0 ready (or created, with --no-wait) · 1 refused by a budget, or no offer
 worked (nothing left billing) · 2 usage · 3 Vast/sandbox API failure · 4 an instance
