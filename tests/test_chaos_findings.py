@@ -4,6 +4,11 @@
    finished, its watchdog stopped the instance (results never pulled), and the session-end reap
    destroyed it as "stopped: nothing can run on it" — the results were lost (chaos seed 1015).
    `run` now writes the run down before launching it, so the reap keeps the stopped disk.
+2. A reap whose pull failed destroyed the results on the instance (seeds 1022, 1026): it now stops it.
+3. A stop answered 404 for an instance destroyed meanwhile (the reap listed it running, its pull
+   failed, its watchdog destroyed it before the reap's stop; a re-run of seed 1005): the reap said
+   "not done" (exit 4) though nothing billed. A stop of a gone instance is now "already gone", as
+   a destroy's is (`down` is idempotent; `--keep-disk` too).
 """
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ import subprocess
 import time
 
 from test_hooks import VC, User, last_report, push, user, wait_worker  # noqa: F401 — `user` drives the sandbox
+from vasticlaude.ops.reaping import Decision, act
+from vasticlaude.store import state
+from vasticlaude.vast.account import Endpoint
+from vasticlaude.vast.gateway import Vast
 
 JOB = r'''
 import os, sys, time
@@ -62,3 +71,32 @@ def test_a_finished_job_whose_results_cannot_be_pulled_is_stopped_not_destroyed(
     assert [(i["id"], i["action"]) for i in report["instances"]] == [(iid, "stopped")], report["instances"]
     assert user.account()[iid]["actual_status"] in ("stopped", "exited")
     user.run("down", "--experiment", "no-pull")
+
+
+def destroy_behind_our_back(user: User, sim, iid: int) -> None:
+    sim.sdk().destroy_instance(id=iid)
+    deadline = time.monotonic() + 30
+    while iid in user.account() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert iid not in user.account()
+
+
+def test_the_reaps_stop_of_an_instance_destroyed_meanwhile_is_already_gone_not_undone(user, sim):
+    """3. The reap listed it running and chose stop; its watchdog destroyed it before the stop came."""
+    iid = user.up("gone-meanwhile")
+    row = user.account()[iid]  # the reap's listing, taken while it ran
+    destroy_behind_our_back(user, sim, iid)
+    vast = Vast(Endpoint(url=sim.url, api_key=sim.api_key, key_source="test", sandbox=True))
+    action, failure = act(vast, iid, row, Decision("stop", "its run's results are not home"), "reap test")
+    assert (action, failure) == ("already-gone", None)
+    record = state.load()["instances"][str(iid)]
+    assert record.get("destroyed_at"), record
+
+
+def test_down_keep_disk_of_a_gone_instance_is_already_gone(user, sim):
+    """`down` is idempotent: an instance already gone counts as success, with --keep-disk too."""
+    iid = user.up("keep-gone")
+    destroy_behind_our_back(user, sim, iid)
+    data = user.json("down", str(iid), "--keep-disk")
+    assert (data["already_gone"], data["failed"], data["exit_code"]) == ([iid], [], 0), data
+    assert user.json("down", "--experiment", "keep-gone", "--keep-disk")["failed"] == []

@@ -490,6 +490,8 @@ def handle(vast: Vast, rec: dict, row: dict | None, report: Report, policy: dict
             entry["why"] = decision.why
         entry["action"], failure = act(vast, int(rec["id"]), row, decision,
                                        f"reap {report.data['reason']}: {decision.why}")
+        if entry["action"] == "already-gone":  # taken down meanwhile (its watchdog, another session)
+            entry["why"] = f"gone from the account before this reap could {decision.verb} it"
         if failure:
             entry["why"] = failure
             report.data["undone"].append({"id": int(rec["id"]), "label": rec.get("label"),

@@ -74,14 +74,30 @@ def teardown(vast: Vast, target: Target, why: str = "down") -> tuple[str, dict]:
 
 
 def stop(vast: Vast, target: Target) -> tuple[str, dict]:
+    """("stopped" | "already_gone" | "failed", details): an instance the API no longer has (gone from
+    the listing, or the stop answered 404) is closed as gone: nothing bills, nothing is left to do."""
     iid = target.instance_id
     try:
+        if target.listed and target.row is None:
+            finish(iid, None, "stop: already gone")
+            return "already_gone", {"id": iid}
         vast.stop(iid)
     except VastError as err:
+        if err.status == 404 and gone(vast, iid):  # destroyed meanwhile (its watchdog, another session)
+            finish(iid, None, "stop: already gone")
+            return "already_gone", {"id": iid}
         return "failed", {"id": iid, "reason": err.message}
     if str(iid) in state.load()["instances"]:
         state.upsert_instance(iid, status="stopped", why="down --keep-disk")
     return "stopped", {"id": iid}
+
+
+def gone(vast: Vast, instance_id: int) -> bool:
+    """True when the API confirms the instance is no longer there (a failed read is not proof)."""
+    try:
+        return vast.instance(instance_id) is None
+    except VastError:
+        return False
 
 
 def targets(vast: Vast, ids: list[int], experiment: str | None = None, everything: bool = False) -> list[Target]:
