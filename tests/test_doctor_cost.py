@@ -17,7 +17,7 @@ import pytest
 
 from vasticlaude import cli
 from vasticlaude.commands import cost, doctor
-from vasticlaude.ops import costs
+from vasticlaude.ops import costs, groups
 from vasticlaude.store import state
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
@@ -280,12 +280,18 @@ def with_a_group(data: dict, noon: float) -> None:
             exp.update(budget_usd=4, **({"store": {"bytes": size}} if size else {}))
 
 
-@pytest.mark.unit
-def test_cost_folds_a_multi_node_experiment_into_one_row(tmp_path, monkeypatch):
+def grouped_home(tmp_path, monkeypatch) -> float:
+    """The known state with a group written, the project folder entered; noon, the state's "now"."""
     noon, data = known_state()
     with_a_group(data, noon)
     write_state(data)
     monkeypatch.chdir(tmp_path)
+    return noon
+
+
+@pytest.mark.unit
+def test_cost_folds_a_multi_node_experiment_into_one_row(tmp_path, monkeypatch):
+    noon = grouped_home(tmp_path, monkeypatch)
     monkeypatch.setenv("CLAUDE_SESSION_ID", "s1")
     out = run_cost(monkeypatch, noon)
     exps = {e["experiment"]: e for e in out["experiments"]}
@@ -326,8 +332,8 @@ def test_cost_reads_a_group_record_only_for_rows_it_lists(tmp_path, monkeypatch)
     write_state(data)
     monkeypatch.chdir(tmp_path)
     read = []
-    real = costs.group_members
-    monkeypatch.setattr(costs, "group_members", lambda name: read.append(name) or real(name))
+    real = groups.members
+    monkeypatch.setattr(groups, "members", lambda name: read.append(name) or real(name))
     out = run_cost(monkeypatch, noon)
     assert len(out["experiments"]) == 20 and len(read) <= 20
     assert all(e["nodes"] == 2 and e["instances"] == 2 for e in out["experiments"] if e["experiment"].startswith("g"))
@@ -337,10 +343,7 @@ def test_cost_reads_a_group_record_only_for_rows_it_lists(tmp_path, monkeypatch)
 
 @pytest.mark.unit
 def test_cost_of_a_group_and_of_one_node(tmp_path, monkeypatch):
-    noon, data = known_state()
-    with_a_group(data, noon)
-    write_state(data)
-    monkeypatch.chdir(tmp_path)
+    noon = grouped_home(tmp_path, monkeypatch)
     whole = run_cost(monkeypatch, noon, "--experiment", "big")
     assert [r["id"] for r in whole["instances"]] == [201, 202, 204, 203]  # every node's, the relaunched one too
     [row] = whole["experiments"]

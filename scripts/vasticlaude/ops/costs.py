@@ -12,13 +12,13 @@ from vasticlaude.core import budget
 from vasticlaude.core import money as costing
 from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import FAILED, Error
+from vasticlaude.ops import groups
 from vasticlaude.store import config, state
 from vasticlaude.vast.gateway import Vast
 
 
 MAX_INSTANCES = 20     # rows listed unless --all: a listing must not grow with months of use
 MAX_EXPERIMENTS = 20
-NODE = re.compile(r"(.+)-n\d+")  # a node of a multi-node experiment: `<group>-n<i>` (ops/nodes.py)
 
 
 def read_state() -> dict:
@@ -36,7 +36,7 @@ def summary(limits: budget.Limits, experiment: str | None = None, everything: bo
     now = time.time()
     data = read_state()
     every = [Lean.of(r, now) for r in data["instances"].values()]  # once: the totals, today and the session share it
-    members = group_members(experiment) if experiment else None  # a multi-node experiment is all of its nodes
+    members = groups.members(experiment) if experiment else None  # a multi-node experiment is all of its nodes
     names = {experiment, *(members or ())}
     lean = [x for x in every if not experiment or x.rec.get("experiment") in names]
     recs = [x.rec for x in lean]  # every record counts in the totals; only the listed get a full row
@@ -160,7 +160,7 @@ def experiments(lean: list[Lean], limits: budget.Limits, only: str | None, charg
         return [_experiment(only, by_name[only], limits, charged) | {"nodes": len(members)}]
     parts: dict[str, dict[str, list[Lean]]] = {}
     for name in [] if only else list(by_name):  # a node asked for by name is that node alone
-        node = NODE.fullmatch(name)
+        node = groups.NODE.fullmatch(name)
         if node and node.group(1) not in by_name:  # a group has no instance of its own
             parts.setdefault(node.group(1), {})[name] = by_name.pop(name)
     rows = [_experiment(name, by_name[name], limits, charged) for name in by_name]
@@ -181,7 +181,7 @@ def settle(rows: list[dict], make, keep, order, limit: int | None) -> list[dict]
         if parts is None:
             out.append(row)
             continue
-        members = group_members(row["experiment"]) or []
+        members = groups.members(row["experiment"]) or []
         mine = [name for name in parts if name in members]
         strays = [make(name, leans) for name, leans in parts.items() if name not in mine]
         if mine:
@@ -189,15 +189,6 @@ def settle(rows: list[dict], make, keep, order, limit: int | None) -> list[dict]
             out.append(whole | {"nodes": len(members)})
         queue = sorted(queue + [r for r in strays if keep(r)], key=order)
     return out
-
-
-def group_members(name: str | None) -> list[str] | None:
-    """The node experiments of a multi-node experiment (its experiment.json `nodes` record), else None."""
-    if not name or not state.experiment_dir(name).is_dir():
-        return None
-    found = (state.read_experiment(name) or {}).get("nodes")
-    members = found.get("members") if isinstance(found, dict) else None
-    return [str(m) for m in members] if isinstance(members, list) and members else None
 
 
 def _experiment(name: str, group: list[Lean], limits: budget.Limits, charged: dict[int, float] | None) -> dict:

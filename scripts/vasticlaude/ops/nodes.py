@@ -29,7 +29,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 
 from vasticlaude.core import budget, money
@@ -38,6 +38,7 @@ from vasticlaude.core.retry import poll_scale
 from vasticlaude.errors import API, BILLING_RISK, FAILED, USAGE, Error
 from vasticlaude.ops import checkpoints, job, results, teardown
 from vasticlaude.ops.binding import bind
+from vasticlaude.ops.groups import group_of, member
 from vasticlaude.ops.launch import Launcher, Plan, refuse_if_taken, register, remember_rental
 from vasticlaude.ops.observe import one_line
 from vasticlaude.ops.recovery import Assessment, Policy, Recovery, assess, recover
@@ -57,17 +58,6 @@ ADDRESS_PROBE = 'printf "%s\\n" "${VAST_OVERLAY_IP:-}"; hostname -I 2>/dev/null;
 STOP_JOB = ('w=$(cat {run}/wrapper_pid 2>/dev/null); [ -n "$w" ] && kill -TERM "$w" 2>/dev/null; '
             'for i in $(seq 1 50); do [ -f {run}/exit_code ] && break; sleep 0.1; done; '
             'j=$(cat {run}/job_pid 2>/dev/null); [ -n "$j" ] && kill -KILL -- "-$j" 2>/dev/null; true')
-
-
-def member(group: str, rank: int) -> str:
-    return f"{group}-n{rank}"
-
-
-def group_of(experiment: str | None) -> dict | None:
-    """The group record when `experiment` is a multi-node experiment, else None."""
-    if not experiment:
-        return None
-    return (state.read_experiment(experiment) or {}).get("nodes")
 
 
 def overlay_name(group: str) -> str:
@@ -144,7 +134,7 @@ class Claims:
 
     def offer(self, cands: list[Candidate], wants_more: Callable[[], bool]) -> Iterator[Candidate]:
         for cand in cands:
-            with self.lock:
+            with self.lock:  # asked before claiming: a machine its node will not try stays free for another
                 if self.closed or not wants_more():
                     return
                 if cand.machine_id in self.taken:
@@ -173,9 +163,8 @@ def boot_all(vast: Vast, plan: Plan, group: str, nodes: int, cluster: Cluster, n
         remember_rental(one)
         return result
 
-    contexts = [contextvars.copy_context() for _ in range(nodes)]  # each boot keeps the caller's wall
     with ThreadPoolExecutor(max_workers=min(16, nodes)) as pool:
-        futures = [pool.submit(ctx.run, boot, rank) for rank, ctx in zip(range(nodes), contexts)]
+        futures = started(pool, boot, list(range(nodes)))
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failure = next((f.exception() for f in futures if f in done and f.exception() is not None), None)
         if failure is not None:
@@ -226,11 +215,15 @@ def addresses(vast: Vast, group: str, g: dict) -> list[str]:
 
 
 def each(work, items: list) -> list:
-    """`work` on every node at once (SSH round trips to N hosts in parallel); the first error raised.
-    Each runs in a copy of the caller's context, so its deadline (core.retry.wall) holds there too."""
-    contexts = [contextvars.copy_context() for _ in items]
+    """`work` on every node at once (SSH round trips to N hosts in parallel); the first error raised."""
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
-        return list(pool.map(lambda pair: pair[0].run(work, pair[1]), zip(contexts, items)))
+        return [f.result() for f in started(pool, work, items)]
+
+
+def started(pool: ThreadPoolExecutor, work, items: list) -> list[Future]:
+    """`work(item)` for each item on the pool, each in a copy of the caller's context, so its deadline
+    (core.retry.wall) holds in the thread too."""
+    return [pool.submit(contextvars.copy_context().run, work, item) for item in items]
 
 
 def pick_address(words: list[str], subnet: str | None, name: str) -> str:

@@ -27,7 +27,8 @@ from vasticlaude.core import budget, chart, fmt, logparse
 from vasticlaude.core import money as costing
 from vasticlaude.errors import Error
 from vasticlaude.output import redact, redact_file
-from vasticlaude.ops.costs import NODE, group_members, read_state
+from vasticlaude.ops import groups
+from vasticlaude.ops.costs import read_state
 from vasticlaude.remote import templates
 from vasticlaude.remote.layout import Layout
 from vasticlaude.store import config, paths, state
@@ -52,7 +53,7 @@ def report(experiment: str | None = None, out: Path | None = None, offline: bool
     now = time.time()
     every = sorted(read_state()["instances"].values(), key=lambda r: (r.get("created_at") or 0, str(r.get("id"))))
     experiment = pick_experiment(experiment, every)
-    members = group_members(experiment)
+    members = groups.members(experiment)
     if members:
         return group_report(experiment, members, every, out, offline, now)
     records = [r for r in every if r.get("experiment") == experiment]
@@ -201,8 +202,8 @@ def pick_experiment(name: str | None, records: list[dict]) -> str:
         raise Error("no_experiment", "vasticlaude has no experiment yet",
                     "Rent an instance with 'vasticlaude up --experiment NAME' first.")
     latest = max(known, key=known.get)
-    node = NODE.fullmatch(latest)  # the newest is a node of several: the report is the group's
-    return node.group(1) if node and latest in (group_members(node.group(1)) or ()) else latest
+    node = groups.NODE.fullmatch(latest)  # the newest is a node of several: the report is the group's
+    return node.group(1) if node and latest in (groups.members(node.group(1)) or ()) else latest
 
 
 def known_experiments(records: list[dict]) -> dict[str, float]:
