@@ -26,7 +26,7 @@ import hooklib
 from hooklib import money
 from vasticlaude.core.lifecycle import record_status
 
-MAX_BYTES = 1500   # the whole stdout, JSON included
+MAX_BYTES = 1500   # the whole stdout, JSON and hooklib's final newline included
 MAX_LISTED = 6
 RECOVERY_NEWS_S = 7 * 86400  # an unfinished recovery is said for a week
 
@@ -255,14 +255,18 @@ def fit(head: list[str], items: list[str], tail: list[str]) -> str:
     while True:
         more = [f"- +{len(items) - keep} more (`{hooklib.vc_command()} cost` lists them)"] if keep < len(items) else []
         out = render(head + items[:keep] + more + tail)
-        if len(out.encode()) <= MAX_BYTES or keep == 0:
+        if fits(out) or keep == 0:
             break
         keep -= 1
     lines = head + items[:keep] + more + tail
-    while len(out.encode()) > MAX_BYTES and len(lines) > 1:  # long paths in the tail: drop from the end
+    while not fits(out) and len(lines) > 1:  # long paths in the tail: drop from the end
         lines.pop()
         out = render(lines)
     return out
+
+
+def fits(out: str) -> bool:
+    return len(out.encode()) + 1 <= MAX_BYTES  # + the newline hooklib ends it with
 
 
 def render(lines: list[str]) -> str:

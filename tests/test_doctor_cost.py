@@ -17,7 +17,7 @@ import pytest
 
 from vasticlaude import cli
 from vasticlaude.commands import cost, doctor
-from vasticlaude.ops import costs, groups
+from vasticlaude.ops import groups
 from vasticlaude.store import state
 
 VC = str(Path(sys.executable).with_name("vasticlaude"))
@@ -66,9 +66,10 @@ def test_doctor_all_ok_after_register_ssh_key(sim, tmp_path):
     first = vc("doctor", "--json", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr  # a fresh home: nothing blocks a rental
     checks = checks_of(data_of(first))
-    assert checks["ssh_key"]["status"] == "note" and "`up` makes one and registers it" in checks["ssh_key"]["detail"]
+    assert checks["ssh_key"]["status"] == "note" and "`up` makes and registers one" in checks["ssh_key"]["detail"]
     assert "ssh_key_registered" not in checks  # one fact, said once: no key, so nothing to compare yet
     assert checks["api"]["status"] == "ok" and "$100.00" in data_of(first)["account"]
+    assert data_of(first)["target"]["url"] == sim.url  # a VAST_URL of the user's is said (the embedded sandbox's is not)
 
     registered = vc("doctor", "--register-ssh-key", "--json", env=env, cwd=tmp_path)
     assert registered.returncode == 0, registered.stdout + registered.stderr

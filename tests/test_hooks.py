@@ -439,7 +439,7 @@ def test_session_start_with_mixed_states_is_short_and_starts_the_background_work
     command = command_of("SessionStart").replace(str(ROOT), str(root))
     proc, took = fire("SessionStart", payload("SessionStart", "s-mixed", tmp_path), env, command)
 
-    assert len(proc.stdout.encode()) <= 1500, len(proc.stdout.encode())
+    assert len(proc.stdout.encode()) <= 1500, proc.stdout
     out = json.loads(proc.stdout)
     text = out["hookSpecificOutput"]["additionalContext"]
     assert out["hookSpecificOutput"]["hookEventName"] == "SessionStart" and out["systemMessage"]

@@ -127,16 +127,21 @@ def charged(sim, iid: int) -> float:
 
 # ----- the happy path -------------------------------------------------------------------------
 def test_offers_up_down_leaves_nothing_and_a_matching_ledger(cli, sim):
+    said = cli.run("offers", "--gpu", "RTX_3090", "--gpu", "rtx 4090", "--disk", "10", "--hours", "2").stdout
+    assert "gpu_name in [RTX_3090,RTX_4090]" in said and "rentable=true" in said  # the human output says the query
     offers = cli.json("offers", "--gpu", "RTX_3090", "--gpu", "rtx 4090", "--disk", "10", "--hours", "2")
-    assert "gpu_name in [RTX_3090,RTX_4090]" in offers["query"] and "rentable=true" in offers["query"]
+    assert "query" not in offers  # --json: Claude wrote the flags
     cands = offers["candidates"]
     assert cands and all(c["gpu_name"] in ("RTX 3090", "RTX 4090") for c in cands)
     assert [c["est_total_usd"] for c in cands] == sorted(c["est_total_usd"] for c in cands)
-    assert cands[0]["est_total_usd"] == pytest.approx(cands[0]["dph"] * 2, abs=1e-4)
+    # 2 h at the $/h (shown to 4 decimals) plus the bandwidth the offer charges, if any
+    assert cands[0]["est_total_usd"] == pytest.approx(cands[0]["dph"] * 2 + cands[0].get("transfer_usd", 0), abs=2e-4)
 
     up = cli.json(*up_args("happy", "--gpu", "RTX 3090", "--gpu", "RTX 4090", "--hours", "2"))
     assert up["offer_id"] == cands[0]["offer_id"] and "label" not in up and "key" not in up["ssh"]
     assert "attempts" not in up  # the first offer simply worked: nothing to tell
+    said = cli.outputs[-1].splitlines()  # up's stderr: the renting line only before a slow boot's status lines
+    assert not said or (said[0].startswith("vasticlaude up: renting offer") and len(said) > 1), said
     ssh = up["ssh"]
     probe = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
                             "UserKnownHostsFile=/dev/null", "-i", str(cli.vchome / "ssh" / "id_ed25519"), "-p", str(ssh["port"]),
@@ -178,6 +183,8 @@ def test_failover_to_the_next_offer(cli, sim, kind, spec):
     first = first_candidate(cli)
     sim.fault(kind, offer=first["offer_id"], **spec)
     up = cli.json(*up_args(f"fo-{kind}-{spec.get('mode', '')}", "--deadline", "3"))
+    said = cli.outputs[-1]  # the failed offer's renting line, said before its failure even under --json
+    assert 0 <= said.find(f"renting offer {first['offer_id']}") < said.find(f"offer {first['offer_id']} failed"), said
     failed, ready = up["attempts"]
     assert (failed["offer_id"], failed["outcome"]) == (first["offer_id"], "failed")
     assert ready["outcome"] == "ready" and ready["machine_id"] != first["machine_id"]

@@ -121,3 +121,33 @@ def test_a_failing_command_says_ok_false_with_an_error_and_a_runnable_hint(argv,
     assert envelope["ok"] is False and {"code", "message", "hint"} <= set(envelope["error"]), envelope
     assert "vasticlaude " not in json.dumps(envelope).replace("vasticlaude-", "").replace(".vasticlaude", "") \
         .replace("vasticlaude/", ""), f"a suggestion not spelled with the launcher: {envelope}"
+
+
+def test_a_line_the_result_restates_is_said_once_under_json(capsys):
+    """--json: `up`'s renting line, `push`'s sending line, `pull`'s line are left to the result unless
+    something follows them (a slow boot's status, a failed offer, an error); a person sees them at once."""
+    from vasticlaude.errors import Error
+    try:
+        output.hold(False)
+        output.restated("vasticlaude up: renting offer 1")
+        assert capsys.readouterr().err == "vasticlaude up: renting offer 1\n"  # no --json: at once
+
+        output.hold(True)
+        output.restated("vasticlaude up: renting offer 1")
+        assert capsys.readouterr().err == ""
+        output.emit({"instance_id": 5}, True, str)
+        assert capsys.readouterr().err == ""  # a clean result says it: dropped
+
+        output.restated("vasticlaude up: renting offer 1")
+        output.progress("vasticlaude up: offer 1 failed: it never started")
+        output.restated("vasticlaude up: renting offer 2")
+        output.emit({"instance_id": 6}, True, str, Error("x", "no", "retry", 1))
+        assert capsys.readouterr().err.splitlines() == [  # in order, before what follows; kept for an error
+            "vasticlaude up: renting offer 1", "vasticlaude up: offer 1 failed: it never started",
+            "vasticlaude up: renting offer 2"]
+
+        output.restated("vasticlaude pull: outputs from instance 6")
+        output.fail(Error("ssh", "the connection dropped", "retry"), True)
+        assert capsys.readouterr().err == "vasticlaude pull: outputs from instance 6\n"
+    finally:
+        output.hold(False)

@@ -413,11 +413,14 @@ def test_vast_run_end_to_end_under_claude(claude, plugin_data, tmp_path):
         assert all(cmd.startswith(f'"{VC}" ') and cmd.split()[1] == step for cmd, step in zip(script.issued, FLOW))
         doctor = data["doctor"]["data"]  # a fresh home: the key is made and registered by up, a note, not a failure
         assert {c["name"]: c["status"] for c in doctor["checks"]}["ssh_key"] == "note" and "api" in doctor["passed"]
+        assert doctor["target"]["kind"] == "sandbox" and "url" not in doctor["target"]  # the embedded one's port says nothing
         assert data["cost"]["data"]["billing_usd_per_hour"] == 0
         assert data["offers"]["data"]["candidates"] and data["push"]["data"]["files"] >= 1
         assert data["run"]["data"]["state"] in ("running", "exited")
         watched = data["watch"]["data"]  # waits, pulls (verified) and destroys
         assert watched["outcome"] == "finished" and watched["job"]["exit_code"] == 0 and watched["pull"]["files"] >= 1
+        assert "exit_code" not in watched and "query" not in data["offers"]["data"]  # ok: true says 0; Claude wrote the flags
+        assert not {"created_at", "destroyed_at"} & set(data["cost"]["data"]["instances"][0])  # instances.json keeps when
         assert watched["down"]["destroyed"] == [up["instance_id"]] and not watched["down"].get("failed")
         assert Path(data["report"]["data"]["report"]).is_file()
         pulled = session.project / ".vasticlaude" / "runs" / "e2e" / "outputs" / "result.txt"

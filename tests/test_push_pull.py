@@ -168,7 +168,8 @@ def test_push_honours_ignores_runs_setup_and_checks_the_gpu(user):
     ignore_tree(user.project, {"ignore": ["*.tmpdata"], "setup": "python3 -c 'print(40 + 2)'"})
     git(user.project, "init", "-q")
     up = user.up("push1")
-    pushed, _ = user.json("push")
+    pushed, said = user.json("push")
+    assert said == "" and "seconds" not in pushed and "exit_code" not in pushed  # --json: the result says them
     assert pushed["experiment"] == "push1" and pushed["instance_id"] == up["instance_id"]
     assert pushed["ignore_rules"] == "git" and pushed["files"] == 13  # regular files + symlinks
     assert pushed["setup"]["exit_code"] == 0 and pushed["setup"]["tail"] == ["42"]
@@ -182,6 +183,7 @@ def test_push_honours_ignores_runs_setup_and_checks_the_gpu(user):
     assert user.ssh("cat vasticlaude/push1/run/setup.log") == "42\n"
     rec = user.experiment("push1")["push"]
     assert rec["files"] == 13 and rec["setup"]["command"].startswith("python3") and rec["gpu"]["matches"]
+    assert rec["seconds"] > 0
 
     (user.project / "sub" / "ok.py").unlink()  # --delete mirrors removals
     state_file = user.vchome / "instances.json"  # pretend an H100 was rented: a warning, not a failure
@@ -203,6 +205,8 @@ def test_second_push_of_an_unchanged_tree_sends_deltas_only(user):
     assert first["bytes_total"] >= 50 * MB and first["bytes_sent"] >= 50 * MB  # random bytes do not compress
     second, _ = user.json("push", "--no-setup")
     assert second["bytes_total"] == first["bytes_total"] and second["bytes_sent"] < 0.01 * second["bytes_total"]
+    third = user.run("push", "--no-setup")  # a person is told at once what is being sent
+    assert third.returncode == 0 and "vasticlaude push: sending 11 files (" in third.stderr, third.stderr
     user.down()
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from vasticlaude.core.numbers import bounded
 from vasticlaude.errors import USAGE, Error
-from vasticlaude.output import emit, fail, log_crash
+from vasticlaude.output import emit, fail, hold, log_crash
 from vasticlaude.store import config, paths, state
 from vasticlaude.vast.account import Account
 
@@ -130,6 +130,7 @@ def main(argv: list[str], build_parser: Callable[[], argparse.ArgumentParser],
         args = command.parse_args(argv)
     except Error as err:
         return fail(err, "--json" in argv, prog)
+    hold(args.json)
     try:
         data = run(args)
     except Error as err:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -47,6 +48,7 @@ def spelled(value: object) -> object:
 
 def emit(data: object, as_json: bool, human: Callable[[object], str], error: Error | None = None) -> None:
     """The result on stdout; with `error` (a non-zero exit) the envelope says ok: false and why."""
+    release(say=error is not None)
     if as_json:
         print(redact(json.dumps({"v": ENVELOPE_VERSION, "ok": error is None, "data": spelled(data),
                                  "error": spelled(error.as_dict()) if error else None},
@@ -60,6 +62,7 @@ def emit(data: object, as_json: bool, human: Callable[[object], str], error: Err
 def fail(err: Error, as_json: bool, prog: str = "vasticlaude") -> int:
     """The error said once: in the envelope with --json (Claude reads stdout and stderr both), else
     as one line on stderr."""
+    release(say=True)
     if as_json:
         print(redact(json.dumps({"v": ENVELOPE_VERSION, "ok": False, "data": None, "error": spelled(err.as_dict())},
                                 separators=(",", ":"), sort_keys=True)))
@@ -76,7 +79,39 @@ def error_line(prog: str, err: Error) -> str:
     return redact(spell(f"{prog}: {message} {hint}".rstrip()))
 
 
+class _Held:
+    """Lines a --json result restates (what `up` rents, what `push` sends, what `pull` brought): said
+    only when something follows them (a slow boot's status, a retry, an error), else left to the result.
+    Claude reads stderr and stdout together once the command ends; a person (no --json) sees them at once."""
+    on = False
+    lines: list[str] = []
+    lock = threading.Lock()
+
+
+def hold(as_json: bool) -> None:
+    """Set once per command by console.main."""
+    with _Held.lock:
+        _Held.on, _Held.lines = as_json, []
+
+
+def restated(message: str) -> None:
+    """A progress line the result will say again: at once to a person, held under --json."""
+    if not _Held.on:
+        return progress(message)
+    with _Held.lock:
+        _Held.lines.append(message)
+
+
+def release(say: bool) -> None:
+    """The held lines: said (before what follows them, an error) or dropped (the result says them)."""
+    with _Held.lock:
+        lines, _Held.lines = _Held.lines, []
+    for line in lines if say else ():
+        print(redact(spell(line)), file=sys.stderr, flush=True)
+
+
 def progress(message: str) -> None:
+    release(say=True)
     print(redact(spell(message)), file=sys.stderr, flush=True)
 
 

@@ -22,7 +22,8 @@ The session is $CLAUDE_SESSION_ID (or $VASTICLAUDE_SESSION): instances created u
 JSON (data):
   {"instances": [{"id", "experiment", "status", "gpu_name", "dph_now" (not once destroyed), "running_s",
                   "exists_s", "gpu_usd", "storage_usd", "bandwidth_usd" (each part only when not 0),
-                  "total_usd", "created_at", "destroyed_at",
+                  "total_usd", "created_at", "destroyed_at" (not with --json: money and durations there;
+                  when each was made and destroyed stays in instances.json),
                   "actual_usd" (with --actual; null when Vast shows no charge yet)}],
    "experiments": [{"experiment", "instances", "live", "dph_now" (only while live), "spent_usd", "running_hours",
                     "budget_usd", "left_usd", "budget_hours", "left_hours", "actual_usd"?,
@@ -112,11 +113,11 @@ def main(argv: list[str]) -> int:
 
 def json_view(data: dict) -> dict:
     """--json: each row without what another field says (the label is vasticlaude-<experiment>; a
-    destroyed instance bills nothing now) and without cost parts that are 0; not_listed only when some
-    were left out."""
+    destroyed instance bills nothing now), without cost parts that are 0 and without the timestamps
+    (money and durations here; instances.json keeps when); not_listed only when some were left out."""
     def row(r: dict) -> dict:
         gone = r.get("status") == "destroyed"
-        return {k: v for k, v in r.items() if k != "label" and not (k == "dph_now" and gone)
+        return {k: v for k, v in r.items() if k not in ("label", "created_at", "destroyed_at") and not (k == "dph_now" and gone)
                 and not (k in ("gpu_usd", "storage_usd", "bandwidth_usd") and not v)}
     exps = [{k: v for k, v in e.items() if not (k == "dph_now" and not e.get("live"))} for e in data["experiments"]]
     view = {**data, "instances": [row(r) for r in data["instances"]], "experiments": exps}

@@ -36,6 +36,7 @@ import argparse
 from vasticlaude import console
 from vasticlaude.errors import Error
 from vasticlaude.ops.checks import doctor
+from vasticlaude.vast.account import REAL_URL
 
 MARK = {"ok": "ok  ", "note": "note", "warn": "warn", "fail": "FAIL"}
 
@@ -63,11 +64,15 @@ def human(data: object) -> str:
 
 
 def json_view(data: dict) -> dict:
-    """--json: what the next step needs: the target, the account line, the names that passed, the rest in full."""
+    """--json: what the next step needs: the target, the account line, the names that passed, the rest in full.
+    The target's URL only when it is not the usual one (the embedded sandbox's local port, Vast's console)."""
     checks = {c["name"]: c for c in data["checks"]}
     api = checks.get("api") or {}
+    kind = data["target"].get("kind")
+    own = data["target"].get("key_source") == "sandbox" or data["target"].get("url") == REAL_URL
     target = {k: v for k, v in data["target"].items() if v is not None
-              and not (k == "key_source" and v == data["target"].get("kind"))}  # the sandbox's own key
+              and not (k == "key_source" and v == kind)  # the sandbox's own key
+              and not (k == "url" and own)}
     return {"target": target, "account": api.get("detail"),
             "passed": [c["name"] for c in data["checks"] if c["status"] == "ok"],
             "checks": [{k: v for k, v in c.items() if v} for c in data["checks"] if c["status"] != "ok"]}

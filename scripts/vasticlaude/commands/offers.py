@@ -21,11 +21,12 @@ name is answered with the market's nearest names. When nothing matches, each con
 is dropped in turn (cheapest to give up first) and the message names one whose removal
 alone gives results.
 
-JSON data: {"query", "hours", "interruptible": true (only when searching bid prices),
-  "candidates": [{"offer_id", "machine_id", "gpu_name", "vram_gb", "dph" (GPU + storage $/h),
+JSON data: {"hours", "interruptible": true (only when searching bid prices),
+  "candidates": [{"offer_id", "machine_id", "gpu_name", "vram_gb", "dph" (GPU + storage $/h, 4 decimals),
   "est_total_usd", "transfer_usd" (the bandwidth part of the total; only when not 0),
   "reliability", "location", "verified": false (only when not verified)}]} — candidates cheapest
-  total first; the GPU count is the query's, and the human output adds dlperf/$.
+  total first; the GPU count is the query's. The human output adds the query (with --json it is
+  said only when nothing matches: then the error names it and what to relax) and dlperf/$.
 
 Env: VASTICLAUDE_POLL_SCALE multiplies the waits between retried reads (default 1).
 
@@ -74,13 +75,14 @@ def main(argv: list[str]) -> int:
 def json_view(data: dict) -> dict:
     """--json: what `up --offer` and the budget need of each candidate. Left out: what another field
     says (dph is gpu + storage; num_gpus is the query's; interruptible is the search's, shown only when
-    true) and what only ranks (dlperf, the $/GB: the human output has them);
-    verified only when it is not, transfer_usd only when not 0."""
+    true), what only ranks (dlperf, the $/GB: the human output has them) and the query (Claude wrote
+    the flags; when nothing matches, the error names the query); verified only when it is not,
+    transfer_usd only when not 0; dph to 4 decimals, as Vast's own tables show it."""
     drop = {"gpu_dph", "storage_dph", "interruptible", "dlperf_per_usd", "inet_down_cost", "inet_up_cost",
             "num_gpus"}
-    cands = [{k: v for k, v in c.items() if k not in drop and not (k == "verified" and v)
-              and not (k == "transfer_usd" and not v)} for c in data["candidates"]]
-    view = {**data, "candidates": cands}
+    cands = [{k: round(v, 4) if k == "dph" else v for k, v in c.items() if k not in drop
+              and not (k == "verified" and v) and not (k == "transfer_usd" and not v)} for c in data["candidates"]]
+    view = {k: v for k, v in data.items() if k != "query"} | {"candidates": cands}
     if not view.get("interruptible"):
         view.pop("interruptible", None)
     return view

@@ -42,10 +42,11 @@ commands. Last, one SSH call compares `nvidia-smi` with the GPU that was rented;
 mismatch is a warning, not a failure. experiment.json gets a "push" entry and an event.
 
 JSON data: {"experiment", "instance_id", "files", "bytes_total", "bytes_sent" (rsync's
-  "Total bytes sent", or the tar stream's size), "seconds", "ignore_rules": "git"|"git-index"|"rsync",
+  "Total bytes sent", or the tar stream's size), "seconds" (not with --json: experiment.json's "push"
+  entry keeps it), "ignore_rules": "git"|"git-index"|"rsync",
   "setup": {"command", "exit_code", "seconds", "tail": [last 5 lines]} (absent when none ran),
   "gpu": {"name", "cuda", "matches", "count" and "memory_mb" (when it does not match)}, "warnings": [...] (absent when
-  none), "exit_code"}
+  none), "exit_code" (with --json only when not 0: `ok` says it)}
 
 A multi-node experiment (`up --nodes N`): pushed to every node at once; the JSON is the first
 failing node's push (else node 0's) plus "nodes": [{"experiment", "instance_id", "files",
@@ -137,11 +138,12 @@ def main(argv: list[str]) -> int:
 
 
 def json_view(data: dict) -> dict:
-    """--json: the GPU's count and memory only when it is not the one rented (`matches` false)."""
+    """--json: the GPU's count and memory only when it is not the one rented (`matches` false); the
+    exit code only when not 0 (`ok: true` says 0); not the seconds (experiment.json's push entry has them)."""
     gpu = data.get("gpu")
     if isinstance(gpu, dict) and gpu.get("matches"):
         data = {**data, "gpu": {k: v for k, v in gpu.items() if k not in ("count", "memory_mb")}}
-    return compact(data)
+    return compact({k: v for k, v in data.items() if k != "seconds" and not (k == "exit_code" and not v)})
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -141,9 +141,11 @@ def main(argv: list[str]) -> int:
 
 def json_view(data: dict) -> dict:
     """--json: what the next steps need. Left out: the label (vasticlaude-<experiment>), the key's path
-    (the human output shows the ssh line) and the attempts when the first offer simply worked."""
+    (the human output shows the ssh line) and the attempts when the first offer simply worked; dph to 4
+    decimals, as `offers` and Vast's own tables show it."""
     if "nodes" in data:
         return compact({**data, "nodes": [json_view(n) for n in data["nodes"]]})
     ssh = {k: v for k, v in data["ssh"].items() if k != "key"} if data["ssh"]["host"] is not None else None
     plain = [a["outcome"] for a in data.get("attempts") or []] in (["ready"], ["created"])
-    return compact({k: v for k, v in {**data, "ssh": ssh}.items() if k != "label" and not (k == "attempts" and plain)})
+    view = {k: v for k, v in {**data, "ssh": ssh}.items() if k != "label" and not (k == "attempts" and plain)}
+    return compact({**view, "dph": round(view["dph"], 4)} if isinstance(view.get("dph"), float) else view)

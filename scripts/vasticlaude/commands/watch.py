@@ -48,7 +48,7 @@ JSON data: {"experiment", "outcome": "finished" | "failed" | "needs_you" | "api_
   "progress": {"percent", "step", "metrics"…} (as status), "instance_id",
   "recoveries": [{"kind", "action", "from_instance", "to_instance", "seconds", "checkpoint_age_s"}],
   "syncs" (when any), "checkpoint": {"files", "bytes", "local_path"} (once one came home), "pull": {"files", "bytes", "local_path"},
-  "down": {"destroyed", "failed"}, "spent_usd", "exit_code"}
+  "down": {"destroyed", "failed"}, "spent_usd", "exit_code" (with --json only when not 0: `ok` says it)}
 
 Exit codes: 0 the job finished with 0 (and was pulled and torn down as --finish says) · 1 it
 needs you (message says why) or --timeout passed · 2 usage · 3 Vast unreachable for good ·
@@ -117,9 +117,9 @@ def main(argv: list[str]) -> int:
 def json_view(data: dict) -> dict:
     """--json: no message (a job that finished with 0 needs no sentence; any other outcome exits
     non-zero and error.message says it), the checkpoint only when one came home, the syncs only when
-    there were any."""
+    there were any, the exit code only when not 0 (`ok: true` says 0)."""
     empty = isinstance(data.get("checkpoint"), dict) and not data["checkpoint"].get("files")
-    return compact({k: v for k, v in data.items() if k != "message" and not (k == "syncs" and not v)
+    return compact({k: v for k, v in data.items() if k != "message" and not (k in ("syncs", "exit_code") and not v)
                     and not (k == "checkpoint" and empty)})
 
 

@@ -76,7 +76,7 @@ def _api_check(client, target: Endpoint) -> tuple[dict, dict | None, bool]:
 def _balance_check(user: dict, target: Endpoint) -> dict:
     balance, credit = float(user.get("balance") or 0), float(user.get("credit") or 0)
     who = user.get("username") or user.get("id") or "?"
-    detail = f"key works; account {who}; balance ${balance:.2f}, credit ${credit:.2f}"
+    detail = f"account {who}; balance ${balance:.2f}" + (f", credit ${credit:.2f}" if credit else "")
     if max(balance, credit) > 0:
         return check("api", "ok", detail)
     fix = "vasticlaude sim fault balance --add 100" if _is_sandbox(target, user) else f"add credit at {BILLING_URL}"
@@ -106,7 +106,7 @@ def local_public_keys() -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
-NO_KEY_YET = "none yet: `up` makes one and registers it (nothing to do)"
+NO_KEY_YET = "none yet: `up` makes and registers one (nothing to do)"
 
 
 def _ssh_key_check() -> dict:

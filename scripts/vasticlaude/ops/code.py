@@ -20,7 +20,7 @@ from vasticlaude.core.fmt import human_bytes
 from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.ops import costs
 from vasticlaude.ops.binding import Bound
-from vasticlaude.output import progress
+from vasticlaude.output import progress, restated
 from vasticlaude.remote import ssh, transfer
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.templates import render
@@ -180,7 +180,7 @@ def run_setup(route: ssh.Route, layout: Layout, cmd: str, timeout: float) -> dic
               'code=$?\n'
               f'tail -n {SETUP_TAIL} "$log"\n'
               f'echo "{EXIT_MARK}$code"\n')
-    progress(f"vasticlaude push: setup: {cmd}")
+    restated(f"vasticlaude push: setup: {cmd}")  # the result's setup.command
     start = time.monotonic()
     out = remote(route, script, "setup", timeout=timeout + 120).rstrip("\n").splitlines()
     seconds = round(time.monotonic() - start, 2)
@@ -247,7 +247,8 @@ def send(route: ssh.Route, layout: Layout, root: Path, sel: Selection, scratch: 
 
 
 def announce(plan: dict, route: ssh.Route) -> None:
-    progress(f"vasticlaude push: sending {plan['files']} files ({human_bytes(plan['bytes_total'])}, "
+    say = restated if plan.get("rsync", True) else progress  # tar instead of rsync is news the result leaves out
+    say(f"vasticlaude push: sending {plan['files']} files ({human_bytes(plan['bytes_total'])}, "
              f"{human_bytes(plan['to_send'])} changed) to instance {route.instance_id}"
              f"{'' if plan.get('rsync', True) else ' with tar (no rsync there)'}")
 
@@ -319,7 +320,8 @@ def push(bound: Bound, root: Path, include_heavy: bool = False, setup: bool = Tr
 def record(data: dict, root: Path) -> None:
     setup = data["setup"] and {k: data["setup"][k] for k in ("command", "exit_code", "seconds")}
     entry = {"at": time.time(), "instance_id": data["instance_id"], "root": str(root), "files": data["files"],
-             "bytes_sent": data["bytes_sent"], "bytes_total": data["bytes_total"], "setup": setup, "gpu": data["gpu"]}
+             "bytes_sent": data["bytes_sent"], "bytes_total": data["bytes_total"], "seconds": data["seconds"],
+             "setup": setup, "gpu": data["gpu"]}
     with state.experiment(data["experiment"]) as exp:
         exp["push"] = entry
     state.append_event(data["experiment"], "push", instance_id=data["instance_id"], files=data["files"],

@@ -21,7 +21,7 @@ from vasticlaude.errors import BILLING_RISK, FAILED, Error
 from vasticlaude.ops.reconcile import PREFIX
 from vasticlaude.ops.search import find, remember_failed
 from vasticlaude.ops.teardown import Target, teardown
-from vasticlaude.output import fingerprint, progress
+from vasticlaude.output import fingerprint, progress, restated
 from vasticlaude.remote.ssh import Key, endpoints, probe_any, route_for, ssh_key
 from vasticlaude.store import state
 from vasticlaude.vast.account import is_registered
@@ -160,7 +160,7 @@ class Launcher:
     def attempt(self, cand: Candidate) -> dict | None:
         check_budget(self.plan, cand)
         why = f" ({self.plan.deadline_why})" if self.plan.deadline_why else ""
-        progress(f"vasticlaude up: renting offer {cand.offer_id} ({cand.num_gpus}x {cand.gpu_name}, machine "
+        restated(f"vasticlaude up: renting offer {cand.offer_id} ({cand.num_gpus}x {cand.gpu_name}, machine "
                  f"{cand.machine_id}, ${self.plan.gpu_dph(cand) + cand.storage_dph:.3f}/h)"
                  + (f"; boot deadline {self.plan.deadline:g} s{why}" if self.plan.wait else ""))
         iid = None

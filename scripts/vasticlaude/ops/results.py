@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from vasticlaude.errors import FAILED, USAGE, Error
 from vasticlaude.ops import costs
 from vasticlaude.ops.binding import Bound
-from vasticlaude.output import progress, redact_file
+from vasticlaude.output import progress, redact_file, restated
 from vasticlaude.remote import ssh
 from vasticlaude.remote.layout import Layout
 from vasticlaude.remote.transfer import fetch, remote
@@ -163,7 +163,7 @@ def pull(bound: Bound, paths: list[str] | None = None, dest: Path | None = None)
         _, files = listing(route, layout, kept)
         todo = sum(size for p, (size, _) in files.items() if not same_size(dest / p, size))
         costs.check_transfer(bound.experiment, bound.record, 0, todo, "this pull")
-    progress(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id}")  # where: in the result
+    restated(f"vasticlaude pull: {', '.join(kept)} from instance {route.instance_id}")  # where: in the result
     result = pull_verified(route, layout, kept, dest, clock)
     redact_run_files(dest)
     marker_warning = mark_pulled(route, layout)
