@@ -247,3 +247,32 @@ def test_the_sandbox_answers_vast_connections_and_cloud_copy_with_vast_shapes(si
                 src="/root/results", dst=f"{BUCKET}/x", instance=str(iid), connection=str(conn["id"]))
     finally:
         sim.vastai("destroy", "instance", str(iid), "-y")
+
+
+def test_the_sandbox_store_keeps_its_objects_and_port_across_restarts(tmp_path):
+    """A bucket keeps what it was given: after `sim stop` (or the idle stop) and start, and after a
+    kill -9 once the save has run, the objects come back with their bytes, content type and metadata,
+    on the same endpoint; the save's own requests pass a fault that refuses everyone else."""
+    from simkit import scratch
+    with scratch("vcsim-store-", "--time-scale", "0") as (sim, _):
+        endpoint = store_info(sim)["endpoint_url"]
+        s3(sim).put_object(Bucket=BUCKET, Key="exp/outputs/a.txt", Body=b"alpha\n", ContentType="text/plain",
+                           Metadata={"sha256": "abc"})
+        sim.stop()  # at once: the stop saves what the last write left
+        sim.start("--time-scale", "0")
+        assert store_info(sim)["endpoint_url"] == endpoint
+        got = s3(sim).get_object(Bucket=BUCKET, Key="exp/outputs/a.txt")
+        assert got["Body"].read() == b"alpha\n" and got["ContentType"] == "text/plain" and got["Metadata"] == {"sha256": "abc"}
+
+        s3(sim).put_object(Bucket=BUCKET, Key="exp/checkpoints/b.bin", Body=bytes(range(256)) * 4)
+        s3(sim).delete_object(Bucket=BUCKET, Key="exp/outputs/a.txt")
+        sim.fault("store-denied")  # everyone else is refused from now on; the save is not
+        manifest = sim.state / "objectstore" / "objects" / "manifest.json"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and [e["key"] for e in json.loads(manifest.read_text())] != ["exp/checkpoints/b.bin"]:
+            time.sleep(0.2)
+        sim.kill9()
+        sim.start("--time-scale", "0")
+        listed = s3(sim).list_objects_v2(Bucket=BUCKET).get("Contents", [])
+        assert [o["Key"] for o in listed] == ["exp/checkpoints/b.bin"]
+        assert stored(sim, "exp/checkpoints/b.bin") == bytes(range(256)) * 4

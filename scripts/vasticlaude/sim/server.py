@@ -123,7 +123,8 @@ async def _main(settings: Settings) -> None:
 def _start_store(settings: Settings, world: World) -> ObjectStore:
     """The S3-compatible results store (objectstore.py); its keys are kept with the world, like the API key."""
     keys = world.data.setdefault("store_keys", {})
-    store = ObjectStore(settings.host, keys.get("access_key_id"), keys.get("secret_access_key"))
+    store = ObjectStore(settings.host, keys.get("access_key_id"), keys.get("secret_access_key"),
+                        folder=settings.state_dir / "objectstore")
     keys.update(access_key_id=store.access_key_id, secret_access_key=store.secret_access_key)
     world.save()
     store.start()
