@@ -24,7 +24,8 @@ reported `not_run`. State: ~/.vasticlaude/experiments/NAME/experiment.json ("swe
 command at any point and `--resume` finishes with no run done twice and no duplicate rental.
 --timeout S stops the controller after S s (exit 1, error code "timeout", state "paused"): the runs
 go on under their watchdogs, and `--resume` (again with --timeout, as Claude waits) picks them up;
-a run's watchdog destroys its instance --grace s after the run ends if nobody resumes.
+a run's watchdog destroys its instance --grace s after the run ends if nobody resumes, and a
+resume after that runs it again (unless the session-end reap brought its files home first).
 
 While it runs (or after): `vasticlaude status --experiment NAME` (one table: run, params, state,
 progress, metric, $) and `vasticlaude report --experiment NAME` (the comparison table, one chart
