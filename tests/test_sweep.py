@@ -280,13 +280,45 @@ def test_a_dead_host_mid_sweep_is_recovered_and_the_others_go_on(cli, sim, tmp_p
     assert cli.account() == []
 
 
-def test_a_results_store_is_refused_before_anything_is_rented(tmp_path):
-    import os
-    import subprocess
-    from test_lifecycle import VC
-    (tmp_path / ".vasticlaude").mkdir()
-    (tmp_path / ".vasticlaude" / "config.json").write_text('{"store": {"url": "s3://bucket/runs"}}')
-    env = {**os.environ, "VASTICLAUDE_HOME": str(tmp_path / "vc"), "VAST_API_KEY": "unused", "VAST_URL": "http://127.0.0.1:9"}
-    proc = subprocess.run([VC, "sweep", "--json", "--experiment", "s", "--budget-usd", "1", "--", "true"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
-    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["code"] == "store_unsupported"
+def test_a_sweep_with_a_results_store_ships_every_run_and_keeps_its_instance(cli, sim, tmp_path):
+    """Each run's watchdog ships it to <prefix>/<sweep>/<run>/ and then waits for the next run on
+    the same instance (no destroy after the ship); the controller lets the ship finish before it
+    moves the run's files aside."""
+    from test_store import configure, stored
+    project(cli, tmp_path)
+    configure(cli, sim, "sweeps")
+    data = sweep_json(cli, "--experiment", "stored", "--parallel", "1", "--budget-usd", "2",
+                      "--param", "lr=0.001,0.002", "--param", "bs=8", *SWEEP, "--", "python3", "train.py", "{lr}", "{bs}",
+                      rc=0)
+    assert data["counts"] == {"done": 2} and data["rentals"] == 1, data["runs"]  # one instance ran both
+    home = cli.cwd / ".vasticlaude" / "runs" / "stored" / "runs"
+    for rid in ("r01", "r02"):
+        manifest = json.loads(stored(sim, f"sweeps/stored/{rid}/manifest.json"))
+        assert str(manifest["exit_code"]) == "0" and any(f["path"] == "outputs/result.json" for f in manifest["files"])
+        assert json.loads(stored(sim, f"sweeps/stored/{rid}/outputs/result.json"))["run"] == rid
+        assert json.loads((home / rid / "outputs" / "result.json").read_text())["run"] == rid
+    assert cli.account() == []
+
+
+def test_a_run_that_ends_with_no_controller_comes_home_from_the_store(cli, sim, tmp_path):
+    """The controller dies while the run runs; the run ends, its watchdog ships it, waits the grace
+    for a next run that never comes and destroys the instance. The resume takes the run from the
+    store: done, never run again."""
+    from test_store import configure
+    starts = project(cli, tmp_path, steps=30, pause=0.1)
+    configure(cli, sim, "sweeps")
+    quick = [*SWEEP[:SWEEP.index("--grace")], "--grace", "1", *SWEEP[SWEEP.index("--grace") + 2:]]
+    proc = cli.spawn("sweep", "--experiment", "away", "--parallel", "1", "--budget-usd", "2",
+                     "--param", "lr=0.001", "--param", "bs=8", *quick, "--", "python3", "train.py", "{lr}", "{bs}")
+    kill_when(cli, proc, "away", lambda sw: sw["runs"][0]["state"] == "running")
+    deadline = time.monotonic() + 120
+    while cli.account():  # its watchdog: the job ends, the store gets it, 1 s of grace, destroyed
+        assert time.monotonic() < deadline, cli.account()
+        time.sleep(0.5)
+    data = sweep_json(cli, "--experiment", "away", "--resume", "--interval", "0.3", rc=0)
+    assert data["counts"] == {"done": 1} and data["rentals"] == 1, data["runs"]
+    assert starts.read_text().split() == ["r01"]  # not run a second time
+    home = cli.cwd / ".vasticlaude" / "runs" / "away" / "runs" / "r01"
+    assert json.loads((home / "outputs" / "result.json").read_text())["run"] == "r01"
+    assert "step 30/30" in (home / "run" / "job.log").read_text()
+    assert cli.account() == []

@@ -25,7 +25,9 @@ command at any point and `--resume` finishes with no run done twice and no dupli
 --timeout S stops the controller after S s (exit 1, error code "timeout", state "paused"): the runs
 go on under their watchdogs, and `--resume` (again with --timeout, as Claude waits) picks them up;
 a run's watchdog destroys its instance --grace s after the run ends if nobody resumes, and a
-resume after that runs it again (unless the session-end reap brought its files home first).
+resume after that runs it again, unless the results store or the session-end reap has its files.
+With a results store ("store" in .vasticlaude/config.json) each run is shipped to
+<prefix>/<sweep>/<run>/ when it ends, and its instance kept for the next run.
 
 While it runs (or after): `vasticlaude status --experiment NAME` (one table: run, params, state,
 progress, metric, $) and `vasticlaude report --experiment NAME` (the comparison table, one chart
@@ -49,7 +51,7 @@ from pathlib import Path
 
 from vasticlaude import console
 from vasticlaude.core import sweepspec
-from vasticlaude.errors import FAILED, USAGE, Error
+from vasticlaude.errors import USAGE, Error
 from vasticlaude.ops import launch, sweeping, sweepreport
 from vasticlaude.ops.recovery import Policy
 from vasticlaude.output import compact
@@ -106,10 +108,6 @@ def make_plan(args: argparse.Namespace, cfg: dict, name: str) -> sweeping.SweepP
 
 def run(args: argparse.Namespace) -> dict:
     cfg = config.load()
-    if (cfg.get("store") or {}).get("url"):  # its watchdog would destroy each instance after its first run
-        raise Error("store_unsupported", "a sweep cannot run with a results store configured yet (each run's "
-                    "watchdog would ship its results and destroy the instance the next run needs)",
-                    'Remove "store" from .vasticlaude/config.json while the sweep runs.', FAILED)
     name = paths.experiment_name(args.experiment or time.strftime("sweep-%Y%m%d-") + secrets.token_hex(2))
     plan = None
     if not args.resume:

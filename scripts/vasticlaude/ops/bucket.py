@@ -8,7 +8,8 @@ in `.vasticlaude/.env` or `.env`. On the sandbox a store without an `endpoint_ur
 sandbox's own (its endpoint and keys from `sim.json`; only the VASTICLAUDE_STORE_* names override
 them, so AWS keys meant for the real thing never reach it).
 
-Objects of an experiment live under `<prefix>/<experiment>/` with the instance's layout
+Objects of an experiment live under `<prefix>/<experiment>/` (a sweep's run under
+`<prefix>/<sweep>/<run>/`: `path_of`) with the instance's layout
 (`checkpoints/…`, `outputs/…`, `run/…`) and `manifest.json` (every file with its size and
 sha256), which the instance writes last: a manifest whose files all verify is a complete copy.
 The instance side is templates/store.py.j2; both agree on this layout and on `sha256` metadata.
@@ -24,7 +25,7 @@ from typing import Any
 
 from vasticlaude.errors import API, FAILED, Error
 from vasticlaude.output import secret as keep_secret
-from vasticlaude.store import config, paths
+from vasticlaude.store import config, paths, state
 
 MANIFEST = "manifest.json"
 KEY_NAMES = (("VASTICLAUDE_STORE_ACCESS_KEY_ID", "VASTICLAUDE_STORE_SECRET_ACCESS_KEY", "VASTICLAUDE_STORE_SESSION_TOKEN"),
@@ -136,6 +137,13 @@ def _split(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def path_of(experiment: str) -> str:
+    """Where under the prefix the experiment's latest run shipped: experiment.json's store.path (a
+    sweep's slot: `<sweep>/<run>`), else the experiment's own name."""
+    recorded = ((state.read_experiment(experiment) or {}).get("store") or {}).get("path")
+    return str(recorded) if recorded else experiment
+
+
 def find_keys(project: Path | None, names: tuple) -> tuple[str, str, str | None, str] | None:
     """(key id, secret, session token, where from) from the environment, then the project's .env files."""
     for id_name, secret_name, token_name in names:
@@ -240,8 +248,10 @@ INSTALL = ("umask 077; mkdir -p {run} || exit 1; "
            "python3 {run}/store.py {action} | tail -n 1")
 
 
-def install(route: Any, run_dir: str, experiment: str, target: Target, action: str = "check") -> dict:
-    """Put the uploader on the instance and run `check` (or `fetch`); an Error when the store refuses."""
+def install(route: Any, run_dir: str, experiment: str, target: Target, action: str = "check",
+            path: str | None = None) -> dict:
+    """Put the uploader on the instance and run `check` (or `fetch`); an Error when the store refuses.
+    It ships the experiment's folders to `path` under the prefix (default the experiment's name)."""
     import secrets as _secrets
     import shlex
 
@@ -249,7 +259,7 @@ def install(route: Any, run_dir: str, experiment: str, target: Target, action: s
     from vasticlaude.remote.templates import render
     split = "#@@vasticlaude-store-" + _secrets.token_hex(8)
     script = render("store.py.j2", experiment=experiment, base=f"vasticlaude/{experiment}")
-    payload = "\n".join([script.rstrip("\n"), split, json.dumps(target.instance_config(experiment)), split,
+    payload = "\n".join([script.rstrip("\n"), split, json.dumps(target.instance_config(path or experiment)), split,
                          json.dumps(target.instance_credentials())])
     proc = ssh_run(route, INSTALL.format(run=shlex.quote(run_dir), split=split, action=action),
                    input_bytes=payload.encode(), timeout=max(120.0, target.timeout_s))

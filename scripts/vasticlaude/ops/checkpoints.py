@@ -112,7 +112,7 @@ def ended_in_store(experiment: str) -> dict | None:
     from vasticlaude.ops import bucket
     try:
         target = bucket.resolve(config.load(), sandbox=bool(exp["store"].get("sandbox")))
-        shipped = bucket.manifest(target, experiment) if target is not None else None
+        shipped = bucket.manifest(target, bucket.path_of(experiment)) if target is not None else None
     except Error as err:
         progress(f"vasticlaude: the results store could not be read ({err.message[:120]})")
         return None

@@ -39,7 +39,7 @@ LAUNCH = ('mkdir -p {run} || exit 1; {busy}rm -f {run}/watchdog.sh.new; '
           'kill -TERM "$o"; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$o" 2>/dev/null || break; sleep 0.1; done; '
           'kill -KILL "$o" 2>/dev/null; fi; '
           'rm -f {run}/exit_code {run}/ended_at {run}/signal {run}/job_pid {run}/pulled {run}/disposable '
-          '{run}/watchdog_pid {run}/watchdog_heartbeat {run}/watchdog_done {run}/store_fallback; '
+          '{run}/watchdog_pid {run}/watchdog_heartbeat {run}/watchdog_done {run}/store_fallback {run}/shipped; '
           'setsid nohup bash {run}/run.sh >/dev/null 2>&1 </dev/null & '
           '{watchdog}'
           'for i in 1 2 3 4 5; do sleep 0.2; [ -f {run}/exit_code ] && break; done; '
@@ -63,6 +63,11 @@ class GuardAsk:
     kill_grace_s: float | None = None
     on_end: str | None = None
     watchdog: bool = True
+    # With a results store: where under its prefix the run's results go (default the experiment; a
+    # sweep's run: <sweep>/<run>), and what the watchdog does once the store holds them: "destroy" at
+    # once, or "grace": wait the grace for the next run first (a sweep's slot runs the next one there).
+    store_path: str | None = None
+    store_then: str = "destroy"
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     store = bucket.resolve(cfg, sandbox=bound.vast.target.sandbox) if guard["watchdog"] else None
     if store is not None and not spec.store_ready:  # before the job starts: wrong keys are said now
         progress(f"vasticlaude: checking the results store {store.url} from the instance")
-        bucket.install(bound.route(), layout.run, bound.experiment, store)
+        bucket.install(bound.route(), layout.run, bound.experiment, store, path=guard["store_path"])
     guard["store"] = store is not None
     guard["store_sync_s"] = store.sync_interval_s if store is not None else None
     script = render("run.sh.j2", experiment=bound.experiment, command=spec.command, run_dir=layout.run,
@@ -108,7 +113,7 @@ def start(bound: Bound, spec: JobSpec) -> dict:
     _record(bound.experiment, bound.instance_id, spec, workdir, result, guard, launch)
     if store is not None:
         with state.experiment(bound.experiment) as exp:
-            exp["store"] = {**store.public(), "prefix": store.key(bound.experiment)}
+            exp["store"] = {**store.public(), "prefix": store.key(guard["store_path"]), "path": guard["store_path"]}
     return {"experiment": bound.experiment, "instance_id": bound.instance_id, "command": spec.command,
             "run_dir": layout.run, "workdir": workdir, **result, "guard": guard}
 
@@ -140,7 +145,7 @@ def guard_settings(ask: GuardAsk, cfg: dict, bound: Bound) -> dict:
         raise Error("over_budget", f"experiment {bound.experiment} has used up its hours",
                     "Raise budget.experiment_hours or pass --max-hours.", FAILED)
     return {"watchdog": ask.watchdog, "budget_usd": cap, "max_hours": _round(hours), "on_end": on_end,
-            **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6),
+            "store_path": ask.store_path or bound.experiment, "store_then": ask.store_then, **times, "dph": round(dph, 6), "already_spent_usd": round(spent, 6),
             "spent_at": round(time.time(), 3), "usd_per_gb": _per_gb(bound.record)}
 
 
@@ -178,6 +183,7 @@ def watchdog_script(experiment: str, layout: Layout, guard: dict) -> str:
                   max_hours=blank(guard["max_hours"]), grace_s=f"{guard['grace_s']:g}",
                   kill_grace_s=f"{guard['kill_grace_s']:g}", check_s=f"{guard['check_s']:g}", on_end=guard["on_end"],
                   store="yes" if guard.get("store") else "no", store_sync_s=f"{guard.get('store_sync_s') or 300:g}",
+                  store_then=guard.get("store_then") or "destroy",
                   usd_per_gb_in=f"{(guard.get('usd_per_gb') or [0, 0])[0]:g}",
                   usd_per_gb_out=f"{(guard.get('usd_per_gb') or [0, 0])[1]:g}")
 

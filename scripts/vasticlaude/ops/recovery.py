@@ -183,7 +183,8 @@ class Recovery:
             hours = max(float(hours) - (time.time() - float(last.get("at") or time.time())) / 3600, 0.01)
         return job.GuardAsk(budget_usd=guard.get("budget_usd"), max_hours=hours, grace_s=guard.get("grace_s"),
                             check_s=guard.get("check_s"), kill_grace_s=guard.get("kill_grace_s"),
-                            on_end=guard.get("on_end"))
+                            on_end=guard.get("on_end"), store_path=guard.get("store_path"),
+                            store_then=guard.get("store_then") or "destroy")
 
     # -- interruptible: wait for the bid, raise it, else move
     def wait_bid(self, fault: dict) -> None:
@@ -365,7 +366,8 @@ class Recovery:
         target = self.store()
         if target is None:
             return False
-        got = bucket.install(bound.route(), Layout(self.exp_id).run, self.exp_id, target, action="fetch")
+        got = bucket.install(bound.route(), Layout(self.exp_id).run, self.exp_id, target, action="fetch",
+                             path=bucket.path_of(self.exp_id))
         if not got.get("files"):
             self.step("the results store holds no checkpoint yet")
             return False

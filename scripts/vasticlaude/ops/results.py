@@ -218,7 +218,7 @@ def pull_from_store(experiment: str, dest: Path | None = None, why: str = "", go
                     "Add \"store\" to .vasticlaude/config.json (README \"Results store\").", FAILED)
     dest = local_dest(dest, experiment)
     progress(f"vasticlaude pull: from the results store {target.url}{f' ({why})' if why else ''}")
-    got = bucket.download(target, experiment, dest)
+    got = bucket.download(target, bucket.path_of(experiment), dest)
     data = {"experiment": experiment, "instance_id": got["manifest"].get("instance_id"), "local_path": str(dest),
             "files": got["files"], "bytes": got["bytes"], "verified": True, "source": "store",
             "seconds": round(time.monotonic() - start, 2), "paths": list(DEFAULT_PATHS), "skipped": [],

@@ -53,6 +53,7 @@ ENDED = {"exited", "killed", "vanished"}
 FINAL = {"done", "failed", "stopped", "lost", "not_run"}
 VERSION = 1
 START_S = 2.0  # seconds from the spend the start is priced at to the watchdog's first look (an SSH call)
+SHIP_WAIT_S = 900.0  # with a results store: how long an ended run's files wait for its watchdog to ship them
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,10 @@ WHERE = ('cd {base} 2>/dev/null || {{ echo @@none; exit 0; }}; echo "@@run=$(cat
          '[ -f run/started_at ] && echo @@started; [ -f runs/{rid}/run/exit_code ] && echo @@archived; exit 0')
 # Move the ended run's outputs, checkpoints and log to runs/<run>/ (the next run starts with empty
 # folders and does not resume from this one's checkpoint); copy its run files (the watchdog reads them).
+# With a results store: has the ended run's watchdog shipped it (or given up), or is it still at it?
+SHIPPED = ('cd {base} || exit 1; e=$(cat run/ended_at 2>/dev/null || echo 0); e=${{e%.*}}; '
+           'for f in shipped store_fallback; do t=$(cat run/$f 2>/dev/null) && [ "${{t%.*}}" -ge "$e" ] && echo @@$f; done; '
+           'p=$(cat run/watchdog_pid 2>/dev/null); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo @@watchdog; exit 0')
 ARCHIVE = ('cd {base} || exit 1; [ "$(cat run/sweep_run 2>/dev/null)" = {rid} ] || {{ echo @@other; exit 0; }}; '
            'mkdir -p runs/{rid}/run runs/{rid}/checkpoints runs/{rid}/outputs; '
            '[ -f run/job.log ] && mv -f run/job.log runs/{rid}/run/; '
@@ -356,7 +361,8 @@ class Slot:
         command = run["command"]
         guard = sw.get("guard") or {}
         ask = job.GuardAsk(budget_usd=watchdog_cap(cap, self.bound, guard), grace_s=guard.get("grace_s"), check_s=guard.get("check_s"),
-                           kill_grace_s=guard.get("kill_grace_s"), on_end="destroy")
+                           kill_grace_s=guard.get("kill_grace_s"), on_end="destroy",
+                           store_path=f"{self.book.name}/{rid}", store_then="grace")  # store: each run its own copy
         # cap and $/h go down before the launch: a run whose start is not confirmed is watched with them
         self.book.run(rid, state="starting", slot=self.name, instance_id=self.bound.instance_id, cap_usd=cap,
                       dph=job.dph_of(self.bound), recoveries=run.get("recoveries", 0))
@@ -480,6 +486,7 @@ class Slot:
                 adopt_home_copy(self.name, dest / "runs" / rid)
             else:
                 assert self.bound is not None
+                self.wait_shipped(rid)
                 remote_step(self.bound, ARCHIVE, rid, "keeping the run's files")
                 pull_verified(self.bound.route(), Layout(self.name), [f"runs/{rid}"], dest, 0.0)
         except (Error, OSError) as err:  # e.g. its watchdog destroyed the instance at the budget: the outcome stands
@@ -499,6 +506,21 @@ class Slot:
                             seconds=facts["seconds"])
         self.say(f"{rid} {outcome} (exit {code_})")
         return outcome != "stopped"
+
+    def wait_shipped(self, rid: str) -> None:
+        """With a results store, the ended run's watchdog ships its folders before they move: wait for it
+        (its verdict, or its end), at most SHIP_WAIT_S; the copy home is made either way."""
+        path = ((state.read_experiment(self.name) or {}).get("store") or {}).get("path")
+        if path != f"{self.book.name}/{rid}":
+            return
+        assert self.bound is not None
+        deadline = time.monotonic() + SHIP_WAIT_S
+        while time.monotonic() < deadline:
+            said = " ".join(remote_step(self.bound, SHIPPED, rid, "asking whether the store has the run"))
+            if "@@shipped" in said or "@@store_fallback" in said or "@@watchdog" not in said:
+                return
+            self.nap()
+        self.say(f"{rid}: its watchdog did not ship it within {SHIP_WAIT_S:g} s; keeping the copy home only")
 
     # -- the end
     def retire(self) -> None:
@@ -561,8 +583,12 @@ class Claims:
 
 def adopt_home_copy(slot: str, target: Path) -> None:
     """A run whose instance went after its end (the session-end reap pulled the slot's folders
-    home, then destroyed it): its outputs, checkpoints and run files become the run's own."""
+    home, then destroyed it; or its watchdog shipped them to the results store, then destroyed it after
+    the grace): its outputs, checkpoints and run files become the run's own."""
     source = checkpoints.local_dir(slot)
+    if not (source / "run" / "exit_code").is_file() and checkpoints.ended_in_store(slot) is not None:
+        from vasticlaude.ops.results import pull_from_store
+        pull_from_store(slot, source, why="the run ended while no controller ran")
     target.mkdir(parents=True, exist_ok=True)
     for name in ("outputs", "checkpoints", "run"):
         if (source / name).is_dir() and not (target / name).exists():
