@@ -9,8 +9,11 @@ Reports (JSON on stdout; also bench/results/sweep.json):
     handover; boot time saved per reused run = the first minus the second.
 Times come from the run files the wrapper wrote on the instances (pulled home), and the rental
 time from instances.json.
+With --store: the same runs with --parallel 1, without and with the sandbox's results store (every
+run shipped to <prefix>/<sweep>/<run>/ before the controller moves it): the handover each way and
+what the store adds to it (into bench/results/sweep-store.json).
 
-Usage: .venv/bin/python bench/sweep_bench.py [--runs 8] [--parallel 4] [--seconds 6] [--time-scale 0.1]
+Usage: .venv/bin/python bench/sweep_bench.py [--runs 8] [--parallel 4] [--seconds 6] [--time-scale 0.1] [--store]
 """
 from __future__ import annotations
 
@@ -75,6 +78,27 @@ class Bench:
                 "handover_s": round(statistics.median(handovers), 2) if handovers else None,
                 "spent_usd": data["spent_usd"]}
 
+    def store(self, on: bool) -> None:
+        cfg = self.project / ".vasticlaude" / "config.json"
+        if not on:
+            cfg.unlink(missing_ok=True)
+            return
+        info = json.loads((self.sim.state / "sim.json").read_text())["store"]
+        cfg.write_text(json.dumps({"store": {"url": f"s3://{info['bucket']}/bench", "endpoint_url": info["endpoint_url"]}}))
+        (self.project / ".vasticlaude" / ".env").write_text(
+            f"VASTICLAUDE_STORE_ACCESS_KEY_ID={info['access_key_id']}\n"
+            f"VASTICLAUDE_STORE_SECRET_ACCESS_KEY={info['secret_access_key']}\n")
+
+    def with_store(self) -> dict:
+        self.store(False)
+        plain = self.sweep("bench-plain", 1)
+        self.store(True)
+        stored = self.sweep("bench-store", 1)
+        return {"runs": self.args.runs, "run_seconds": self.args.seconds, "time_scale": self.args.time_scale,
+                "without_store": plain, "with_store": stored, "rentals_with_store": stored["rentals"],
+                "handover_added_s": round((stored["handover_s"] or 0) - (plain["handover_s"] or 0), 2),
+                "wall_ratio": round(stored["wall_s"] / plain["wall_s"], 2)}
+
     def run(self) -> dict:
         k = self.args.parallel
         parallel = self.sweep("bench-k", k)
@@ -94,12 +118,14 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each run")
     parser.add_argument("--time-scale", default="0.1", help="the sandbox's (Vast-like boots at 0.1)")
+    parser.add_argument("--store", action="store_true", help="compare --parallel 1 without and with a results store")
     args = parser.parse_args()
     with scratch("sweepbench-", "--time-scale", args.time_scale) as (sim, tmp):
-        report = Bench(sim, tmp, args).run()
+        bench = Bench(sim, tmp, args)
+        report = bench.with_store() if args.store else bench.run()
     out = json.dumps(report, indent=1)
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "sweep.json").write_text(out + "\n")
+    (ROOT / "bench" / "results" / ("sweep-store.json" if args.store else "sweep.json")).write_text(out + "\n")
     print(out)
     return 0
 
