@@ -163,6 +163,23 @@ def test_ignore_rules_follow_git_in_a_repo_outside_one_and_without_git(tmp_path,
     assert local_push(plain, tmp_path / "d", cfg, tmp_path) == SENT - {"keep.log", "sub/keep.log"} | {"sub/deep"}
 
 
+@pytest.mark.unit
+def test_tar_without_rsync_takes_a_file_gone_mid_read_as_rsync_takes_it(tmp_path):
+    """A file that goes while tar reads (CI saw the watchdog's heartbeat.tmp renamed away: "Cannot
+    stat", tar exit 2, the pull failed) is a warning, not a failed pull; the rest still comes. The
+    instance's side of tar_down, run by bash and GNU tar here; a name that does not exist stands in
+    for the file gone between the folder's listing and its stat."""
+    import subprocess
+    from vasticlaude.remote import transfer
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "exit_code").write_text("0\n")
+    script = transfer.tar_create(str(tmp_path), ["run", "run/heartbeat.tmp"])
+    made = subprocess.run(["bash", "-c", f"set -o pipefail; ( {script}\n) | tar -tf -"],
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0 and "./run/exit_code" in made.stdout.split(), made.stderr
+    assert "Cannot stat" in made.stderr  # said, as rsync says a vanished file
+
+
 # ----- push ------------------------------------------------------------------------------------
 def test_push_honours_ignores_runs_setup_and_checks_the_gpu(user):
     ignore_tree(user.project, {"ignore": ["*.tmpdata"], "setup": "python3 -c 'print(40 + 2)'"})

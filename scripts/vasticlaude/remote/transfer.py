@@ -224,7 +224,7 @@ def tar_down(route: ssh.Route, base: str, names: list[str], dest: Path, what: st
     stage = dest / STAGE
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    script = f"cd {shlex.quote(base)} || exit 71\ntar -b 1 -cf - -- " + " ".join(shlex.quote(f"./{n}") for n in names)
+    script = tar_create(base, names)
     try:
         with tempfile.TemporaryDirectory(prefix="vasticlaude-tar-") as scratch:
             counted = Path(scratch) / "count"
@@ -242,6 +242,15 @@ def tar_down(route: ssh.Route, base: str, names: list[str], dest: Path, what: st
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return received
+
+
+def tar_create(base: str, names: list[str]) -> str:
+    """The instance's side of tar_down: `names` under ~/base as a tar stream on stdout. A file that goes
+    while tar reads its folder (the watchdog's heartbeat.tmp, renamed into place) is rsync's exit 24,
+    not a failure: GNU tar's --ignore-failed-read makes it a warning (busybox tar has no such flag).
+    The verify after a pull compares what is there."""
+    return (f"cd {shlex.quote(base)} || exit 71\nopt=; tar --version 2>/dev/null | grep -q 'GNU tar' && "
+            "opt=--ignore-failed-read\ntar $opt -b 1 -cf - -- " + " ".join(shlex.quote(f"./{n}") for n in names))
 
 
 def _dd_bytes(count: Path) -> int:
